@@ -1,0 +1,3 @@
+from flenwheel.cli import main
+
+main()

@@ -1,0 +1,254 @@
+"""The ``flenwheel`` command.
+
+Every command that writes records a ``runs`` row. Errors the user can fix (bad config, bad input, a busy or
+foreign catalog) print one line starting with ``error:`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from flenwheel.catalog import Catalog, CatalogError
+from flenwheel.config import ConfigError, Workspace
+from flenwheel.store import ImageRejected
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+USER_ERRORS = (ConfigError, CatalogError, ImageRejected, UserError)
+
+
+class _OneLineErrors(TyperGroup):
+    """Turn the errors a user can fix into one ``error:`` line on stderr and exit status 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(2) from None
+
+
+# Without a terminal rich would wrap at 80 columns; ids and paths read better unwrapped.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    help="flenwheel: curated, versioned character training sets and LoRAs, with lineage for everything.",
+)
+
+def _workspace(ctx: typer.Context) -> Workspace:
+    if not isinstance(ctx.obj, Workspace):
+        opts = ctx.obj or {}
+        ctx.obj = Workspace(root=opts.get("root"), configs=opts.get("configs"))
+    return ctx.obj
+
+
+def _catalog(ws: Workspace) -> Catalog:
+    return Catalog(ws.catalog_path, lock_timeout_s=ws.settings.catalog.lock_timeout_s)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="data root (default: FLENWHEEL_HOME, else ./datasets)")
+    ] = None,
+    configs: Annotated[
+        Path | None, typer.Option("--configs", help="config folder (default: FLENWHEEL_CONFIGS, else ./configs)")
+    ] = None,
+) -> None:
+    ctx.obj = {"root": root, "configs": configs}
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name (configs/characters/<name>.yaml)")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    batch_size: Annotated[int, typer.Option(min=1, help="files per catalog transaction")] = 32,
+) -> None:
+    """Validate, normalise and store source photos of CHARACTER; one line per file.
+
+    Exit status 0 when every file was ingested (or was already there), 1 when any was rejected; the good
+    files are ingested either way.
+    """
+    from flenwheel.ingest import ingest_paths
+    from flenwheel.store import expand_paths
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    catalog = _catalog(ws)
+    files = expand_paths(paths)
+    if not files:
+        raise UserError("no image files found in " + ", ".join(str(p) for p in paths))
+    config = {"character": character, "paths": [str(p) for p in paths], "store": ws.settings.store.model_dump()}
+    with catalog.run("cli:ingest", config) as run_id, progress_bar() as bar:
+        task = bar.add_task("ingesting", total=len(files))
+
+        def report(o: Any) -> None:
+            bar.advance(task)
+            if o.status == "rejected":
+                out.print(f"REJECTED {o.path}: {o.reason}")
+            elif o.status == "duplicate":
+                out.print(f"SKIPPED  {o.path}: {o.image_id} ({o.reason})")
+            else:
+                out.print(f"OK       {o.path}: {o.image_id}")
+
+        outcomes = ingest_paths(ws, catalog, character, files, run_id, batch_size=batch_size, on_outcome=report)
+    n_bad = sum(not o.ok for o in outcomes)
+    n_new = sum(o.status == "ingested" for o in outcomes)
+    err.print(f"{n_new} ingested, {len(outcomes) - n_new - n_bad} already present, {n_bad} rejected")
+    raise typer.Exit(1 if n_bad else 0)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="SELECT or EXPLAIN statement(s)")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+) -> None:
+    """Run read-only SQL on the catalog (writing statements are refused)."""
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json (got {fmt!r})")
+    df = _catalog(_workspace(ctx)).query_readonly(query)
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(df.to_json(orient="records", date_format="iso", default_handler=str) + "\n")
+    else:
+        table = Table(show_lines=False)
+        for col in df.columns:
+            table.add_column(str(col))
+        for row in df.itertuples(index=False):
+            table.add_row(*(_cell(v) for v in row))
+        out.print(table)
+        err.print(f"{len(df)} row(s)")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    s = str(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+@app.command()
+def lineage(
+    ctx: typer.Context,
+    image_id: Annotated[str, typer.Argument(help="image id or a unique prefix (6+ hex characters)")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Ancestry (every step back to the source, with all parameters and runs) and descendants of an image."""
+    catalog = _catalog(_workspace(ctx))
+    result = catalog.lineage(catalog.resolve_image_id(image_id))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), default=str, indent=2) + "\n")
+        return
+    print_lineage(result)
+
+
+def print_lineage(result: Any) -> None:
+    img = result.image
+    out.print(
+        f"[bold]{img['image_id']}[/bold]  {img['character']}  origin={img['origin']}  "
+        f"{img['width']}x{img['height']}  {img['path']}"
+    )
+    for title, steps in (("ancestry", result.ancestors), ("descendants", result.descendants)):
+        out.print(f"[bold]{title}[/bold] ({len(steps)} step(s))")
+        for s in steps:
+            params = {k: s[k] for k in ("prompt_id", "prompt", "seed", "steps", "guidance", "strength") if s.get(k) is not None}
+            out.print(
+                f"  {'  ' * (s['depth'] - 1)}{s['child_id'][:12]} <- {s['op']}({(s['parent_id'] or 'text')[:12]})"
+                f" model={s['model_ref'] or '-'} loras={json.dumps(s['loras'])} {json.dumps(params, ensure_ascii=False)}"
+                f" params={json.dumps(s['params'], default=str)} run={s['run_flow']}@{s['run_id'][:8] if s['run_id'] else '-'}"
+            )
+
+
+@app.command()
+def characters(ctx: typer.Context) -> None:
+    """Each character with image counts by origin and by identity verdict."""
+    ws = _workspace(ctx)
+    catalog = _catalog(ws)
+    df = catalog.characters_summary() if catalog.path.exists() else None
+    table = Table()
+    for col in ("character", "images", "source", "edit", "augment", "generate", "id_pass", "id_other", "unscored"):
+        table.add_column(col, justify="left" if col == "character" else "right")
+    seen = set()
+    if df is not None:
+        for row in df.itertuples(index=False):
+            seen.add(row.character)
+            table.add_row(*(str(v) for v in row))
+    for name in ws.character_names():
+        if name not in seen:
+            table.add_row(name, *(["0"] * 8))
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Offline demo: ingest sample photos shipped in installed packages, then show the catalog and lineage."""
+    from flenwheel.demo import sample_photos
+    from flenwheel.ingest import ingest_paths
+
+    ws = _workspace(ctx)
+    catalog = _catalog(ws)
+    samples = sample_photos()
+    first_id = None
+    for character, paths in samples.items():
+        ws.character(character)
+        with catalog.run("cli:demo", {"character": character, "paths": [str(p) for p in paths]}) as run_id:
+            for o in ingest_paths(ws, catalog, character, paths, run_id):
+                out.print(f"{o.status:9s} {character:10s} {o.path.name}: {o.image_id or o.reason}")
+                first_id = first_id or o.image_id
+    out.print(f"\n[bold]catalog[/bold]: {ws.catalog_path}")
+    out.print(f"[bold]image store[/bold]: {ws.objects_dir}")
+    out.print("\n[bold]flenwheel characters[/bold]")
+    ctx.invoke(characters, ctx=ctx)
+    query = "SELECT character, origin, count(*) AS n FROM images GROUP BY ALL ORDER BY ALL"
+    out.print(f'\n[bold]flenwheel sql "{query}"[/bold]')
+    ctx.invoke(sql, ctx=ctx, query=query, fmt="table")
+    if first_id:
+        out.print(f"\n[bold]flenwheel lineage {first_id[:12]}[/bold]")
+        print_lineage(catalog.lineage(first_id))
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+

@@ -1,0 +1,251 @@
+"""Pydantic models for every YAML file under configs/, and where they are found.
+
+Every file is validated strictly (unknown keys are errors) and a failure is raised as one
+:class:`ConfigError` whose message names the file, the key and what is allowed, so the CLI can print
+it on one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CHARACTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+PROFILE_NAMES = ("cpu-tiny", "gpu-24gb", "gpu-80gb")
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message is meant for the user as it is."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_character_name(name: str) -> str:
+    """Character names become folder names and SQL values: keep them to a safe alphabet."""
+    if not CHARACTER_NAME.match(name or ""):
+        raise ConfigError(
+            f"invalid character name {name!r}: use 1-64 letters, digits, '-' or '_', "
+            "starting with a letter or digit (no path separators, quotes or spaces)"
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class StoreSettings(Strict):
+    """How source photos are validated and normalised before they enter the store."""
+
+    max_side: int = Field(2048, ge=256, le=16384, description="longest side after ingest (downscaled)")
+    min_side: int = Field(128, ge=16, le=4096, description="shortest side below which a photo is rejected")
+    max_pixels: int = Field(
+        60_000_000, ge=1_000_000, description="width*height above which a file is refused as a bomb"
+    )
+    alpha_background: tuple[int, int, int] = Field(
+        (255, 255, 255), description="RGB that transparent pixels are flattened onto"
+    )
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError("each channel must be 0..255")
+        return v
+
+
+class CatalogSettings(Strict):
+    lock_timeout_s: float = Field(120.0, gt=0, description="how long a write waits for another writer")
+
+
+class Settings(Strict):
+    """configs/flenwheel.yaml: project-wide settings."""
+
+    root: Path = Field(Path("datasets"), description="data root, relative to the working directory")
+    default_profile: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"] = "cpu-tiny"
+    store: StoreSettings = StoreSettings()
+    catalog: CatalogSettings = CatalogSettings()
+
+
+# --------------------------------------------------------------------------- characters
+
+
+class IdentitySettings(Strict):
+    backend: Literal["dlib", "insightface"] = "dlib"
+    threshold: float | None = Field(
+        None, description="similarity needed to pass; None = calibrated value or the backend default"
+    )
+    decide_by: Literal["max", "mean"] = "max"
+
+
+class Character(Strict):
+    """configs/characters/<name>.yaml."""
+
+    name: str
+    trigger: str = Field(..., min_length=2, max_length=64, description="trigger word used in captions")
+    source_dir: Path | None = Field(None, description="folder of source photos; default <root>/inbox/<name>")
+    identity: IdentitySettings = IdentitySettings()
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return validate_character_name(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", v):
+            raise ValueError("use letters, digits and '_' only (one token, no spaces)")
+        return v
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+class Profile(Strict):
+    """configs/profiles/<name>.yaml: where and how models run. Later stages add their sections."""
+
+    name: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"]
+    description: str = ""
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    identity_backend: Literal["dlib", "insightface"] = "dlib"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif e["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            problems.append(f"key '{key}': {e['msg']}{got_s}")
+    return f"{path}: " + "; ".join(problems)
+
+
+def _allowed_keys(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M], defaults: dict[str, Any] | None = None) -> M:
+    """Read one YAML file into ``model``; every failure becomes a one-line :class:`ConfigError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys ({_allowed_keys(model)})")
+    data = {**(defaults or {}), **data}
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        msg = _format_validation_error(path, e)
+        if any(x["type"] == "extra_forbidden" for x in e.errors()):
+            msg += f"; allowed keys: {_allowed_keys(model)}"
+        raise ConfigError(msg) from None
+
+
+class Workspace:
+    """Resolved settings, data root and config folder for one invocation.
+
+    The data root is chosen by ``root`` (``--root``) over ``FLENWHEEL_HOME`` over ``settings.root``;
+    the config folder by ``configs`` (``--configs``) over ``FLENWHEEL_CONFIGS`` over ``./configs``
+    over the configs/ of this checkout.
+    """
+
+    def __init__(self, root: Path | str | None = None, configs: Path | str | None = None) -> None:
+        self.configs_dir = self._find_configs(configs)
+        settings_file = self.configs_dir / "flenwheel.yaml"
+        self.settings = load_yaml_model(settings_file, Settings) if settings_file.exists() else Settings()
+        chosen = root or os.environ.get("FLENWHEEL_HOME") or self.settings.root
+        self.root = Path(chosen).expanduser().resolve()
+
+    @staticmethod
+    def _find_configs(configs: Path | str | None) -> Path:
+        candidates = [configs, os.environ.get("FLENWHEEL_CONFIGS")]
+        for c in candidates:
+            if c:
+                p = Path(c).expanduser().resolve()
+                if not p.is_dir():
+                    raise ConfigError(f"{p}: config folder not found")
+                return p
+        cwd = Path.cwd() / "configs"
+        return cwd.resolve() if cwd.is_dir() else REPO_CONFIGS
+
+    # --- paths inside the data root
+    @property
+    def objects_dir(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    def inbox_dir(self, character: str) -> Path:
+        return self.root / "inbox" / validate_character_name(character)
+
+    # --- config files
+    def character(self, name: str) -> Character:
+        validate_character_name(name)
+        path = self.configs_dir / "characters" / f"{name}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown character {name!r}: create {path} with at least 'name: {name}' and "
+                f"'trigger: <word>' (see configs/characters/ for examples)"
+            )
+        character = load_yaml_model(path, Character)
+        if character.name != name:
+            raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {character.name!r}")
+        return character
+
+    def character_names(self) -> list[str]:
+        folder = self.configs_dir / "characters"
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+    def source_dir(self, character: Character) -> Path:
+        if character.source_dir is None:
+            return self.inbox_dir(character.name)
+        p = character.source_dir.expanduser()
+        return p if p.is_absolute() else (self.configs_dir.parent / p).resolve()
+
+    def profile(self, name: str | None = None) -> Profile:
+        name = name or self.settings.default_profile
+        if name not in PROFILE_NAMES:
+            raise ConfigError(f"unknown profile {name!r}: allowed are {', '.join(PROFILE_NAMES)}")
+        path = self.configs_dir / "profiles" / f"{name}.yaml"
+        profile = load_yaml_model(path, Profile)
+        if profile.name != name:
+            raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {profile.name!r}")
+        return profile

@@ -1,0 +1,95 @@
+"""Shared fixtures: isolated workspaces, synthetic images, the real face photos in ../shared/faces."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flenwheel.catalog import Catalog
+from flenwheel.config import Workspace
+
+PROJECT = Path(__file__).resolve().parents[1]
+FACES = PROJECT.parent / "shared" / "faces"
+ARTIFACTS = PROJECT / "test-artifacts"
+
+
+def noise_image(seed: int, size: tuple[int, int] = (160, 160), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = len(mode) if mode in ("RGB", "RGBA", "CMYK") else 1
+    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode)
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def faces() -> Path:
+    if not FACES.is_dir():
+        pytest.fail(f"{FACES} is missing: tests need ../shared/faces beside the project")
+    return FACES
+
+
+@pytest.fixture
+def configs_dir(tmp_path: Path) -> Path:
+    """A private copy of the repo's configs plus test characters."""
+    dst = tmp_path / "configs"
+    shutil.copytree(PROJECT / "configs", dst)
+    for name in ("obama", "biden", "tester"):
+        (dst / "characters" / f"{name}.yaml").write_text(
+            f"name: {name}\ntrigger: fw_{name}\nidentity:\n  backend: dlib\n"
+        )
+    return dst
+
+
+@pytest.fixture
+def ws(tmp_path: Path, configs_dir: Path) -> Workspace:
+    return Workspace(root=tmp_path / "data", configs=configs_dir)
+
+
+@pytest.fixture
+def catalog(ws: Workspace) -> Catalog:
+    return Catalog(ws.catalog_path, lock_timeout_s=60)
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, bytes], Path]:
+    folder = tmp_path / "inputs"
+    folder.mkdir(exist_ok=True)
+
+    def write(name: str, data: bytes) -> Path:
+        p = folder / name
+        p.write_bytes(data)
+        return p
+
+    return write
+
+
+@pytest.fixture
+def cli(ws: Workspace) -> Callable[..., object]:
+    """Invoke the real typer app against the test workspace."""
+    from flenwheel.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str) -> object:
+        return runner.invoke(
+            app, ["--root", str(ws.root), "--configs", str(ws.configs_dir), *args], catch_exceptions=False
+        )
+
+    return invoke
+
+
+def store_files(root: Path) -> list[Path]:
+    objects = root / "objects"
+    return sorted(p for p in objects.rglob("*") if p.is_file()) if objects.exists() else []

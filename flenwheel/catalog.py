@@ -85,8 +85,9 @@ _SCHEMA_V1 = [
         character        VARCHAR NOT NULL,
         backend          VARCHAR NOT NULL,
         image_ids        VARCHAR[] NOT NULL,
-        threshold        DOUBLE,
-        calibration      JSON,
+        embeddings       FLOAT[][] NOT NULL,        -- one per image_ids entry, same order
+        threshold        DOUBLE,                    -- calibrated (or default) threshold of this set
+        calibration      JSON,                      -- pair statistics and how the threshold was chosen
         created_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
     """CREATE TABLE identity_scores (
         image_id         VARCHAR NOT NULL,
@@ -102,6 +103,7 @@ _SCHEMA_V1 = [
         n_faces          INTEGER,
         face_box         INTEGER[],                 -- x0, y0, x1, y1 in stored-image pixels
         det_score        DOUBLE,
+        yaw              DOUBLE,                    -- landmark-based head-turn estimate, degrees
         embedding        FLOAT[],
         run_id           VARCHAR,
         scored_at        TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
@@ -550,6 +552,86 @@ class Catalog:
         )
         con.unregister("new_derivations")
 
+    # ------------------------------------------------------------------ identity
+
+    def source_images(self, character: str) -> list[dict[str, Any]]:
+        """The character's source photos that no review has rejected, by image id."""
+        if not self.path.exists():
+            return []
+        return self.rows(
+            """SELECT i.image_id, i.path FROM images i
+               WHERE i.character = ? AND i.origin = 'source'
+                 AND NOT EXISTS (SELECT 1 FROM review_state r
+                                 WHERE r.image_id = i.image_id AND r.decision = 'rejected')
+               ORDER BY i.image_id""",
+            [character],
+        )
+
+    def reference_set_row(self, reference_set_id: str) -> dict[str, Any] | None:
+        found = self.rows("SELECT * FROM reference_sets WHERE reference_set_id = ?", [reference_set_id])
+        return _decode_json(found[0], ("calibration",)) if found else None
+
+    def save_reference_set(self, row: dict[str, Any]) -> None:
+        """Store a reference set; sets are immutable, so an existing id is left as it is."""
+        values = {**row, "calibration": json.dumps(row["calibration"], default=str), "created_at": now()}
+        cols = list(values)
+        self.write(
+            lambda con: con.execute(
+                f"INSERT OR IGNORE INTO reference_sets ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [values[c] for c in cols],
+            )
+        )
+
+    def update_calibration(self, reference_set_id: str, threshold: float, calibration: dict[str, Any]) -> None:
+        """Re-calibration changes a set's threshold, never its photos."""
+        self.write(
+            lambda con: con.execute(
+                "UPDATE reference_sets SET threshold = ?, calibration = ? WHERE reference_set_id = ?",
+                [threshold, json.dumps(calibration, default=str), reference_set_id],
+            )
+        )
+
+    def other_reference_embeddings(self, character: str, backend: str) -> list[list[float]]:
+        """Embeddings of the newest reference set of every other character (impostors for calibration)."""
+        if not self.path.exists():
+            return []
+        rows = self.rows(
+            """SELECT embeddings FROM (
+                   SELECT embeddings, row_number() OVER (PARTITION BY character ORDER BY created_at DESC) AS rn
+                   FROM reference_sets WHERE character <> ? AND backend = ?) WHERE rn = 1""",
+            [character, backend],
+        )
+        return [e for r in rows for e in r["embeddings"]]
+
+    def images_to_score(
+        self, character: str, backend: str, reference_set_id: str, rescore: bool = False
+    ) -> list[dict[str, Any]]:
+        """Images of the character without a score for this backend and reference set (all with ``rescore``)."""
+        return self.rows(
+            """SELECT i.image_id, i.path FROM images i
+               WHERE i.character = $c AND ($rescore OR NOT EXISTS (
+                   SELECT 1 FROM identity_scores s WHERE s.image_id = i.image_id
+                     AND s.backend = $b AND s.reference_set_id = $r))
+               ORDER BY i.created_at, i.image_id""",
+            {"c": character, "b": backend, "r": reference_set_id, "rescore": rescore},
+        )
+
+    def add_identity_scores(self, rows: Sequence[dict[str, Any]], run_id: str | None) -> None:
+        """Insert or replace scores keyed by (image_id, backend, reference_set_id)."""
+        if not rows:
+            return
+        stamp = now()
+        cols = ["image_id", "backend", "reference_set_id", "verdict", "matched", "similarity", "similarity_max",
+                "similarity_mean", "threshold", "n_faces", "face_box", "det_score", "yaw", "embedding"]
+        values = [[r.get(c) for c in cols] + [run_id, stamp] for r in rows]
+        self.write(
+            lambda con: con.executemany(
+                f"INSERT OR REPLACE INTO identity_scores ({', '.join(cols)}, run_id, scored_at)"
+                f" VALUES ({', '.join('?' * (len(cols) + 2))})",
+                values,
+            )
+        )
+
     # ------------------------------------------------------------------ dataset versions
 
     def freeze_version(
@@ -724,8 +806,8 @@ class AwaitingReview(Exception):  # noqa: N818 - a state, not a failure
     """Raised to stop a run that waits for human review; the run is recorded as ``awaiting_review``."""
 
 
-def _decode_json(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("loras", "params"):
+def _decode_json(row: dict[str, Any], keys: Sequence[str] = ("loras", "params")) -> dict[str, Any]:
+    for key in keys:
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     return row

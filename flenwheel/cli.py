@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -19,13 +20,14 @@ from rich.table import Table
 
 from flenwheel.catalog import Catalog, CatalogError
 from flenwheel.config import ConfigError, Workspace
+from flenwheel.identity import IdentityError
 from flenwheel.store import ImageRejected
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line."""
 
 
-USER_ERRORS = (ConfigError, CatalogError, ImageRejected, UserError)
+USER_ERRORS = (ConfigError, CatalogError, ImageRejected, IdentityError, UserError)
 
 
 class _OneLineErrors(TyperGroup):
@@ -214,6 +216,151 @@ def characters(ctx: typer.Context) -> None:
         if name not in seen:
             table.add_row(name, *(["0"] * 8))
     out.print(table)
+
+
+# --------------------------------------------------------------------------- identity
+
+identity_app = typer.Typer(no_args_is_help=True, help="Face identity: score, filter and calibrate.")
+app.add_typer(identity_app, name="identity")
+
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="dlib or insightface (default: the character's)")
+]
+
+
+def _check_backend(backend: str | None) -> None:
+    from flenwheel.identity import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+
+
+@identity_app.command("score")
+def identity_score(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character whose reference set is used")],
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders (stored or not)")],
+    backend: BackendOpt = None,
+    refs: Annotated[
+        list[Path] | None, typer.Option("--ref", help="score against these photos instead of the catalog's set")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per file")] = False,
+) -> None:
+    """Score any image files against CHARACTER; nothing is added to the catalog.
+
+    Exit status 1 when a file could not be read.
+    """
+    from flenwheel import identity as idn
+    from flenwheel.store import expand_paths
+
+    _check_backend(backend)
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    files = expand_paths(paths)
+    if not files:
+        raise UserError("no image files found in " + ", ".join(str(p) for p in paths))
+    if refs:
+        be = idn.load_backend(backend or char.identity.backend, ws.settings.identity)
+        refset = idn.build_reference_set(be, character, [(str(p), idn.load_rgb(p)) for p in expand_paths(refs)])
+    else:
+        catalog = _catalog(ws)
+        with catalog.run("cli:identity-score", {"character": character, "backend": backend}):
+            refset = idn.reference_set_for(ws, catalog, char, backend)
+    judge = idn.judge_for(ws, char, refset)
+    failures = 0
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=len(files))
+        for key, result in idn.score_files(judge, [(str(p), str(p)) for p in files]):
+            bar.advance(task)
+            if isinstance(result, str):
+                failures += 1
+                record: dict[str, Any] = {"path": key, "verdict": None, "error": result}
+            else:
+                record = {"path": key, **result.to_json()}
+            if as_json:
+                out.print(json.dumps(record), markup=False)
+            elif record["verdict"] is None:
+                out.print(f"ERROR    {key}: {record['error']}", markup=False)
+            else:
+                sim = "-" if record["similarity"] is None else f"{record['similarity']:.3f}"
+                thr = "-" if record["threshold"] is None else f"{record['threshold']:.3f}"
+                out.print(f"{record['verdict']:14s} similarity {sim} threshold {thr} faces {record['n_faces']}  {key}",
+                          markup=False)
+    raise typer.Exit(1 if failures else 0)
+
+
+@identity_app.command("filter")
+def identity_filter(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    backend: BackendOpt = None,
+    rescore: Annotated[bool, typer.Option("--rescore", help="score again images already scored")] = False,
+) -> None:
+    """Score every unscored catalog image of CHARACTER against its reference set, in batches."""
+    from flenwheel import identity as idn
+
+    _check_backend(backend)
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    catalog = _catalog(ws)
+    config = {"character": character, "backend": backend, "rescore": rescore,
+              "identity": ws.settings.identity.model_dump(mode="json")}
+    with catalog.run("cli:identity-filter", config) as run_id, progress_bar() as bar:
+        task = bar.add_task("identity", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        counts = idn.filter_images(ws, catalog, char, backend_name=backend, rescore=rescore, run_id=run_id,
+                                   on_progress=progress)
+    total = sum(counts.values())
+    if not total:
+        out.print("nothing to score: every image already has a score for the current reference set")
+        return
+    table = Table(title=f"{character}: identity verdicts of {total} image(s)")
+    table.add_column("verdict")
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    for verdict, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(verdict, str(n), f"{n / total:.0%}")
+    out.print(table)
+
+
+@identity_app.command("calibrate")
+def identity_calibrate(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    backend: BackendOpt = None,
+) -> None:
+    """Propose a threshold from real-vs-real pairs of CHARACTER's source photos and store it with the set."""
+    from flenwheel import identity as idn
+
+    _check_backend(backend)
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    catalog = _catalog(ws)
+    with catalog.run("cli:identity-calibrate", {"character": character, "backend": backend}):
+        refset = idn.recalibrate(ws, catalog, char, backend)
+    cal = refset.calibration
+    facts = idn.FACTS[refset.backend]
+    out.print(f"[bold]{character}[/bold] reference set {refset.reference_set_id} ({refset.backend}): "
+              f"{len(refset.image_ids)} photo(s)")
+    for image_id, why in refset.skipped.items():
+        out.print(f"  skipped {image_id[:12]}: {why}")
+    if cal.genuine:
+        g = np.asarray(cal.genuine)
+        out.print(f"real-vs-real pairs: {len(g)}  min {g.min():.3f}  5% {np.quantile(g, 0.05):.3f}  "
+                  f"median {np.median(g):.3f}  max {g.max():.3f}")
+        for lo in np.arange(np.floor(g.min() * 20) / 20, g.max() + 1e-9, 0.05):
+            n = int(((g >= lo) & (g < lo + 0.05)).sum())
+            out.print(f"  {lo:5.2f}-{lo + 0.05:4.2f} {'#' * n} {n}")
+    if cal.impostor_max is not None:
+        out.print(f"other characters' references: max similarity {cal.impostor_max:.3f}, 99% {cal.impostor_q99:.3f}")
+    lo, hi = facts.threshold_range
+    out.print(f"calibrated threshold: [bold]{cal.threshold:.3f}[/bold] ({cal.method}; "
+              f"accepted range {lo:.2f}-{hi:.2f}, backend default {facts.default_threshold:.2f})")
+    if char.identity.threshold is not None:
+        out.print(f"note: configs/characters/{character}.yaml sets threshold {char.identity.threshold}, which wins")
 
 
 # --------------------------------------------------------------------------- demo

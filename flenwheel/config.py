@@ -66,6 +66,19 @@ class CatalogSettings(Strict):
     lock_timeout_s: float = Field(120.0, gt=0, description="how long a write waits for another writer")
 
 
+class IdentityBackendSettings(Strict):
+    """How faces are found and embedded (per machine, not per character)."""
+
+    detect_max_side: int = Field(640, ge=160, le=4096, description="faces are detected on a copy this size")
+    min_face_px: int = Field(64, ge=16, description="faces with a shorter box side are 'small_face'")
+    pose_relief: bool = Field(True, description="lower the threshold for turned heads (profiles score lower)")
+    workers: int = Field(2, ge=1, le=64, description="processes that score images in parallel (dlib)")
+    batch_size: int = Field(32, ge=1, description="images per catalog write and per Prefect task")
+    insightface_root: Path = Field(Path("~/.insightface"), description="holds models/<pack>/*.onnx")
+    insightface_pack: str = Field("buffalo_l", description="model pack name (folder under models/)")
+    dlib_upsample: int = Field(1, ge=0, le=3, description="HOG detector upsampling of the detection copy")
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -73,6 +86,7 @@ class Settings(Strict):
     default_profile: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"] = "cpu-tiny"
     store: StoreSettings = StoreSettings()
     catalog: CatalogSettings = CatalogSettings()
+    identity: IdentityBackendSettings = IdentityBackendSettings()
 
 
 # --------------------------------------------------------------------------- characters

@@ -30,7 +30,7 @@ def build(catalog: Catalog, n_images: int, depth: int) -> int:
     chains = n_images // (depth + 1)
     catalog.migrate()
 
-    def fill(con) -> None:  # noqa: ANN001
+    def fill(con) -> None:
         # One SQL statement per table: building the fixture is not what is measured.
         con.execute(
             f"""INSERT INTO images
@@ -87,8 +87,10 @@ def main() -> None:
             t = time.perf_counter()
             con.execute(Catalog._LINEAGE_SQL, {"img": leaf_id(c, d)}).fetchall()
             query_only.append(time.perf_counter() - t)
-    print(f"ancestry+descendants query: median {statistics.median(query_only) * 1e3:.2f} ms "
-          f"(p90 {sorted(query_only)[int(0.9 * len(query_only))] * 1e3:.2f} ms) on an open connection")
+    print(
+        f"ancestry+descendants query: median {statistics.median(query_only) * 1e3:.2f} ms "
+        f"(p90 {sorted(query_only)[int(0.9 * len(query_only))] * 1e3:.2f} ms) on an open connection"
+    )
     print(f"Catalog.lineage() incl. opening the file: median {statistics.median(full) * 1e3:.2f} ms")
 
     members = [r["image_id"] for r in catalog.rows("SELECT image_id FROM images WHERE origin <> 'source' LIMIT 10000")]

@@ -37,6 +37,7 @@ import duckdb
 import pandas as pd
 
 import flenwheel
+from flenwheel.errors import FlenwheelError
 
 T = TypeVar("T")
 
@@ -187,7 +188,7 @@ _SCHEMA_V1 = [
 MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1}
 
 
-class CatalogError(RuntimeError):
+class CatalogError(FlenwheelError, RuntimeError):
     """The catalog cannot be used as asked; the message is meant for the user as it is."""
 
 
@@ -216,7 +217,10 @@ def code_version() -> str:
             out = subprocess.run(
                 ["git", "rev-parse", "--short", "HEAD"],
                 cwd=Path(flenwheel.__file__).parent,
-                capture_output=True, text=True, timeout=5, check=False,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
             )
             if out.returncode == 0 and out.stdout.strip():
                 version += f"+g{out.stdout.strip()}"
@@ -380,9 +384,7 @@ class Catalog:
             return
 
         def migrate(con: duckdb.DuckDBPyConnection) -> None:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)"
-            )
+            con.execute("CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
             current = con.execute("SELECT coalesce(max(version), 0) FROM schema_info").fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise CatalogError(
@@ -413,8 +415,15 @@ class Catalog:
             lambda con: con.execute(
                 "INSERT INTO runs (run_id, flow, prefect_flow_run_id, config, config_sha256, code_version,"
                 " started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-                [run_id, flow, prefect_flow_run_id, json.dumps(config, default=str, sort_keys=True),
-                 sha256_json(config), code_version(), now()],
+                [
+                    run_id,
+                    flow,
+                    prefect_flow_run_id,
+                    json.dumps(config, default=str, sort_keys=True),
+                    sha256_json(config),
+                    code_version(),
+                    now(),
+                ],
             )
         )
         status, error = "completed", None
@@ -460,8 +469,11 @@ class Catalog:
                 con.execute("SELECT image_id, character FROM images JOIN batch_ids USING (image_id)").fetchall()
             )
             con.unregister("batch_ids")
-            clash = [(im, existing[im.image_id]) for im in unique
-                     if im.image_id in existing and existing[im.image_id] != im.character]
+            clash = [
+                (im, existing[im.image_id])
+                for im in unique
+                if im.image_id in existing and existing[im.image_id] != im.character
+            ]
             if clash:
                 im, other = clash[0]
                 raise CatalogError(f"image {im.image_id[:12]} is already catalogued for character {other!r}")
@@ -470,8 +482,10 @@ class Catalog:
             new = [im for im in unique if im.image_id not in existing]
             if new:
                 df = pd.DataFrame(
-                    [{**asdict(im), "lineage_root": roots[im.image_id], "run_id": run_id, "created_at": stamp}
-                     for im in new]
+                    [
+                        {**asdict(im), "lineage_root": roots[im.image_id], "run_id": run_id, "created_at": stamp}
+                        for im in new
+                    ]
                 )
                 con.register("new_images", df)
                 # A plain INSERT of rows known to be new: this process holds the only write lock, and
@@ -497,14 +511,19 @@ class Catalog:
         """The lineage root of each image: its first parent's root, or itself."""
         first_parent = {
             im.image_id: min(by_child[im.image_id], key=lambda d: d.parent_rank).parent_id
-            for im in images if im.image_id in by_child
+            for im in images
+            if im.image_id in by_child
         }
         parents = sorted({p for p in first_parent.values() if p})
-        known = dict(
-            con.execute(
-                "SELECT image_id, lineage_root FROM images WHERE image_id IN (SELECT unnest(?))", [parents]
-            ).fetchall()
-        ) if parents else {}
+        known = (
+            dict(
+                con.execute(
+                    "SELECT image_id, lineage_root FROM images WHERE image_id IN (SELECT unnest(?))", [parents]
+                ).fetchall()
+            )
+            if parents
+            else {}
+        )
         roots: dict[str, str] = {}
         for im in images:
             parent = first_parent.get(im.image_id)
@@ -531,9 +550,10 @@ class Catalog:
             row = asdict(d)
             row["loras"] = json.dumps(d.loras, sort_keys=True)
             row["params"] = json.dumps(d.params, sort_keys=True, default=str)
-            row["root_id"] = roots.get(d.child_id) or con.execute(
-                "SELECT lineage_root FROM images WHERE image_id = ?", [d.child_id]
-            ).fetchone()[0]
+            row["root_id"] = (
+                roots.get(d.child_id)
+                or con.execute("SELECT lineage_root FROM images WHERE image_id = ?", [d.child_id]).fetchone()[0]
+            )
             row["run_id"] = run_id
             row["created_at"] = stamp
             rows.append(row)
@@ -621,8 +641,22 @@ class Catalog:
         if not rows:
             return
         stamp = now()
-        cols = ["image_id", "backend", "reference_set_id", "verdict", "matched", "similarity", "similarity_max",
-                "similarity_mean", "threshold", "n_faces", "face_box", "det_score", "yaw", "embedding"]
+        cols = [
+            "image_id",
+            "backend",
+            "reference_set_id",
+            "verdict",
+            "matched",
+            "similarity",
+            "similarity_max",
+            "similarity_mean",
+            "threshold",
+            "n_faces",
+            "face_box",
+            "det_score",
+            "yaw",
+            "embedding",
+        ]
         values = [[r.get(c) for c in cols] + [run_id, stamp] for r in rows]
         self.write(
             lambda con: con.executemany(
@@ -661,14 +695,21 @@ class Catalog:
             con.execute(
                 "INSERT INTO dataset_versions (version_id, character, number, parent_version, created_by_run,"
                 " manifest_path, manifest_sha256, n_images, frozen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [version_id, character, number, latest[0] if latest else None, run_id, manifest_path,
-                 manifest_sha256, len(members), now()],
+                [
+                    version_id,
+                    character,
+                    number,
+                    latest[0] if latest else None,
+                    run_id,
+                    manifest_path,
+                    manifest_sha256,
+                    len(members),
+                    now(),
+                ],
             )
             df = pd.DataFrame({"image_id": [m[0] for m in members], "caption": [m[1] for m in members]})
             con.register("new_members", df)
-            con.execute(
-                "INSERT INTO dataset_members SELECT ?, image_id, caption FROM new_members", [version_id]
-            )
+            con.execute("INSERT INTO dataset_members SELECT ?, image_id, caption FROM new_members", [version_id])
             con.unregister("new_members")
             return version_id, True
 
@@ -802,7 +843,7 @@ class Catalog:
         )
 
 
-class AwaitingReview(Exception):  # noqa: N818 - a state, not a failure
+class AwaitingReview(Exception):
     """Raised to stop a run that waits for human review; the run is recorded as ``awaiting_review``."""
 
 

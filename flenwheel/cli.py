@@ -14,20 +14,17 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-from flenwheel.catalog import Catalog, CatalogError
-from flenwheel.config import ConfigError, Workspace
-from flenwheel.identity import IdentityError
-from flenwheel.store import ImageRejected
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line."""
+from flenwheel.catalog import Catalog
+from flenwheel.config import Workspace
+from flenwheel.errors import FlenwheelError
 
 
-USER_ERRORS = (ConfigError, CatalogError, ImageRejected, IdentityError, UserError)
+class UserError(FlenwheelError):
+    """A wrong command-line argument."""
 
 
 class _OneLineErrors(TyperGroup):
@@ -36,7 +33,7 @@ class _OneLineErrors(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except USER_ERRORS as e:
+        except FlenwheelError as e:
             err.print(f"error: {e}", markup=False)
             raise typer.Exit(2) from None
 
@@ -52,6 +49,7 @@ app = typer.Typer(
     add_completion=False,
     help="flenwheel: curated, versioned character training sets and LoRAs, with lineage for everything.",
 )
+
 
 def _workspace(ctx: typer.Context) -> Workspace:
     if not isinstance(ctx.obj, Workspace):
@@ -190,11 +188,16 @@ def print_lineage(result: Any) -> None:
     for title, steps in (("ancestry", result.ancestors), ("descendants", result.descendants)):
         out.print(f"[bold]{title}[/bold] ({len(steps)} step(s))")
         for s in steps:
-            params = {k: s[k] for k in ("prompt_id", "prompt", "seed", "steps", "guidance", "strength") if s.get(k) is not None}
+            params = {
+                k: s[k]
+                for k in ("prompt_id", "prompt", "seed", "steps", "guidance", "strength")
+                if s.get(k) is not None
+            }
+            run = f"{s['run_flow']}@{s['run_id'][:8]}" if s["run_id"] else "-"
             out.print(
                 f"  {'  ' * (s['depth'] - 1)}{s['child_id'][:12]} <- {s['op']}({(s['parent_id'] or 'text')[:12]})"
-                f" model={s['model_ref'] or '-'} loras={json.dumps(s['loras'])} {json.dumps(params, ensure_ascii=False)}"
-                f" params={json.dumps(s['params'], default=str)} run={s['run_flow']}@{s['run_id'][:8] if s['run_id'] else '-'}"
+                f" model={s['model_ref'] or '-'} loras={json.dumps(s['loras'])}"
+                f" {json.dumps(params, ensure_ascii=False)} params={json.dumps(s['params'], default=str)} run={run}"
             )
 
 
@@ -223,9 +226,7 @@ def characters(ctx: typer.Context) -> None:
 identity_app = typer.Typer(no_args_is_help=True, help="Face identity: score, filter and calibrate.")
 app.add_typer(identity_app, name="identity")
 
-BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="dlib or insightface (default: the character's)")
-]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="dlib or insightface (default: the character's)")]
 
 
 def _check_backend(backend: str | None) -> None:
@@ -284,8 +285,10 @@ def identity_score(
             else:
                 sim = "-" if record["similarity"] is None else f"{record['similarity']:.3f}"
                 thr = "-" if record["threshold"] is None else f"{record['threshold']:.3f}"
-                out.print(f"{record['verdict']:14s} similarity {sim} threshold {thr} faces {record['n_faces']}  {key}",
-                          markup=False)
+                out.print(
+                    f"{record['verdict']:14s} similarity {sim} threshold {thr} faces {record['n_faces']}  {key}",
+                    markup=False,
+                )
     raise typer.Exit(1 if failures else 0)
 
 
@@ -303,16 +306,21 @@ def identity_filter(
     ws = _workspace(ctx)
     char = ws.character(character)
     catalog = _catalog(ws)
-    config = {"character": character, "backend": backend, "rescore": rescore,
-              "identity": ws.settings.identity.model_dump(mode="json")}
+    config = {
+        "character": character,
+        "backend": backend,
+        "rescore": rescore,
+        "identity": ws.settings.identity.model_dump(mode="json"),
+    }
     with catalog.run("cli:identity-filter", config) as run_id, progress_bar() as bar:
         task = bar.add_task("identity", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        counts = idn.filter_images(ws, catalog, char, backend_name=backend, rescore=rescore, run_id=run_id,
-                                   on_progress=progress)
+        counts = idn.filter_images(
+            ws, catalog, char, backend_name=backend, rescore=rescore, run_id=run_id, on_progress=progress
+        )
     total = sum(counts.values())
     if not total:
         out.print("nothing to score: every image already has a score for the current reference set")
@@ -343,24 +351,85 @@ def identity_calibrate(
         refset = idn.recalibrate(ws, catalog, char, backend)
     cal = refset.calibration
     facts = idn.FACTS[refset.backend]
-    out.print(f"[bold]{character}[/bold] reference set {refset.reference_set_id} ({refset.backend}): "
-              f"{len(refset.image_ids)} photo(s)")
+    out.print(
+        f"[bold]{character}[/bold] reference set {refset.reference_set_id} ({refset.backend}): "
+        f"{len(refset.image_ids)} photo(s)"
+    )
     for image_id, why in refset.skipped.items():
         out.print(f"  skipped {image_id[:12]}: {why}")
     if cal.genuine:
         g = np.asarray(cal.genuine)
-        out.print(f"real-vs-real pairs: {len(g)}  min {g.min():.3f}  5% {np.quantile(g, 0.05):.3f}  "
-                  f"median {np.median(g):.3f}  max {g.max():.3f}")
+        out.print(
+            f"real-vs-real pairs: {len(g)}  min {g.min():.3f}  5% {np.quantile(g, 0.05):.3f}  "
+            f"median {np.median(g):.3f}  max {g.max():.3f}"
+        )
         for lo in np.arange(np.floor(g.min() * 20) / 20, g.max() + 1e-9, 0.05):
             n = int(((g >= lo) & (g < lo + 0.05)).sum())
             out.print(f"  {lo:5.2f}-{lo + 0.05:4.2f} {'#' * n} {n}")
     if cal.impostor_max is not None:
         out.print(f"other characters' references: max similarity {cal.impostor_max:.3f}, 99% {cal.impostor_q99:.3f}")
     lo, hi = facts.threshold_range
-    out.print(f"calibrated threshold: [bold]{cal.threshold:.3f}[/bold] ({cal.method}; "
-              f"accepted range {lo:.2f}-{hi:.2f}, backend default {facts.default_threshold:.2f})")
+    out.print(
+        f"calibrated threshold: [bold]{cal.threshold:.3f}[/bold] ({cal.method}; "
+        f"accepted range {lo:.2f}-{hi:.2f}, backend default {facts.default_threshold:.2f})"
+    )
     if char.identity.threshold is not None:
         out.print(f"note: configs/characters/{character}.yaml sets threshold {char.identity.threshold}, which wins")
+
+
+# --------------------------------------------------------------------------- models
+
+models_app = typer.Typer(no_args_is_help=True, help="Model runtime: tiny offline twins, profile checks.")
+app.add_typer(models_app, name="models")
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="cpu-tiny, gpu-24gb or gpu-80gb")]
+
+
+@models_app.command("tiny")
+def models_tiny(out_dir: Annotated[Path, typer.Argument(help="folder to build into")]) -> None:
+    """Build the tiny random-weight twins of both pipelines (real classes) into OUT_DIR.
+
+    FluxPipeline.from_pretrained(OUT_DIR/"flux") and QwenImageEditPlusPipeline.from_pretrained(
+    OUT_DIR/"qwen-image-edit") load them with no hub access.
+    """
+    from flenwheel.tiny import ensure_tiny_models
+
+    for kind, path in ensure_tiny_models(out_dir).items():
+        out.print(f"{kind:16s} {path}")
+
+
+@models_app.command("check")
+def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
+    """Check that the profile's device and every model and LoRA it names are available, without loading them."""
+    from flenwheel import models
+
+    ws = _workspace(ctx)
+    prof = ws.profile(profile)
+    problems = []
+    try:
+        models.check_device(prof)
+        out.print(f"device    {prof.device}: ok")
+    except models.ModelError as e:
+        problems.append(str(e))
+        out.print(f"device    {prof.device}: {e}")
+    for kind, stage_name in models.STAGE_OF_KIND.items():
+        stage = getattr(prof, stage_name)
+        try:
+            resolved = models.resolve_model(stage.model, kind, ws)
+            out.print(f"{stage_name:9s} {resolved.ref}")
+        except models.ModelError as e:
+            problems.append(str(e))
+            out.print(f"{stage_name:9s} MISSING: {e}")
+        library = ws.loras()
+        for category, stack in stage.loras.items():
+            for use in stack:
+                try:
+                    _, ref = models.resolve_lora_file(library[use.name], ws, _catalog(ws))
+                    out.print(f"  lora {category}/{use.name}: {ref}")
+                except models.ModelError as e:
+                    problems.append(str(e))
+                    out.print(f"  lora {category}/{use.name}: MISSING: {e}")
+    raise typer.Exit(1 if problems else 0)
 
 
 # --------------------------------------------------------------------------- demo
@@ -397,5 +466,3 @@ def demo(ctx: typer.Context) -> None:
 def main() -> None:
     """Console entry point."""
     app()
-
-

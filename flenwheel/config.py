@@ -15,12 +15,14 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flenwheel.errors import FlenwheelError
+
 CHARACTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 PROFILE_NAMES = ("cpu-tiny", "gpu-24gb", "gpu-80gb")
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(FlenwheelError, ValueError):
     """A configuration file or value is wrong; the message is meant for the user as it is."""
 
 
@@ -125,17 +127,68 @@ class Character(Strict):
         return v
 
 
-# --------------------------------------------------------------------------- profiles
+# --------------------------------------------------------------------------- profiles and LoRAs
+
+PipelineKind = Literal["qwen-image-edit", "flux"]
+
+
+class LoraSpec(Strict):
+    """One entry of configs/loras.yaml: where a LoRA comes from and how it wants to be run."""
+
+    ref: str = Field(..., description="hub repo id, local file/folder, or catalog:<lora_id>")
+    weight_name: str | None = Field(None, description="file inside a hub repo or folder")
+    revision: str | None = None
+    scale: float = Field(1.0, description="adapter weight (fuse scale when fused)")
+    applies_to: PipelineKind
+    steps: int | None = Field(None, ge=1, description="sampling steps this LoRA is made for")
+    true_cfg_scale: float | None = Field(None, ge=1.0)
+    guidance: float | None = Field(None, ge=0.0)
+    scheduler: dict[str, Any] = Field(default_factory=dict, description="scheduler config overrides")
+    description: str = ""
+
+
+class LoraUse(Strict):
+    """A LoRA in a stage's stack, by its name in configs/loras.yaml."""
+
+    name: str
+    scale: float | None = Field(None, description="overrides the library scale")
+
+
+class StageSettings(Strict):
+    """How one pipeline (editor or generator) is loaded and sampled under a profile."""
+
+    model: str = Field(..., description="hub id[@revision], a local folder, or tiny:<kind> (built offline)")
+    quantize: list[str] = Field(default_factory=list, description="components loaded 4-bit nf4 (bitsandbytes)")
+    offload: Literal["none", "model", "sequential"] = "none"
+    vae_tiling: bool = False
+    steps: int = Field(..., ge=1)
+    width: int | None = Field(None, ge=16, le=4096, description="output width; None: the pipeline's own choice")
+    height: int | None = Field(None, ge=16, le=4096, description="output height; None: the pipeline's own choice")
+    true_cfg_scale: float | None = Field(None, ge=1.0, description="editor: classifier-free guidance")
+    guidance: float | None = Field(None, ge=0.0, description="generator: FLUX distilled guidance")
+    negative_prompt: str = " "
+    fuse_loras: bool = Field(False, description="fuse the stack into the weights (faster sampling)")
+    loras: dict[str, list[LoraUse]] = Field(
+        default_factory=dict, description="stacks by prompt category; 'default' applies to every category"
+    )
 
 
 class Profile(Strict):
-    """configs/profiles/<name>.yaml: where and how models run. Later stages add their sections."""
+    """configs/profiles/<name>.yaml: where and how models run."""
 
     name: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"]
     description: str = ""
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     identity_backend: Literal["dlib", "insightface"] = "dlib"
+    min_gpu_memory_gib: float | None = Field(None, gt=0, description="refuse cards with less memory")
+    peak_budget_gib: float | None = Field(None, gt=0, description="the stage peak this profile is built to stay under")
+    editor: StageSettings
+    generator: StageSettings
+
+
+class LoraLibrary(Strict):
+    loras: dict[str, LoraSpec] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- loading
@@ -254,6 +307,14 @@ class Workspace:
         p = character.source_dir.expanduser()
         return p if p.is_absolute() else (self.configs_dir.parent / p).resolve()
 
+    def loras(self) -> dict[str, LoraSpec]:
+        """configs/loras.yaml: the LoRA library, by name."""
+        path = self.configs_dir / "loras.yaml"
+        if not path.exists():
+            return {}
+        library = load_yaml_model(path, LoraLibrary)
+        return library.loras
+
     def profile(self, name: str | None = None) -> Profile:
         name = name or self.settings.default_profile
         if name not in PROFILE_NAMES:
@@ -262,4 +323,19 @@ class Workspace:
         profile = load_yaml_model(path, Profile)
         if profile.name != name:
             raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {profile.name!r}")
+        library = self.loras()
+        for stage, kind in (("editor", "qwen-image-edit"), ("generator", "flux")):
+            for category, stack in getattr(profile, stage).loras.items():
+                for i, use in enumerate(stack):
+                    key = f"{stage}.loras.{category}.{i}.name"
+                    if use.name not in library:
+                        raise ConfigError(
+                            f"{path}: key '{key}': unknown LoRA {use.name!r}; configs/loras.yaml has "
+                            f"{', '.join(library) or 'none'}"
+                        )
+                    if library[use.name].applies_to != kind:
+                        raise ConfigError(
+                            f"{path}: key '{key}': LoRA {use.name!r} is for {library[use.name].applies_to}, "
+                            f"not the {stage} ({kind})"
+                        )
         return profile

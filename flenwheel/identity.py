@@ -42,9 +42,10 @@ import numpy as np
 
 from flenwheel.catalog import Catalog
 from flenwheel.config import Character, IdentityBackendSettings, StoreSettings, Workspace
+from flenwheel.errors import FlenwheelError
 
 
-class IdentityError(RuntimeError):
+class IdentityError(FlenwheelError, RuntimeError):
     """Identity scoring cannot run as asked; the message says what to do."""
 
 
@@ -186,7 +187,9 @@ class DlibBackend(FaceBackend):
         }
         for what, path in files.items():
             if not path.is_file():
-                raise IdentityModelMissing(f"dlib backend: {what} model {path} is missing; reinstall face_recognition_models")
+                raise IdentityModelMissing(
+                    f"dlib backend: {what} model {path} is missing; reinstall face_recognition_models"
+                )
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(files["landmarks"]))
@@ -317,9 +320,7 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate(
-    backend: FaceBackend, embeddings: np.ndarray, impostors: np.ndarray | None = None
-) -> Calibration:
+def calibrate(backend: FaceBackend, embeddings: np.ndarray, impostors: np.ndarray | None = None) -> Calibration:
     """Propose a threshold from real-vs-real pairs of the reference photos.
 
     The threshold sits ``calibration_margin`` below the low end of the genuine pairs (the minimum for fewer
@@ -328,16 +329,19 @@ def calibrate(
     """
     facts = backend.facts
     n = len(embeddings)
-    genuine = [float(backend.similarities(embeddings[i], embeddings[j : j + 1])[0])
-               for i, j in itertools.combinations(range(n), 2)]
+    genuine = [
+        float(backend.similarities(embeddings[i], embeddings[j : j + 1])[0])
+        for i, j in itertools.combinations(range(n), 2)
+    ]
     imp: list[float] = []
     if impostors is not None and len(impostors) and n:
         imp = [float(s) for e in embeddings for s in backend.similarities(e, impostors)]
     imp_max = max(imp) if imp else None
     imp_q99 = float(np.quantile(imp, 0.99)) if imp else None
     if not genuine:
-        return Calibration(facts.default_threshold, "default (fewer than two reference photos)", n,
-                           [], imp_max, imp_q99)
+        return Calibration(
+            facts.default_threshold, "default (fewer than two reference photos)", n, [], imp_max, imp_q99
+        )
     low = min(genuine) if len(genuine) < 10 else float(np.quantile(genuine, 0.05))
     proposal = low - facts.calibration_margin
     if imp_q99 is not None:
@@ -396,8 +400,13 @@ def build_reference_set(
     ids = [ids[i] for i in order]
     matrix = np.stack([embs[i] for i in order]).astype(np.float32)
     return ReferenceSet(
-        reference_set_id(backend, [image_id for image_id, _ in images]), character, backend.name, ids, matrix,
-        calibrate(backend, matrix, impostors), skipped,
+        reference_set_id(backend, [image_id for image_id, _ in images]),
+        character,
+        backend.name,
+        ids,
+        matrix,
+        calibrate(backend, matrix, impostors),
+        skipped,
     )
 
 
@@ -510,7 +519,7 @@ def _score_one(item: ImageSource) -> tuple[str, Score | str]:
     key, path = item
     try:
         rgb = load_rgb(path)
-    except Exception as e:  # noqa: BLE001 - a bad file is reported, never a crash of the batch
+    except Exception as e:
         return key, f"unreadable: {e}"
     return key, judge_image(backend, judge, rgb, image_id=key)
 
@@ -520,8 +529,18 @@ _POOL: tuple[str, ProcessPoolExecutor] | None = None
 
 def _judge_key(judge: Judge, workers: int) -> str:
     h = hashlib.sha256(judge.references.tobytes())
-    h.update(repr((judge.backend, judge.settings.model_dump_json(), judge.threshold, judge.decide_by,
-                   judge.reference_ids, workers)).encode())
+    h.update(
+        repr(
+            (
+                judge.backend,
+                judge.settings.model_dump_json(),
+                judge.threshold,
+                judge.decide_by,
+                judge.reference_ids,
+                workers,
+            )
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -564,7 +583,6 @@ def score_files(
     yield from _pool(judge, workers).map(_score_one, items, chunksize=1)
 
 
-
 # --------------------------------------------------------------------------- catalog
 
 
@@ -583,21 +601,30 @@ def reference_set_for(
     if row is not None:
         cal = row["calibration"]
         return ReferenceSet(
-            ref_id, character.name, backend.name, list(row["image_ids"]),
+            ref_id,
+            character.name,
+            backend.name,
+            list(row["image_ids"]),
             np.asarray(row["embeddings"], dtype=np.float32),
-            Calibration(**{k: v for k, v in cal.items() if k != "skipped"}), cal.get("skipped", {}),
+            Calibration(**{k: v for k, v in cal.items() if k != "skipped"}),
+            cal.get("skipped", {}),
         )
     impostors = catalog.other_reference_embeddings(character.name, backend.name)
     images = [(s["image_id"], load_rgb(ws.root / s["path"])) for s in sources]
     refset = build_reference_set(
         backend, character.name, images, np.asarray(impostors, dtype=np.float32) if impostors else None
     )
-    catalog.save_reference_set({
-        "reference_set_id": refset.reference_set_id, "character": character.name, "backend": backend.name,
-        "image_ids": refset.image_ids, "embeddings": refset.embeddings.tolist(),
-        "threshold": refset.calibrated_threshold,
-        "calibration": {**refset.calibration.to_json(), "skipped": refset.skipped},
-    })
+    catalog.save_reference_set(
+        {
+            "reference_set_id": refset.reference_set_id,
+            "character": character.name,
+            "backend": backend.name,
+            "image_ids": refset.image_ids,
+            "embeddings": refset.embeddings.tolist(),
+            "threshold": refset.calibrated_threshold,
+            "calibration": {**refset.calibration.to_json(), "skipped": refset.skipped},
+        }
+    )
     return refset
 
 
@@ -617,8 +644,12 @@ def judge_for(ws: Workspace, character: Character, refset: ReferenceSet) -> Judg
 def score_row(image_id: str, refset: ReferenceSet, result: Score | str) -> dict[str, Any]:
     """An ``identity_scores`` row; an unreadable stored file counts as ``no_face`` with the reason dropped."""
     score = result if isinstance(result, Score) else Score("no_face")
-    return {"image_id": image_id, "backend": refset.backend, "reference_set_id": refset.reference_set_id,
-            **asdict(score)}
+    return {
+        "image_id": image_id,
+        "backend": refset.backend,
+        "reference_set_id": refset.reference_set_id,
+        **asdict(score),
+    }
 
 
 def filter_images(
@@ -665,7 +696,8 @@ def recalibrate(ws: Workspace, catalog: Catalog, character: Character, backend_n
         backend, refset.embeddings, np.asarray(impostors, dtype=np.float32) if impostors else None
     )
     catalog.update_calibration(
-        refset.reference_set_id, refset.calibrated_threshold,
+        refset.reference_set_id,
+        refset.calibrated_threshold,
         {**refset.calibration.to_json(), "skipped": refset.skipped},
     )
     return refset

@@ -58,7 +58,9 @@ def ingest_paths(
                     early.append(IngestOutcome(path, "rejected", reason=str(e)))
                     continue
                 if s.image_id in seen:
-                    early.append(IngestOutcome(path, "duplicate", s.image_id, f"same picture as {seen[s.image_id].name}"))
+                    early.append(
+                        IngestOutcome(path, "duplicate", s.image_id, f"same picture as {seen[s.image_id].name}")
+                    )
                     continue
                 seen[s.image_id] = path
                 stored.append((path, s))
@@ -81,10 +83,14 @@ def _classify(
 ) -> tuple[list[ImageRecord], list[IngestOutcome]]:
     """Split stored files into new records and outcomes, by who already owns each image."""
     ids = [s.image_id for _, s in stored]
-    owners = {
-        r["image_id"]: r["character"]
-        for r in catalog.rows("SELECT image_id, character FROM images WHERE image_id IN (SELECT unnest(?))", [ids])
-    } if catalog.path.exists() else {}
+    owners = (
+        {
+            r["image_id"]: r["character"]
+            for r in catalog.rows("SELECT image_id, character FROM images WHERE image_id IN (SELECT unnest(?))", [ids])
+        }
+        if catalog.path.exists()
+        else {}
+    )
     records: list[ImageRecord] = []
     outcomes: list[IngestOutcome] = []
     for path, s in stored:

@@ -26,11 +26,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flenwheel.config import StoreSettings
+from flenwheel.errors import FlenwheelError
 
 PNG_COMPRESS_LEVEL = 6
 
 
-class ImageRejected(ValueError):
+class ImageRejected(FlenwheelError, ValueError):
     """The file cannot become a stored image; ``str(err)`` is the one-line reason."""
 
 
@@ -73,7 +74,9 @@ def _open_checked(data: bytes, name: str, settings: StoreSettings) -> Image.Imag
         raise ImageRejected(f"unsupported format {img.format}; allowed: {', '.join(settings.formats)}")
     w, h = img.size
     if w * h > settings.max_pixels:
-        raise ImageRejected(f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_pixels:,} (decompression bomb?)")
+        raise ImageRejected(
+            f"{w}x{h} = {w * h:,} pixels exceeds the limit of {settings.max_pixels:,} (decompression bomb?)"
+        )
     old_limit = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None  # already checked against our own limit above
@@ -112,7 +115,7 @@ def normalise(data: bytes, settings: StoreSettings, name: str = "<bytes>") -> Im
     img = _open_checked(data, name, settings)
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good photo
+    except Exception:
         pass
     img = _to_rgb8(img, settings.alpha_background)
     w, h = img.size

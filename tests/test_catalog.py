@@ -23,8 +23,17 @@ from flenwheel.config import Workspace
 from tests.conftest import PROJECT, encode, noise_image
 
 TABLES = {
-    "images", "derivations", "identity_scores", "reviews", "dataset_versions", "dataset_members",
-    "loras", "runs", "metrics", "reference_sets", "schema_info",
+    "images",
+    "derivations",
+    "identity_scores",
+    "reviews",
+    "dataset_versions",
+    "dataset_members",
+    "loras",
+    "runs",
+    "metrics",
+    "reference_sets",
+    "schema_info",
 }
 
 
@@ -83,9 +92,18 @@ def chain(catalog: Catalog) -> list[str]:
         for depth, (op, origin) in enumerate([("edit", "edit"), ("augment", "augment"), ("edit", "edit")], start=1):
             child = img(10 + depth, origin=origin)
             d = DerivationRecord(
-                child.image_id, ids[-1], op, model_ref="Qwen/Qwen-Image-Edit-2509@abc", prompt=f"step {depth}",
-                prompt_id=f"p{depth}", seed=1000 + depth, steps=8, guidance=1.0, strength=0.9,
-                loras=[{"ref": "lightx2v/Qwen-Image-Lightning", "weight": 1.0}], params={"depth": depth},
+                child.image_id,
+                ids[-1],
+                op,
+                model_ref="Qwen/Qwen-Image-Edit-2509@abc",
+                prompt=f"step {depth}",
+                prompt_id=f"p{depth}",
+                seed=1000 + depth,
+                steps=8,
+                guidance=1.0,
+                strength=0.9,
+                loras=[{"ref": "lightx2v/Qwen-Image-Lightning", "weight": 1.0}],
+                params={"depth": depth},
             )
             catalog.add_images([child], run_id, [d])
             ids.append(child.image_id)
@@ -135,8 +153,15 @@ def test_runs_record_status(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["INSERT INTO images VALUES ('x')", "DELETE FROM images", "DROP TABLE images", "COPY images TO 'x.csv'",
-     "ATTACH 'other.db'", "SET threads = 1", "SELECT 1; DELETE FROM images"],
+    [
+        "INSERT INTO images VALUES ('x')",
+        "DELETE FROM images",
+        "DROP TABLE images",
+        "COPY images TO 'x.csv'",
+        "ATTACH 'other.db'",
+        "SET threads = 1",
+        "SELECT 1; DELETE FROM images",
+    ],
 )
 def test_user_sql_is_read_only(catalog: Catalog, statement: str) -> None:
     catalog.add_images([img(1)], None)
@@ -161,10 +186,14 @@ def test_metrics_upsert(catalog: Catalog) -> None:
 def test_write_waits_for_another_process(catalog: Catalog) -> None:
     catalog.migrate()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(2)",
-         str(catalog.path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(2)",
+            str(catalog.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "locked"
     catalog.add_images([img(5)], None)  # blocks until the holder exits, then succeeds
@@ -172,10 +201,14 @@ def test_write_waits_for_another_process(catalog: Catalog) -> None:
     assert catalog.image(img(5).image_id) is not None
     impatient = Catalog(catalog.path, lock_timeout_s=0.2)
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(3)",
-         str(catalog.path)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(3)",
+            str(catalog.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     holder.stdout.readline()
     with pytest.raises(CatalogError, match="stayed locked"):
@@ -194,10 +227,23 @@ def test_two_processes_ingest_400_images_at_once(ws: Workspace, tmp_path: Path) 
             (folder / f"{i:03d}.png").write_bytes(encode(noise_image(p * 1000 + i, (128, 128))))
         folders.append(folder)
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    cmd = [sys.executable, "-m", "flenwheel", "--root", str(ws.root), "--configs", str(ws.configs_dir),
-           "ingest", "tester", "--batch-size", "4"]
-    procs = [subprocess.Popen([*cmd, str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for f in folders]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flenwheel",
+        "--root",
+        str(ws.root),
+        "--configs",
+        str(ws.configs_dir),
+        "ingest",
+        "tester",
+        "--batch-size",
+        "4",
+    ]
+    procs = [
+        subprocess.Popen([*cmd, str(f)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for f in folders
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     for proc, (stdout, stderr) in zip(procs, results, strict=True):
         assert proc.returncode == 0, stderr

@@ -21,7 +21,7 @@ def all_command_paths() -> list[list[str]]:
     root = typer.main.get_command(app)
     paths: list[list[str]] = []
 
-    def walk(cmd, prefix):  # noqa: ANN001
+    def walk(cmd, prefix):
         paths.append(prefix)
         for name, sub in getattr(cmd, "commands", {}).items():
             walk(sub, [*prefix, name])
@@ -131,7 +131,11 @@ def test_demo_runs_offline_and_prints_catalog_and_lineage(tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "flenwheel", "--root", str(tmp_path / "demo"), "demo"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"catalog: {tmp_path / 'demo' / 'catalog.duckdb'}" in proc.stdout

@@ -23,7 +23,6 @@ from flenwheel.identity import (
     build_reference_set,
     calibrate,
     estimate_yaw,
-    filter_images,
     judge_image,
     load_backend,
     load_rgb,
@@ -43,8 +42,9 @@ def dlib_backend() -> FaceBackend:
 def obama_judge(dlib_backend: FaceBackend, faces: Path) -> Judge:
     refs = [faces / "obama" / "obama_1.jpg", faces / "obama" / "obama_2.jpg"]
     refset = build_reference_set(dlib_backend, "obama", [(str(p), load_rgb(p)) for p in refs])
-    return Judge("dlib", SETTINGS, refset.embeddings, FACTS["dlib"].default_threshold,
-                 reference_ids=tuple(refset.image_ids))
+    return Judge(
+        "dlib", SETTINGS, refset.embeddings, FACTS["dlib"].default_threshold, reference_ids=tuple(refset.image_ids)
+    )
 
 
 def score(judge: Judge, paths: list[Path], workers: int = 1) -> dict[str, object]:
@@ -84,8 +84,14 @@ def test_every_edge_photo_gets_a_verdict(obama_judge: Judge, faces: Path) -> Non
     results = score(obama_judge, sorted((faces / "edge").iterdir()))
     assert len(results) == 3
     assert not any(isinstance(s, str) for s in results.values())
-    assert {s.verdict for s in results.values()} <= {"pass", "fail", "no_face", "multi_face", "small_face",
-                                                   "low_confidence"}
+    assert {s.verdict for s in results.values()} <= {
+        "pass",
+        "fail",
+        "no_face",
+        "multi_face",
+        "small_face",
+        "low_confidence",
+    }
 
 
 def test_small_face(obama_judge: Judge, dlib_backend: FaceBackend, faces: Path) -> None:
@@ -106,7 +112,7 @@ def test_parallel_workers_give_identical_scores(obama_judge: Judge, faces: Path)
 def test_unreadable_file_is_reported_not_raised(obama_judge: Judge, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    ((key, result),) = list(score_files(obama_judge, [("bad", str(bad))], workers=1))
+    ((_key, result),) = list(score_files(obama_judge, [("bad", str(bad))], workers=1))
     assert isinstance(result, str) and "not an image" in result
 
 
@@ -218,8 +224,17 @@ def test_calibration_from_pairs_is_bounded(dlib_backend: FaceBackend) -> None:
 
 
 def test_filter_scores_catalog_images_once(ws: Workspace, catalog: Catalog, cli, faces: Path) -> None:
-    assert cli("ingest", "obama", str(faces / "obama" / "obama_1.jpg"), str(faces / "obama" / "obama_2.jpg"),
-               str(faces / "obama" / "obama_3.jpg"), str(faces / "rose_leslie" / "rose_1.jpg")).exit_code == 0
+    assert (
+        cli(
+            "ingest",
+            "obama",
+            str(faces / "obama" / "obama_1.jpg"),
+            str(faces / "obama" / "obama_2.jpg"),
+            str(faces / "obama" / "obama_3.jpg"),
+            str(faces / "rose_leslie" / "rose_1.jpg"),
+        ).exit_code
+        == 0
+    )
     result = cli("identity", "filter", "obama")
     assert result.exit_code == 0, result.stderr
     rows = catalog.rows("SELECT i.source_name, s.* FROM identity_scores s JOIN images i USING (image_id)")
@@ -262,9 +277,19 @@ def test_calibrate_command_prints_distribution_and_stores_threshold(cli, catalog
 def test_score_command_json_on_any_files(cli, faces: Path, tmp_path: Path) -> None:
     blank = tmp_path / "blank.png"
     Image.new("RGB", (400, 400), (128, 128, 128)).save(blank)
-    result = cli("identity", "score", "obama", str(faces / "obama" / "obama_3.jpg"), str(faces / "kit_harington"),
-                 str(blank), "--ref", str(faces / "obama" / "obama_1.jpg"), "--ref",
-                 str(faces / "obama" / "obama_2.jpg"), "--json")
+    result = cli(
+        "identity",
+        "score",
+        "obama",
+        str(faces / "obama" / "obama_3.jpg"),
+        str(faces / "kit_harington"),
+        str(blank),
+        "--ref",
+        str(faces / "obama" / "obama_1.jpg"),
+        "--ref",
+        str(faces / "obama" / "obama_2.jpg"),
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     verdicts = {Path(r["path"]).name: r["verdict"] for r in records}
@@ -296,8 +321,16 @@ def test_missing_insightface_pack_says_where_to_put_it(tmp_path: Path) -> None:
 
 def test_missing_pack_via_cli_is_one_line(cli, ws: Workspace, faces: Path, tmp_path: Path) -> None:
     (ws.configs_dir / "flenwheel.yaml").write_text(f"identity:\n  insightface_root: {tmp_path / 'none'}\n")
-    result = cli("identity", "score", "obama", str(faces / "obama" / "obama_3.jpg"), "--backend", "insightface",
-                 "--ref", str(faces / "obama" / "obama_1.jpg"))
+    result = cli(
+        "identity",
+        "score",
+        "obama",
+        str(faces / "obama" / "obama_3.jpg"),
+        "--backend",
+        "insightface",
+        "--ref",
+        str(faces / "obama" / "obama_1.jpg"),
+    )
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "insightface model pack 'buffalo_l' not found" in result.stderr
 
@@ -391,7 +424,7 @@ def test_filter_with_tiny_insightface_through_the_judge(tiny_insightface, dlib_b
     """Scoring rules and similarity on insightface's cosine scale, detections from dlib's real landmarks."""
     backend, _ = tiny_insightface
     rgb = load_rgb(faces / "obama" / "obama_1.jpg")
-    face = [f for f in dlib_backend.detect(rgb) if f.score > 0][0]
+    face = next(f for f in dlib_backend.detect(rgb) if f.score > 0)
     ref = backend.embed(rgb, face)
     judge = Judge("insightface", SETTINGS, ref[None], FACTS["insightface"].default_threshold)
 

@@ -14,7 +14,8 @@ ORCHESTRATION = {"tasks", "flows", "review"}
 
 def engine_modules() -> list[str]:
     return sorted(
-        f"flenwheel.{m.name}" for m in pkgutil.iter_modules(flenwheel.__path__)
+        f"flenwheel.{m.name}"
+        for m in pkgutil.iter_modules(flenwheel.__path__)
         if m.name not in ORCHESTRATION and m.name != "__main__"
     )
 

@@ -34,7 +34,11 @@ BAD_INPUTS = {
     "truncated-jpeg": ("cut.jpg", lambda: encode(noise_image(1, (400, 400)), "JPEG")[:3000], "truncated"),
     "truncated-png": ("cut.png", lambda: encode(noise_image(2, (400, 400)))[:5000], "truncated"),
     "text-as-jpeg": ("notes.jpg", lambda: b"this is a shopping list, not a photo\n" * 20, "not an image"),
-    "unsupported-gif": ("anim.gif", lambda: encode(noise_image(3, (200, 200)).convert("P"), "GIF"), "unsupported format GIF"),
+    "unsupported-gif": (
+        "anim.gif",
+        lambda: encode(noise_image(3, (200, 200)).convert("P"), "GIF"),
+        "unsupported format GIF",
+    ),
     "bomb": ("bomb.png", lambda: huge_png_header(100_000, 100_000), "pixel"),
     "too-small": ("tiny.png", lambda: encode(noise_image(4, (64, 300))), "too small"),
 }

@@ -45,7 +45,7 @@ def build(catalog: Catalog, n_images: int, depth: int) -> int:
                 SELECT sha256(concat('img-', c, '-', d)), 0, sha256(concat('img-', c, '-', d - 1)),
                        sha256(concat('img-', c, '-0')), CASE WHEN d % 2 = 1 THEN 'edit' ELSE 'augment' END,
                        'Qwen/Qwen-Image-Edit-2509@main', '[]', 'rotate the camera 45 degrees', 'angle-left-45',
-                       ' ', c * 10 + d, 8, 1.0, 0.9, '{{"size": 1024}}', 'bench-run', now()
+                       ' ', c * 10 + d, 8, 1.0, 0.9, '{{"size": 1024}}', '', 'bench-run', now()
                 FROM range({chains}) r(c), range(1, {depth + 1}) q(d)"""
         )
         con.execute("INSERT INTO runs (run_id, flow, status) VALUES ('bench-run', 'bench', 'completed')")

@@ -75,9 +75,11 @@ _SCHEMA_V1 = [
         guidance        DOUBLE,
         strength        DOUBLE,
         params          JSON,
+        job_key         VARCHAR NOT NULL DEFAULT '', -- hash of everything that determines the output
         run_id          VARCHAR,
         created_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
-        PRIMARY KEY (child_id, parent_rank))""",
+        -- two jobs may make the same picture: both are recorded
+        PRIMARY KEY (child_id, parent_rank, job_key))""",
     "CREATE INDEX derivations_child ON derivations(child_id)",
     "CREATE INDEX derivations_parent ON derivations(parent_id)",
     "CREATE INDEX derivations_root ON derivations(root_id)",
@@ -265,6 +267,7 @@ class DerivationRecord:
     strength: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     parent_rank: int = 0
+    job_key: str = ""
 
 
 @dataclass
@@ -558,17 +561,19 @@ class Catalog:
             row["created_at"] = stamp
             rows.append(row)
         # Explicit casts: DuckDB infers a frame's column types, and an all-NULL column has none.
-        df = pd.DataFrame(rows).drop_duplicates(subset=["child_id", "parent_rank"])
+        df = pd.DataFrame(rows).drop_duplicates(subset=["child_id", "parent_rank", "job_key"])
         con.register("new_derivations", df)
         con.execute(
             """INSERT INTO derivations (child_id, parent_rank, parent_id, root_id, op, model_ref, loras,
-                   prompt, prompt_id, negative_prompt, seed, steps, guidance, strength, params, run_id, created_at)
+                   prompt, prompt_id, negative_prompt, seed, steps, guidance, strength, params, job_key, run_id,
+                   created_at)
                SELECT child_id, parent_rank, parent_id::VARCHAR, root_id, op, model_ref::VARCHAR, loras::JSON,
                    prompt::VARCHAR, prompt_id::VARCHAR, negative_prompt::VARCHAR, seed::BIGINT, steps::INTEGER,
-                   guidance::DOUBLE, strength::DOUBLE, params::JSON, run_id::VARCHAR, created_at
+                   guidance::DOUBLE, strength::DOUBLE, params::JSON, job_key::VARCHAR, run_id::VARCHAR, created_at
                FROM new_derivations n
                WHERE NOT EXISTS (SELECT 1 FROM derivations d
-                                 WHERE d.child_id = n.child_id AND d.parent_rank = n.parent_rank)"""
+                                 WHERE d.child_id = n.child_id AND d.parent_rank = n.parent_rank
+                                   AND d.job_key = n.job_key)"""
         )
         con.unregister("new_derivations")
 
@@ -665,6 +670,50 @@ class Catalog:
                 values,
             )
         )
+
+    # ------------------------------------------------------------------ reviews
+
+    def add_reviews(self, rows: Sequence[dict[str, Any]], run_id: str | None) -> int:
+        """Record decisions (image_id, gate_id, decision, source[, reviewer, note]); returns how many changed.
+
+        A decision equal to the image's current one in that gate is not written again, so syncing the same
+        tags twice, or re-running an auto review, adds nothing.
+        """
+        if not rows:
+            return 0
+
+        def write(con: duckdb.DuckDBPyConnection) -> int:
+            con.register("incoming", pd.DataFrame([{"image_id": r["image_id"], "gate_id": r["gate_id"]} for r in rows]))
+            current = {
+                (i, g): d
+                for i, g, d in con.execute(
+                    "SELECT s.image_id, s.gate_id, s.decision"
+                    " FROM review_state s JOIN incoming USING (image_id, gate_id)"
+                ).fetchall()
+            }
+            con.unregister("incoming")
+            stamp = now()
+            changed = [r for r in rows if current.get((r["image_id"], r["gate_id"])) != r["decision"]]
+            con.executemany(
+                "INSERT INTO reviews (image_id, gate_id, decision, reviewer, source, note, run_id, decided_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        r["image_id"],
+                        r["gate_id"],
+                        r["decision"],
+                        r.get("reviewer"),
+                        r["source"],
+                        r.get("note"),
+                        run_id,
+                        stamp,
+                    ]
+                    for r in changed
+                ],
+            )
+            return len(changed)
+
+        return self.write(write)
 
     # ------------------------------------------------------------------ dataset versions
 

@@ -81,6 +81,12 @@ class IdentityBackendSettings(Strict):
     dlib_upsample: int = Field(1, ge=0, le=3, description="HOG detector upsampling of the detection copy")
 
 
+class ReviewSettings(Strict):
+    auto_margin: float = Field(0.02, ge=0.0, le=0.5, description="auto review: approve passes this far above")
+    app_address: str = "127.0.0.1"
+    app_port: int = Field(5151, ge=1, le=65535)
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -89,6 +95,53 @@ class Settings(Strict):
     store: StoreSettings = StoreSettings()
     catalog: CatalogSettings = CatalogSettings()
     identity: IdentityBackendSettings = IdentityBackendSettings()
+    review: ReviewSettings = ReviewSettings()
+
+
+# --------------------------------------------------------------------------- prompt libraries
+
+ENRICH_CATEGORIES = ("angles", "lighting", "background", "expression", "outfit")
+SYNTHETIC_CATEGORIES = ("pose", "scene", "outfit", "lighting")
+
+
+class AugmentSpec(Strict):
+    """The CPU transform that stands in for a prompt when the editor is ``augment``."""
+
+    op: Literal["reframe", "mirror", "crop_face", "light", "background", "recolor_body"]
+    zoom: float = Field(1.0, gt=0.2, lt=5.0, description="reframe/crop_face: >1 moves closer")
+    shift_x: float = Field(0.0, ge=-0.5, le=0.5, description="reframe: shift of the view, in image widths")
+    shift_y: float = Field(0.0, ge=-0.5, le=0.5)
+    rotate: float = Field(0.0, ge=-30, le=30, description="degrees")
+    brightness: float = Field(1.0, gt=0, le=3)
+    contrast: float = Field(1.0, gt=0, le=3)
+    warmth: float = Field(0.0, ge=-1, le=1)
+    color: tuple[int, int, int] = (128, 128, 128)
+    hue: float = Field(0.0, ge=0, le=1, description="recolor_body: target hue (0..1)")
+    saturation: float = Field(1.0, ge=0, le=3)
+
+
+class PromptEntry(Strict):
+    id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    category: str
+    prompt: str = Field(..., min_length=1)
+    caption: str = ""
+    strength: float = Field(1.0, ge=0.0, le=2.0, description="augment: how strongly the transform applies")
+    steps: int | None = Field(None, ge=1, description="sampling steps; None = the profile's")
+    augment: AugmentSpec | None = None
+
+
+class PromptLibrary(Strict):
+    prompts: list[PromptEntry]
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique(cls, v: list[PromptEntry]) -> list[PromptEntry]:
+        seen: set[str] = set()
+        for p in v:
+            if p.id in seen:
+                raise ValueError(f"prompt id {p.id!r} appears twice")
+            seen.add(p.id)
+        return v
 
 
 # --------------------------------------------------------------------------- characters
@@ -110,6 +163,9 @@ class Character(Strict):
     source_dir: Path | None = Field(None, description="folder of source photos; default <root>/inbox/<name>")
     identity: IdentitySettings = IdentitySettings()
     description: str = ""
+    prompts: list[PromptEntry] = Field(
+        default_factory=list, description="extra enrichment prompts (an id of the library replaces that entry)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -314,6 +370,21 @@ class Workspace:
             return {}
         library = load_yaml_model(path, LoraLibrary)
         return library.loras
+
+    def prompt_library(self, character: Character | None = None, kind: str = "enrich") -> dict[str, PromptEntry]:
+        """configs/prompts/<kind>.yaml by id, with the character's own prompts added (enrich only)."""
+        path = self.configs_dir / "prompts" / f"{kind}.yaml"
+        library = load_yaml_model(path, PromptLibrary)
+        allowed = ENRICH_CATEGORIES if kind == "enrich" else SYNTHETIC_CATEGORIES
+        entries = {p.id: p for p in library.prompts}
+        if character is not None and kind == "enrich":
+            entries.update({p.id: p for p in character.prompts})
+        for i, p in enumerate(entries.values()):
+            if p.category not in allowed:
+                raise ConfigError(
+                    f"{path}: key 'prompts.{i}.category': {p.category!r} is not one of {', '.join(allowed)}"
+                )
+        return entries
 
     def profile(self, name: str | None = None) -> Profile:
         name = name or self.settings.default_profile

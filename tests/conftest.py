@@ -52,9 +52,23 @@ def configs_dir(tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny pipelines, built once per test session through the production builder."""
+    from flenwheel.tiny import ensure_tiny_models
+
+    return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
 @pytest.fixture
-def ws(tmp_path: Path, configs_dir: Path) -> Workspace:
-    return Workspace(root=tmp_path / "data", configs=configs_dir)
+def ws(tmp_path: Path, configs_dir: Path, request: pytest.FixtureRequest) -> Workspace:
+    workspace = Workspace(root=tmp_path / "data", configs=configs_dir)
+    if "tiny_models" in request.fixturenames or request.node.get_closest_marker("tiny"):
+        # cpu-tiny resolves tiny:<kind> under <root>/models/tiny: point it at the session's build.
+        models = request.getfixturevalue("tiny_models")
+        (workspace.root / "models").mkdir(parents=True, exist_ok=True)
+        (workspace.root / "models" / "tiny").symlink_to(next(iter(models.values())).parent)
+    return workspace
 
 
 @pytest.fixture

@@ -1,0 +1,395 @@
+"""Load pipelines by model ref under a profile; LoRA stacks; one large model resident at a time.
+
+A model ref is one of:
+* a hub id with an optional revision, ``Qwen/Qwen-Image-Edit-2509`` or ``black-forest-labs/FLUX.1-dev@main``:
+  loaded from the Hugging Face cache, downloaded only when the hub can be reached;
+* a local folder holding a diffusers pipeline (``model_index.json``);
+* ``tiny:qwen-image-edit`` or ``tiny:flux``: the tiny random-weight twins (:mod:`flenwheel.tiny`), built under
+  ``<root>/models/tiny`` on first use.
+
+What a profile asks for (dtype, nf4 components, CPU offload, VAE tiling) is data in configs/profiles; this
+module only carries it out. Every loaded model and LoRA is recorded as a ref string that pins its exact
+version (``id@commit`` or ``path@sha256:...``), which goes into ``derivations.model_ref``.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import re
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings, Workspace
+from flenwheel.errors import FlenwheelError
+
+PIPELINE_CLASSES: dict[str, str] = {"qwen-image-edit": "QwenImageEditPlusPipeline", "flux": "FluxPipeline"}
+STAGE_OF_KIND: dict[str, str] = {"qwen-image-edit": "editor", "flux": "generator"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelError(FlenwheelError, RuntimeError):
+    """A model cannot be loaded as asked; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------- refs
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path  # local folder that from_pretrained reads
+    ref: str  # exact version, for the catalog
+
+
+def folder_digest(path: Path, full_content_below: int = 64 << 20) -> str:
+    """A digest of a folder: file names and sizes, and the content of files below ``full_content_below``."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path).as_posix()}\0{size}\0".encode())
+        if size < full_content_below:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
+    """A complete local snapshot of a hub repo: from the cache, else downloaded, else a clear error."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        pass
+    how = (
+        f"On a machine with internet run `hf download {repo_id}` and copy the Hugging Face cache "
+        f"({_hf_cache_dir()}) here, or set the stage's model to a local folder."
+    )
+    if _hub_offline():
+        raise ModelError(f"weights for {repo_id} are not in the Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision))
+    except Exception as e:
+        raise ModelError(
+            f"weights for {repo_id} are not in the Hugging Face cache and could not be downloaded "
+            f"({type(e).__name__}). {how}"
+        ) from None
+
+
+def resolve_model(spec: str, kind: PipelineKind, ws: Workspace) -> ResolvedModel:
+    """Turn a model ref from config into a local folder and a pinned ref string."""
+    if spec.startswith("tiny:"):
+        from flenwheel.tiny import TINY_KINDS, ensure_tiny_models
+
+        name = spec.removeprefix("tiny:")
+        if name not in TINY_KINDS:
+            raise ModelError(f"model ref {spec!r}: tiny models are {', '.join('tiny:' + k for k in TINY_KINDS)}")
+        path = ensure_tiny_models(ws.root / "models" / "tiny")[name]
+        return ResolvedModel(path, f"{spec}@{folder_digest(path)}")
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise ModelError(f"model ref {spec!r} is a folder without model_index.json: not a diffusers pipeline")
+        return ResolvedModel(local.resolve(), f"{local.resolve()}@{folder_digest(local)}")
+    repo_id, _, revision = spec.partition("@")
+    if not HUB_ID.match(repo_id):
+        raise ModelError(
+            f"model ref {spec!r} is neither an existing local folder nor a hub id (org/name[@revision]) nor tiny:<kind>"
+        )
+    path = hub_snapshot(repo_id, revision or None)
+    return ResolvedModel(path, f"{repo_id}@{path.name}")  # snapshot folders are named by commit
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def gpu_total_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def check_device(profile: Profile, total_gib: float | None = None) -> None:
+    """Refuse a GPU profile without a (big enough) GPU, with the fix in the message."""
+    if profile.device != "cuda":
+        return
+    total = total_gib if total_gib is not None else gpu_total_gib()
+    if total is None:
+        raise ModelError(
+            f"profile {profile.name} needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); "
+            "use --profile cpu-tiny on this machine"
+        )
+    if profile.min_gpu_memory_gib and total < profile.min_gpu_memory_gib:
+        smaller = "gpu-24gb" if profile.name == "gpu-80gb" else "a smaller profile"
+        raise ModelError(
+            f"profile {profile.name} needs at least {profile.min_gpu_memory_gib:g} GiB of GPU memory; this GPU has "
+            f"{total:.1f} GiB: use {smaller}"
+        )
+
+
+def torch_dtype(profile: Profile) -> torch.dtype:
+    return getattr(torch, profile.dtype)
+
+
+def quantization_config(stage: StageSettings, profile: Profile) -> Any | None:
+    """nf4 (bitsandbytes) for the components the profile lists, computing in the profile's dtype."""
+    if not stage.quantize:
+        return None
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    return PipelineQuantizationConfig(
+        quant_backend="bitsandbytes_4bit",
+        quant_kwargs={
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": torch_dtype(profile),
+        },
+        components_to_quantize=list(stage.quantize),
+    )
+
+
+def load_pipeline(
+    kind: PipelineKind, stage: StageSettings, profile: Profile, ws: Workspace
+) -> tuple[Any, ResolvedModel]:
+    """Load the pipeline of ``kind`` as ``stage`` and ``profile`` say."""
+    import diffusers
+
+    check_device(profile)
+    resolved = resolve_model(stage.model, kind, ws)
+    cls = getattr(diffusers, PIPELINE_CLASSES[kind])
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(profile)}
+    quant = quantization_config(stage, profile)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        pipe = cls.from_pretrained(str(resolved.path), **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot load {PIPELINE_CLASSES[kind]} from {resolved.path}: {e}") from None
+    if stage.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
+        pipe.vae.enable_tiling()
+    if stage.offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif stage.offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
+    else:
+        pipe.to(profile.device)
+    pipe.set_progress_bar_config(disable=True)  # flenwheel shows its own progress per batch
+    return pipe, resolved
+
+
+# --------------------------------------------------------------------------- LoRAs
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    name: str
+    spec: LoraSpec
+    scale: float
+
+
+def lora_stack(
+    ws: Workspace, stage: StageSettings, category: str | None, extra: list[StackEntry] = ()
+) -> list[StackEntry]:
+    """The stage's stack for a prompt category: its 'default' LoRAs, the category's, then ``extra``."""
+    library = ws.loras()
+    uses = [*stage.loras.get("default", []), *(stage.loras.get(category, []) if category else [])]
+    entries = [StackEntry(u.name, library[u.name], library[u.name].scale if u.scale is None else u.scale) for u in uses]
+    return [*entries, *extra]
+
+
+def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None) -> tuple[Path, str]:
+    """The local .safetensors file of a LoRA and its pinned ref."""
+    ref = spec.ref
+    if ref.startswith("catalog:"):
+        if catalog is None:
+            raise ModelError(f"LoRA {ref} needs the catalog to be resolved")
+        lora_id = ref.removeprefix("catalog:")
+        rows = catalog.rows("SELECT path, sha256 FROM loras WHERE lora_id = ?", [lora_id])
+        if not rows:
+            raise ModelError(f"LoRA {ref}: no such lora_id in the catalog (flenwheel sql 'SELECT lora_id FROM loras')")
+        return ws.root / rows[0]["path"], f"{ref}@sha256:{rows[0]['sha256'][:16]}"
+    local = Path(ref).expanduser()
+    if local.exists():
+        file = local / (spec.weight_name or "pytorch_lora_weights.safetensors") if local.is_dir() else local
+        if not file.is_file():
+            raise ModelError(f"LoRA {ref}: {file} not found")
+        return file.resolve(), f"{file.resolve()}@sha256:{_file_sha(file)[:16]}"
+    repo_id, _, revision = ref.partition("@")
+    if not HUB_ID.match(repo_id):
+        raise ModelError(f"LoRA ref {ref!r} is neither a local file or folder, a hub id, nor catalog:<lora_id>")
+    if not spec.weight_name:
+        raise ModelError(f"LoRA {ref}: a hub LoRA needs weight_name (the .safetensors file inside the repo)")
+    return _hub_file(repo_id, spec.weight_name, revision or spec.revision)
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hub_file(repo_id: str, filename: str, revision: str | None) -> tuple[Path, str]:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=True))
+    except Exception:
+        if _hub_offline():
+            raise ModelError(
+                f"LoRA {repo_id}/{filename} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+                f"run `hf download {repo_id} {filename}` where there is internet and copy the cache here"
+            ) from None
+        try:
+            path = Path(hf_hub_download(repo_id, filename, revision=revision))
+        except Exception as e:
+            raise ModelError(
+                f"LoRA {repo_id}/{filename} is not cached and could not be downloaded ({type(e).__name__}): "
+                f"run `hf download {repo_id} {filename}` where there is internet and copy the cache here"
+            ) from None
+    commit = path.parent.name if path.parent.parent.name == "snapshots" else (revision or "local")
+    return path, f"{repo_id}/{filename}@{commit}"
+
+
+@dataclass
+class Sampling:
+    """Sampling settings after the stack's LoRAs had their say (Lightning needs 4-8 steps and no CFG)."""
+
+    steps: int
+    true_cfg_scale: float | None
+    guidance: float | None
+    negative_prompt: str
+    width: int | None
+    height: int | None
+
+    @classmethod
+    def for_stack(cls, stage: StageSettings, stack: list[StackEntry]) -> Sampling:
+        s = cls(stage.steps, stage.true_cfg_scale, stage.guidance, stage.negative_prompt, stage.width, stage.height)
+        for entry in stack:
+            s.steps = entry.spec.steps or s.steps
+            s.true_cfg_scale = entry.spec.true_cfg_scale or s.true_cfg_scale
+            s.guidance = entry.spec.guidance if entry.spec.guidance is not None else s.guidance
+        return s
+
+
+def _stack_key(stack: list[StackEntry]) -> tuple:
+    return tuple((e.name, e.spec.ref, e.spec.weight_name, e.scale) for e in stack)
+
+
+@dataclass
+class Loaded:
+    """A resident pipeline with the LoRA stack currently applied to it."""
+
+    kind: PipelineKind
+    pipe: Any
+    model: ResolvedModel
+    stage: StageSettings
+    base_scheduler_config: dict[str, Any]
+    stack_key: tuple = ()
+    fused: bool = False
+    lora_records: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply_stack(self, stack: list[StackEntry], ws: Workspace, catalog: Any | None = None) -> list[dict[str, Any]]:
+        """Make ``stack`` the active LoRAs (loaded, weighted, fused if the stage says so); returns their records."""
+        key = _stack_key(stack)
+        if key == self.stack_key:
+            return self.lora_records
+        self.clear_stack()
+        records: list[dict[str, Any]] = []
+        names: list[str] = []
+        for i, entry in enumerate(stack):
+            path, ref = resolve_lora_file(entry.spec, ws, catalog)
+            adapter = f"{i}_{re.sub(r'[^A-Za-z0-9_]', '_', entry.name)}"
+            try:
+                self.pipe.load_lora_weights(str(path), adapter_name=adapter)
+            except (ValueError, KeyError, RuntimeError) as e:
+                self.clear_stack()
+                raise ModelError(
+                    f"LoRA {entry.name} ({ref}) does not load into {PIPELINE_CLASSES[self.kind]}: {e}"
+                ) from None
+            names.append(adapter)
+            records.append({"name": entry.name, "ref": ref, "scale": entry.scale})
+        if names:
+            self.pipe.set_adapters(names, adapter_weights=[e.scale for e in stack])
+            if self.stage.fuse_loras:
+                self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+                self.fused = True
+        overrides: dict[str, Any] = {}
+        for entry in stack:
+            overrides.update(entry.spec.scheduler)
+        self.pipe.scheduler = type(self.pipe.scheduler).from_config({**self.base_scheduler_config, **overrides})
+        self.stack_key, self.lora_records = key, records
+        return records
+
+    def clear_stack(self) -> None:
+        if self.fused:
+            self.pipe.unfuse_lora()
+            self.fused = False
+        if self.stack_key or getattr(self.pipe, "get_list_adapters", lambda: {})():
+            self.pipe.unload_lora_weights()
+        self.pipe.scheduler = type(self.pipe.scheduler).from_config(self.base_scheduler_config)
+        self.stack_key, self.lora_records = (), []
+
+
+def _rss_gib() -> float:
+    # ru_maxrss is in KiB on Linux: the process's peak, a ceiling for the stage.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class ModelManager:
+    """Keeps at most one large pipeline resident; switching stages frees the previous one.
+
+    Peak memory of each stage (GPU when there is one, else the process's peak RSS) is written to
+    ``metrics`` (scope ``stage``) when the stage is released, if a catalog and run id were given.
+    """
+
+    def __init__(self, ws: Workspace, profile: Profile, catalog: Any | None = None, run_id: str | None = None) -> None:
+        self.ws, self.profile, self.catalog, self.run_id = ws, profile, catalog, run_id
+        self.current: Loaded | None = None
+        self.peaks: dict[str, float] = {}
+
+    def get(self, kind: PipelineKind) -> Loaded:
+        if self.current is not None and self.current.kind == kind:
+            return self.current
+        self.release()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        stage: StageSettings = getattr(self.profile, STAGE_OF_KIND[kind])
+        pipe, resolved = load_pipeline(kind, stage, self.profile, self.ws)
+        self.current = Loaded(kind, pipe, resolved, stage, dict(pipe.scheduler.config))
+        return self.current
+
+    def release(self) -> None:
+        if self.current is None:
+            return
+        kind = self.current.kind
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
+        self.peaks[kind] = peak
+        if self.catalog is not None and self.run_id is not None:
+            name = "peak_gpu_gib" if torch.cuda.is_available() else "peak_rss_gib"
+            self.catalog.add_metrics(self.run_id, "stage", kind, {name: peak})
+        self.current = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> ModelManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

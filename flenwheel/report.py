@@ -1,0 +1,261 @@
+"""Metrics, plots, image grids and the HTML report of a flywheel iteration.
+
+Everything here reads the catalog (and the stored images) and writes files under
+``<root>/reports/<character>/``; nothing is recomputed that the catalog already knows. Plots are PNG files
+made with matplotlib's Agg backend, grids are PNG files made with Pillow, and the page is one
+self-contained HTML file that links them with relative paths.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: reports are made by flows and CI
+import matplotlib.pyplot as plt
+from PIL import Image, ImageDraw
+
+from flenwheel.catalog import Catalog
+
+TARGET_PASS_RATE = 0.70  # the product's consistency target: share of outputs that keep the identity
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class ArmStats:
+    """Identity outcomes of one group of images (e.g. synthetic images of LoRA v2)."""
+
+    name: str
+    n: int = 0
+    passed: int = 0
+    similarities: list[float] = field(default_factory=list)
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.n if self.n else None
+
+    @property
+    def mean_similarity(self) -> float | None:
+        return sum(self.similarities) / len(self.similarities) if self.similarities else None
+
+    def as_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"n": float(self.n)}
+        if self.pass_rate is not None:
+            out["pass_rate"] = self.pass_rate
+        if self.mean_similarity is not None:
+            out["mean_similarity"] = self.mean_similarity
+        return out
+
+
+def arm_stats(name: str, scores: Sequence[dict[str, Any]]) -> ArmStats:
+    """``scores``: rows with ``verdict`` and ``similarity`` (one per image)."""
+    stats = ArmStats(name)
+    for s in scores:
+        stats.n += 1
+        stats.verdicts[s["verdict"]] = stats.verdicts.get(s["verdict"], 0) + 1
+        stats.passed += s["verdict"] == "pass"
+        if s.get("similarity") is not None:
+            stats.similarities.append(float(s["similarity"]))
+    return stats
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def similarity_histogram(arms: Sequence[ArmStats], thresholds: Sequence[float], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    values = [v for a in arms for v in a.similarities]
+    lo, hi = (min([*values, 0.0]), max([*values, 1.0])) if values else (0.0, 1.0)
+    bins = [lo + (hi - lo) * i / 30 for i in range(31)]
+    for arm in arms:
+        if arm.similarities:
+            rate = f"{arm.pass_rate:.0%}" if arm.pass_rate is not None else "-"
+            ax.hist(arm.similarities, bins=bins, alpha=0.55, label=f"{arm.name} (n={arm.n}, pass {rate})")
+    for t in sorted(set(round(t, 3) for t in thresholds)):
+        ax.axvline(t, color="black", linestyle="--", linewidth=1)
+    ax.set_xlabel("identity similarity to the reference set (dashed: threshold)")
+    ax.set_ylabel("images")
+    if any(a.similarities for a in arms):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no face found in any image", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def pass_rate_bars(arms: Sequence[ArmStats], path: Path, target: float = TARGET_PASS_RATE) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = [a.name for a in arms]
+    rates = [(a.pass_rate or 0.0) * 100 for a in arms]
+    bars = ax.bar(names, rates, color=["#4c72b0" if r >= target * 100 else "#dd8452" for r in rates])
+    ax.axhline(target * 100, color="black", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    for bar, arm in zip(bars, arms, strict=True):
+        label = f"{arm.passed}/{arm.n}" if arm.n else "no images"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("identity pass rate (%)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def composition_chart(counts: dict[str, dict[str, int]], path: Path, title: str) -> Path:
+    """Stacked bars: for each dataset version, images by group (origin or prompt category)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    versions = list(counts)
+    groups = sorted({g for c in counts.values() for g in c})
+    bottom = [0] * len(versions)
+    for g in groups:
+        vals = [counts[v].get(g, 0) for v in versions]
+        ax.bar(versions, vals, bottom=bottom, label=g)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=10)
+    if groups:
+        ax.legend(fontsize=8, ncol=min(4, len(groups)))
+    return _save(fig, path)
+
+
+def training_curves(
+    losses: dict[str, list[tuple[int, float]]], checkpoints: dict[str, list[tuple[int, float]]], path: Path
+) -> Path:
+    """Loss per step and identity pass rate per checkpoint, one line per LoRA."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, pts in losses.items():
+        if pts:
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], label=name, linewidth=1)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    for name, pts in checkpoints.items():
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] * 100 for p in pts], marker="o", label=name)
+    ax2.axhline(TARGET_PASS_RATE * 100, color="black", linestyle="--", linewidth=1)
+    ax2.set_xlabel("checkpoint step")
+    ax2.set_ylabel("sample identity pass rate (%)")
+    ax2.set_ylim(-5, 105)
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def image_grid(tiles: Sequence[tuple[Path | Image.Image, str]], path: Path, tile: int = 192, columns: int = 6) -> Path:
+    """A labelled grid of images (label under each tile)."""
+    columns = max(1, min(columns, len(tiles) or 1))
+    rows = max(1, math.ceil(len(tiles) / columns))
+    label_h = 28
+    grid = Image.new("RGB", (columns * tile, rows * (tile + label_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (src, label) in enumerate(tiles):
+        img = src if isinstance(src, Image.Image) else Image.open(src)
+        img = img.convert("RGB")
+        img.thumbnail((tile, tile))
+        x, y = (i % columns) * tile, (i // columns) * (tile + label_h)
+        grid.paste(img, (x + (tile - img.width) // 2, y + (tile - img.height) // 2))
+        for n, line in enumerate(_wrap(label, tile // 6)[:2]):
+            draw.text((x + 3, y + tile + 2 + 12 * n), line, fill="black")
+    if not tiles:
+        draw.text((10, 10), "no images", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    words, lines, cur = text.split(), [], ""
+    for w in words:
+        if len(cur) + len(w) + 1 > width and cur:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return [*lines, cur] if cur else lines
+
+
+# --------------------------------------------------------------------------- html
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)  # HTML-escaped on render
+    images: list[tuple[Path, str]] = field(default_factory=list)  # (file, caption)
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def render_html(title: str, summary: list[str], sections: Sequence[Section], path: Path) -> Path:
+    """One self-contained page; images are linked relative to the page."""
+    base = path.parent
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "img{max-width:100%;border:1px solid #ddd;margin:.3em 0}table{border-collapse:collapse;font-size:.9em}"
+        "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}"
+        "td:first-child,th:first-child{text-align:left}.ok{color:#1a7f37;font-weight:600}"
+        ".miss{color:#b35900;font-weight:600}figure{margin:0 0 1.2em 0}figcaption{font-size:.85em;color:#555}"
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<ul class='summary'>" + "".join(f"<li>{s}</li>" for s in summary) + "</ul>",
+    ]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        parts.extend(f"<p>{html.escape(p)}</p>" for p in sec.paragraphs)
+        if sec.table:
+            cols = list(sec.table[0])
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr>")
+            for row in sec.table:
+                parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>")
+            parts.append("</table>")
+        for img, caption in sec.images:
+            rel = Path(img).resolve().relative_to(base.resolve()).as_posix()
+            parts.append(
+                f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, dict | list):
+        return json.dumps(v)
+    return str(v)
+
+
+def latest_scores(catalog: Catalog, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The newest identity score of each image (image_id, verdict, similarity, threshold, path)."""
+    if not image_ids:
+        return []
+    return catalog.rows(
+        """SELECT * EXCLUDE (rn) FROM (
+               SELECT s.image_id, s.verdict, s.similarity, s.threshold, i.path,
+                      row_number() OVER (PARTITION BY s.image_id ORDER BY s.scored_at DESC) AS rn
+               FROM identity_scores s JOIN images i USING (image_id)
+               WHERE s.image_id IN (SELECT unnest(?))) WHERE rn = 1""",
+        [list(image_ids)],
+    )

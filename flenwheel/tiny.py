@@ -1,0 +1,233 @@
+"""Tiny random-weight twins of the real pipelines, for tests and the offline demo.
+
+No weights can be downloaded here, yet every code path (loading, LoRA, training, sampling) should run on the
+very classes production uses. So this module builds ``FluxPipeline`` and ``QwenImageEditPlusPipeline`` from
+the real diffusers/transformers classes with tiny configurations and random weights, and saves them with
+``save_pretrained``: plain ``FluxPipeline.from_pretrained(dir)`` loads them like any hub snapshot.
+
+Tokenizers are built in memory: byte-level BPE vocabularies holding all 256 byte symbols (CLIP and Qwen2
+are byte-level, so any text, Chinese camera commands included, tokenizes) and a small unigram vocabulary
+for T5 (unknown pieces map to ``<unk>``). Builds are deterministic for a seed, take a few seconds, and
+produce noise images by design.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+TINY_KINDS = ("flux", "qwen-image-edit")
+
+# Scheduler settings of the real models (FLUX.1-dev and Qwen-Image), so sampling code sees the real shapes.
+FLUX_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 4096,
+    "max_shift": 1.15,
+    "num_train_timesteps": 1000,
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+}
+QWEN_SCHEDULER = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "invert_sigmas": False,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "stochastic_sampling": False,
+    "time_shift_type": "exponential",
+    "use_beta_sigmas": False,
+    "use_dynamic_shifting": True,
+    "use_exponential_sigmas": False,
+    "use_karras_sigmas": False,
+}
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 byte values, as byte-level BPE uses them."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return list(bytes_to_unicode().values())
+
+
+# --------------------------------------------------------------------------- FLUX
+
+
+def _clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in symbols:
+        vocab.setdefault(s, len(vocab))
+        vocab.setdefault(s + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces += [(c, -3.0) for c in chars] + [("▁" + c, -2.5) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def build_tiny_flux(out_dir: Path, seed: int = 0) -> Path:
+    """A FluxPipeline of the real classes with tiny random weights, saved to ``out_dir``."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+        guidance_embeds=True,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    torch.manual_seed(seed + 2)
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+            vocab_size=len(clip_tok), max_position_embeddings=77, bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
+        )
+    )  # fmt: skip
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(
+        T5Config(
+            d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=len(t5_tok),
+            relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
+        )
+    )  # fmt: skip
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, text_encoder=clip,
+        tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+# --------------------------------------------------------------------------- Qwen-Image-Edit-2509
+
+
+def _qwen_tokenizer():
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    vocab = {s: i for i, s in enumerate(_byte_symbols())}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS]}
+    )
+    return tok
+
+
+def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
+    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with tiny random weights, saved to ``out_dir``."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tok = _qwen_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    torch.manual_seed(seed + 2)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2], "rope_type": "default"},
+            "rope_theta": 1000000.0, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(), tokenizer=tok, video_processor=Qwen2VLVideoProcessor()
+    )
+    pipe = QwenImageEditPlusPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER), vae=vae, text_encoder=text_encoder,
+        tokenizer=tok, processor=processor, transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(out_dir)
+    return out_dir
+
+
+BUILDERS = {"flux": build_tiny_flux, "qwen-image-edit": build_tiny_qwen_image_edit}
+
+
+def ensure_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Build the tiny pipelines that are missing under ``models_dir``; returns their folders.
+
+    Each is built in a temporary sibling folder and renamed into place, so a reader never sees half a model;
+    when two processes race, the second rename fails and that copy is discarded.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for kind in TINY_KINDS:
+        target = models_dir / kind
+        if not (target / "model_index.json").is_file():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{uuid.uuid4().hex[:6]}-", dir=models_dir))
+            try:
+                BUILDERS[kind](tmp, seed)
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    if not (target / "model_index.json").is_file():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        out[kind] = target
+    return out

@@ -283,6 +283,7 @@ class Lineage:
 # --------------------------------------------------------------------------- the catalog
 
 _PROCESS_LOCK = threading.RLock()
+_MIGRATED: set[Path] = set()  # catalogs this process has already brought to SCHEMA_VERSION
 
 
 class Catalog:
@@ -292,6 +293,7 @@ class Catalog:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._migrated = False
+        self._run_status: dict[str, str] = {}
 
     # ------------------------------------------------------------------ connections
 
@@ -383,7 +385,7 @@ class Catalog:
         return self.read(v) if self.path.exists() else 0
 
     def _ensure_schema(self) -> None:
-        if self._migrated:
+        if self._migrated or (self.path.resolve() in _MIGRATED and self.path.exists()):
             return
 
         def migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -401,6 +403,7 @@ class Catalog:
 
         self._transact(migrate)
         self._migrated = True
+        _MIGRATED.add(self.path.resolve())
 
     def migrate(self) -> int:
         """Create or upgrade the schema (idempotent); returns the schema version."""
@@ -439,12 +442,18 @@ class Catalog:
             status, error = "failed", f"{type(e).__name__}: {e}"[:2000]
             raise
         finally:
+            override = self._run_status.pop(run_id, None)
+            status = override if override and status == "completed" else status
             self.write(
                 lambda con: con.execute(
                     "UPDATE runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?",
                     [now(), status, error, run_id],
                 )
             )
+
+    def mark_awaiting_review(self, run_id: str) -> None:
+        """A run that ends normally but stopped at a review gate is recorded as ``awaiting_review``."""
+        self._run_status[run_id] = "awaiting_review"
 
     # ------------------------------------------------------------------ images & derivations
 
@@ -694,6 +703,8 @@ class Catalog:
             con.unregister("incoming")
             stamp = now()
             changed = [r for r in rows if current.get((r["image_id"], r["gate_id"])) != r["decision"]]
+            if not changed:
+                return 0
             con.executemany(
                 "INSERT INTO reviews (image_id, gate_id, decision, reviewer, source, note, run_id, decided_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

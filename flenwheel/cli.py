@@ -432,6 +432,215 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
     raise typer.Exit(1 if problems else 0)
 
 
+# --------------------------------------------------------------------------- enrichment and review
+
+EXIT_AWAITING_REVIEW = 3
+
+
+def _id_list(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def enrich(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    editor: Annotated[str, typer.Option(help="qwen (Qwen-Image-Edit-2509) or augment (CPU transforms)")] = "augment",
+    profile: ProfileOpt = None,
+    prompts: Annotated[list[str] | None, typer.Option("--prompts", help="prompt ids (comma-separated)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="seeds per source and prompt")] = 2,
+    review: Annotated[str, typer.Option(help="fiftyone, cli or auto")] = "fiftyone",
+    wait: Annotated[bool, typer.Option("--wait", help="pause at the review gate instead of exiting")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="edit jobs per task")] = 16,
+) -> None:
+    """Enrich CHARACTER's source photos (source x prompt x seed not yet done), score them, open the review gate.
+
+    Exit status 3 when the run stopped at the review gate: review, then run the same command again.
+    """
+    from pydantic import ValidationError
+
+    from flenwheel.flows.enrich import EnrichParams
+    from flenwheel.flows.enrich import enrich as enrich_flow
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    try:
+        params = EnrichParams(
+            character=character,
+            editor=editor,
+            profile=profile,
+            prompts=_id_list(prompts) or None,
+            seeds=seeds,
+            review=review,
+            wait=wait,
+            batch_size=batch_size,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"--{'-'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    result = enrich_flow(params, root=str(ws.root), configs=str(ws.configs_dir))
+    out.print(f"{result['images']} new image(s) from {result['jobs']} job(s)")
+    if result["status"] == "awaiting_review":
+        out.print(result["message"], markup=False)
+        raise typer.Exit(EXIT_AWAITING_REVIEW)
+    gate = result["gate"]
+    out.print(
+        f"gate {gate['gate_id']}: {gate['approved']} approved, {gate['rejected']} rejected, {gate['pending']} pending"
+    )
+
+
+review_app = typer.Typer(no_args_is_help=True, help="Review gates: the FiftyOne App, status, decisions.")
+app.add_typer(review_app, name="review")
+StageOpt = Annotated[str, typer.Option("--stage", help="enrich or synthetic")]
+
+
+@review_app.command("serve")
+def review_serve(
+    ctx: typer.Context,
+    character: Annotated[str | None, typer.Argument(help="open this character's dataset")] = None,
+) -> None:
+    """Run the FiftyOne App as a long-lived service (address and port from configs/flenwheel.yaml)."""
+    from flenwheel.review.datasets import sync_candidates
+    from flenwheel.review.service import serve
+
+    ws = _workspace(ctx)
+    if character:
+        ws.character(character)
+        catalog = _catalog(ws)
+        if catalog.path.exists():
+            sync_candidates(ws, catalog, character)
+    serve(ws, character, on_ready=lambda url: out.print(f"FiftyOne App: {url}  (Ctrl+C to stop)"))
+
+
+@review_app.command("sync")
+def review_sync(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+    """Push new candidates to the character's FiftyOne dataset and pull reviewers' tags into the catalog."""
+    from flenwheel.review.datasets import dataset_name, pull_decisions, sync_candidates
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    catalog = _catalog(ws)
+    with catalog.run("cli:review-sync", {"character": character}) as run_id:
+        added = sync_candidates(ws, catalog, character)
+        changed = pull_decisions(ws, catalog, character, run_id)
+    out.print(f"dataset {dataset_name(ws, character)}: {added} sample(s) added, {changed} decision(s) recorded")
+
+
+@review_app.command("status")
+def review_status(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    stage: StageOpt = "enrich",
+) -> None:
+    """Candidates, approved, rejected and pending in CHARACTER's gate."""
+    from flenwheel import decisions
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    st = decisions.status(_catalog(ws), character, stage)
+    out.print(
+        f"{st.gate_id}: {st.candidates} candidate(s), {st.approved} approved, {st.rejected} rejected, "
+        f"{st.pending} pending ({st.unscored} not yet identity-scored)"
+    )
+
+
+@review_app.command("decide")
+def review_decide(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    approve: Annotated[list[str] | None, typer.Option(help="image ids or prefixes (comma-separated)")] = None,
+    reject: Annotated[list[str] | None, typer.Option(help="image ids or prefixes (comma-separated)")] = None,
+    from_csv: Annotated[Path | None, typer.Option(help="CSV of image_id,decision[,note]")] = None,
+    stage: StageOpt = "enrich",
+    reviewer: Annotated[str | None, typer.Option(help="who decided (recorded)")] = None,
+    note: Annotated[str | None, typer.Option(help="note recorded with --approve/--reject")] = None,
+) -> None:
+    """Record decisions for candidates of a gate; every id is checked before anything is written."""
+    from flenwheel import decisions
+
+    rows = [(i, "approved", note) for i in _id_list(approve)] + [(i, "rejected", note) for i in _id_list(reject)]
+    if from_csv is not None:
+        rows += decisions.read_decisions_csv(from_csv)
+    if not rows:
+        raise UserError("nothing to decide: give --approve, --reject or --from-csv")
+    ws = _workspace(ctx)
+    ws.character(character)
+    catalog = _catalog(ws)
+    with catalog.run("cli:review-decide", {"character": character, "stage": stage, "n": len(rows)}) as run_id:
+        changed = decisions.decide(catalog, character, stage, rows, "cli", reviewer, run_id)
+    st = decisions.status(catalog, character, stage)
+    out.print(
+        f"{changed} decision(s) recorded; {st.gate_id}: {st.approved} approved, {st.rejected} rejected, "
+        f"{st.pending} pending"
+    )
+
+
+# --------------------------------------------------------------------------- datasets
+
+dataset_app = typer.Typer(no_args_is_help=True, help="Frozen dataset versions: freeze, list, diff.")
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("freeze")
+def dataset_freeze(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+    """Freeze approved sources and candidates as the next immutable version (nothing new if unchanged)."""
+    from flenwheel import versions
+
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    catalog = _catalog(ws)
+    with catalog.run("cli:dataset-freeze", {"character": character}) as run_id:
+        frozen = versions.freeze(ws, catalog, char, run_id)
+    what = "frozen" if frozen.created else "unchanged, still"
+    out.print(
+        f"{what} {frozen.version_id}: {frozen.n_images} image(s), manifest {frozen.manifest_path} "
+        f"(sha256 {frozen.manifest_sha256[:16]})"
+    )
+
+
+@dataset_app.command("list")
+def dataset_list(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+    """Versions of CHARACTER with their composition."""
+    from flenwheel import versions
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    rows = versions.versions(_catalog(ws), character)
+    table = Table()
+    for col in ("version", "parent", "images", "source", "enriched", "synthetic", "manifest", "frozen"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["version_id"],
+            r["parent_version"] or "-",
+            str(r["n_images"]),
+            str(r["source"]),
+            str(r["enriched"]),
+            str(r["synthetic"]),
+            r["manifest_sha256"][:12],
+            str(r["frozen_at"])[:19],
+        )
+    out.print(table)
+
+
+@dataset_app.command("diff")
+def dataset_diff(
+    ctx: typer.Context,
+    v1: Annotated[str, typer.Argument(help="older version, e.g. astronaut@v1")],
+    v2: Annotated[str, typer.Argument(help="newer version")],
+) -> None:
+    """Images added, removed and re-captioned between two versions."""
+    from flenwheel import versions
+
+    d = versions.diff(_catalog(_workspace(ctx)), v1, v2)
+    for kind, sign in (("added", "+"), ("removed", "-")):
+        for m in d[kind]:
+            out.print(f"{sign} {m['image_id'][:12]} {m['origin']:8s} {m['caption']}", markup=False)
+    for m in d["recaptioned"]:
+        out.print(f"~ {m['image_id'][:12]} {m['old_caption']!r} -> {m['caption']!r}", markup=False)
+    out.print(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['recaptioned'])} re-captioned")
+
+
 # --------------------------------------------------------------------------- demo
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -273,7 +274,25 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def load_yaml_model(path: Path, model: type[M], defaults: dict[str, Any] | None = None) -> M:
-    """Read one YAML file into ``model``; every failure becomes a one-line :class:`ConfigError`."""
+    """Read one YAML file into ``model``; every failure becomes a one-line :class:`ConfigError`.
+
+    Parsed files are cached by path and modification time: tasks read the same libraries many times.
+    """
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    if stamp is None or defaults:
+        return _load_yaml_model(path, model, defaults)
+    return _cached_yaml_model(path, model, stamp)
+
+
+@lru_cache(maxsize=256)
+def _cached_yaml_model(path: Path, model: type[M], stamp: int) -> M:
+    return _load_yaml_model(path, model, None)
+
+
+def _load_yaml_model(path: Path, model: type[M], defaults: dict[str, Any] | None) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

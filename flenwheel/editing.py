@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,14 +323,20 @@ class QwenEditor(Editor):
         self.manager.release()
 
 
+EditorFactory = Callable[[Workspace, Any, Any], Editor]
+EDITORS: dict[str, EditorFactory] = {
+    "augment": lambda ws, manager, catalog: AugmentEditor(),
+    "qwen": lambda ws, manager, catalog: QwenEditor(ws, manager, catalog),
+}
+
+
 def make_editor(name: str, ws: Workspace, manager: Any | None = None, catalog: Any | None = None) -> Editor:
-    if name == "augment":
-        return AugmentEditor()
-    if name == "qwen":
-        if manager is None:
-            raise EditError("the qwen editor needs a model manager")
-        return QwenEditor(ws, manager, catalog)
-    raise EditError(f"unknown editor {name!r}: use qwen or augment")
+    """An editor by name (``EDITORS`` holds the known ones; plug-ins and benchmarks may register more)."""
+    if name not in EDITORS:
+        raise EditError(f"unknown editor {name!r}: use {' or '.join(EDITORS)}")
+    if name == "qwen" and manager is None:
+        raise EditError("the qwen editor needs a model manager")
+    return EDITORS[name](ws, manager, catalog)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -384,13 +390,16 @@ def run_edit_batch(
     }
     origin = "edit" if editor.op == "edit" else "augment"
     images, derivations, stored = [], [], []
+    decoded: dict[str, Image.Image] = {}  # a batch usually holds several jobs per source: decode each once
     try:
         for job in jobs:
             parent = parents.get(job.parent_id)
             if parent is None:
                 raise EditError(f"source image {job.parent_id[:12]} is not in the catalog")
-            with Image.open(ws.root / parent["path"]) as im:
-                source = im.convert("RGB")
+            if job.parent_id not in decoded:
+                with Image.open(ws.root / parent["path"]) as im:
+                    decoded[job.parent_id] = im.convert("RGB")
+            source = decoded[job.parent_id]
             box = tuple(parent["face_box"]) if parent["face_box"] else None
             result = editor.edit(source, job, box)  # type: ignore[arg-type]
             s = put_image(ws.root, result.image)

@@ -28,7 +28,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from flenwheel.config import StoreSettings
 from flenwheel.errors import FlenwheelError
 
-PNG_COMPRESS_LEVEL = 6
+# zlib level 1: deterministic like any level, several times faster than 6 for ~10% more bytes on photos.
+PNG_COMPRESS_LEVEL = 1
 
 
 class ImageRejected(FlenwheelError, ValueError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,12 @@ from typer.testing import CliRunner
 
 from flenwheel.catalog import Catalog
 from flenwheel.config import Workspace
+
+# FiftyOne fixes its database location when first imported: one bundled mongod data dir for the session,
+# unique dataset names per test root (see flenwheel.review.datasets.dataset_name).
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="flenwheel-test-fiftyone-"))
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # flow logs after pytest closed its capture are noise
 
 PROJECT = Path(__file__).resolve().parents[1]
 FACES = PROJECT.parent / "shared" / "faces"
@@ -31,6 +39,17 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """One temporary Prefect server for the whole session (it takes ~10 s to start)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,7 @@ class NoopEditor(Editor):
         return EditResult(out, self.op, "noop", job.prompt.prompt, job.prompt.id, job.seed)
 
 
-EDITORS["noop"] = lambda ws, manager, catalog: NoopEditor()
+EDITORS["noop"] = lambda ws, manager, catalog, character: NoopEditor()
 
 
 @flow(name="bench-enrich-overhead")

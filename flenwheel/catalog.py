@@ -41,7 +41,7 @@ from flenwheel.errors import FlenwheelError
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 ORIGINS = ("source", "edit", "augment", "generate")
 VERDICTS = ("pass", "fail", "no_face", "multi_face", "small_face", "low_confidence")
@@ -187,7 +187,23 @@ _SCHEMA_V1 = [
         WHERE d.op IN ('edit', 'augment') AND d.parent_id IS NOT NULL AND d.parent_rank = 0""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1}
+# v2: flywheel iterations. One row per character and iteration number says which dataset version and LoRA
+# the iteration made and where its report is, so a re-run of the flywheel resumes from the catalog alone.
+_SCHEMA_V2 = [
+    """CREATE TABLE iterations (
+        character       VARCHAR NOT NULL,
+        number          INTEGER NOT NULL,
+        dataset_version VARCHAR,
+        lora_id         VARCHAR,
+        status          VARCHAR NOT NULL CHECK (status IN ('running','awaiting_review','completed')),
+        report_path     VARCHAR,
+        run_id          VARCHAR,
+        started_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        completed_at    TIMESTAMPTZ,
+        PRIMARY KEY (character, number))""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class CatalogError(FlenwheelError, RuntimeError):
@@ -774,6 +790,34 @@ class Catalog:
             return version_id, True
 
         return self.write(write)
+
+    # ------------------------------------------------------------------ iterations
+
+    def iterations(self, character: str) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return self.rows("SELECT * FROM iterations WHERE character = ? ORDER BY number", [character])
+
+    def update_iteration(self, character: str, number: int, run_id: str | None, **fields: Any) -> None:
+        """Create or update an iteration row; only the given fields change (``status`` defaults to running)."""
+        allowed = {"dataset_version", "lora_id", "status", "report_path", "completed_at"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise CatalogError(f"unknown iteration field(s) {', '.join(sorted(unknown))}")
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                "INSERT INTO iterations (character, number, status, run_id, started_at) VALUES (?, ?, 'running', ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [character, number, run_id, now()],
+            )
+            for key, value in fields.items():
+                con.execute(
+                    f"UPDATE iterations SET {key} = ? WHERE character = ? AND number = ?",
+                    [value, character, number],
+                )
+
+        self.write(write)
 
     # ------------------------------------------------------------------ metrics
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -457,27 +459,15 @@ def enrich(
 
     Exit status 3 when the run stopped at the review gate: review, then run the same command again.
     """
-    from pydantic import ValidationError
-
     from flenwheel.flows.enrich import EnrichParams
     from flenwheel.flows.enrich import enrich as enrich_flow
 
     ws = _workspace(ctx)
     ws.character(character)
-    try:
-        params = EnrichParams(
-            character=character,
-            editor=editor,
-            profile=profile,
-            prompts=_id_list(prompts) or None,
-            seeds=seeds,
-            review=review,
-            wait=wait,
-            batch_size=batch_size,
-        )
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"--{'-'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
+    params = _params(
+        EnrichParams, character=character, editor=editor, profile=profile, prompts=_id_list(prompts) or None,
+        seeds=seeds, review=review, wait=wait, batch_size=batch_size,
+    )  # fmt: skip
     result = enrich_flow(params, root=str(ws.root), configs=str(ws.configs_dir))
     out.print(f"{result['images']} new image(s) from {result['jobs']} job(s)")
     if result["status"] == "awaiting_review":
@@ -641,35 +631,277 @@ def dataset_diff(
     out.print(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['recaptioned'])} re-captioned")
 
 
-# --------------------------------------------------------------------------- demo
+# --------------------------------------------------------------------------- training
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """Offline demo: ingest sample photos shipped in installed packages, then show the catalog and lineage."""
+def train(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    dataset: Annotated[str | None, typer.Option(help="dataset version (default: the latest frozen one)")] = None,
+    profile: ProfileOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the profile's step count")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
+) -> None:
+    """Train a FLUX.1-dev LoRA of CHARACTER; the exported checkpoint is the one with the best identity pass rate."""
+    from flenwheel import versions
+    from flenwheel.training import train_flux
+
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    catalog = _catalog(ws)
+    version = dataset or versions.latest_version(catalog, character)
+    if version is None:
+        raise UserError(f"{character} has no frozen dataset version: run `flenwheel dataset freeze {character}`")
+    config = {"character": character, "dataset": version, "profile": prof.name, "steps": steps, "resume": resume}
+    with catalog.run("cli:train", config) as run_id, training_progress(steps or prof.trainer.steps) as progress:
+        result = train_flux(ws, catalog, char, version, prof, run_id, steps, resume=resume, on_progress=progress)
+    _print_training(result, f"dataset {version}")
+
+
+@contextmanager
+def training_progress(total: int) -> Iterator[Callable[[int, int, float, float], None]]:
+    """A progress bar with loss, s/step and ETA; yields the trainer's progress callback."""
+    with Progress(
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[sps]:.2f} s/step"), TimeRemainingColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("train", total=total, loss=float("nan"), sps=0.0)
+
+        def progress(step: int, total: int, loss: float, sec: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss, sps=sec)
+
+        yield progress
+
+
+def _print_training(result: Any, trained_on: str) -> None:
+    if not result.trained:
+        out.print(f"already trained: {result.lora_id}")
+    out.print(f"LoRA {result.lora_id} ({trained_on}): chosen checkpoint step {result.chosen_step}")
+    for sc in sorted(result.scores, key=lambda x: x.step):
+        rate = "-" if sc.pass_rate is None else f"{sc.pass_rate:.0%}"
+        sim = "-" if sc.mean_similarity is None else f"{sc.mean_similarity:.3f}"
+        mark = "  <- chosen" if sc.step == result.chosen_step else ""
+        out.print(f"  step {sc.step:6d}: identity pass rate {rate:>4s}, mean similarity {sim}{mark}")
+    out.print(f"diffusers: {result.weights}\nComfyUI:   {result.comfy_weights}")
+
+
+@app.command("train-edit")
+def train_edit(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    profile: ProfileOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the profile's step count")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
+    ops: Annotated[str, typer.Option(help="which approved edits train it: edit (Qwen outputs), augment")] = "edit",
+) -> None:
+    """Train CHARACTER's Qwen-Image-Edit-2509 LoRA on its approved (before, instruction, after) triplets."""
+    from flenwheel.edit_training import train_edit_lora
+
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    chosen = _id_list([ops])
+    bad = sorted(set(chosen) - {"edit", "augment"})
+    if bad or not chosen:
+        raise UserError(f"--ops: use edit and/or augment (got {ops!r})")
+    catalog = _catalog(ws)
+    config = {"character": character, "profile": prof.name, "steps": steps, "resume": resume, "ops": chosen}
+    with catalog.run("cli:train-edit", config) as run_id, training_progress(steps or prof.edit_trainer.steps) as bar:
+        result = train_edit_lora(ws, catalog, char, prof, run_id, steps, chosen, resume=resume, on_progress=bar)
+    _print_training(result, "approved triplets")
+    out.print(f"evaluate it: flenwheel eval-edit {character} --lora {result.lora_id}")
+
+
+@app.command("eval-edit")
+def eval_edit(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    lora: Annotated[str, typer.Option("--lora", help="the editor LoRA's lora_id")],
+    profile: ProfileOpt = None,
+    prompts: Annotated[
+        list[str] | None, typer.Option("--prompts", help="enrichment prompt ids (comma-separated)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=16, help="seeds per input and prompt")] = 1,
+) -> None:
+    """Edit held-out sources with the base editor and with base + LoRA; compare how well each keeps identity."""
+    from flenwheel.edit_training import evaluate_edit_lora
+
+    ws = _workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    catalog = _catalog(ws)
+    config = {"character": character, "lora": lora, "profile": prof.name, "prompts": prompts, "seeds": seeds}
+    with catalog.run("cli:eval-edit", config) as run_id:
+        ev = evaluate_edit_lora(ws, catalog, char, lora, prof, run_id, _id_list(prompts) or None, range(seeds))
+    for arm, values in ev.metrics.items():
+        rate = values.get("pass_rate")
+        sim = values.get("mean_similarity")
+        rate_s = "-" if rate is None else f"{rate:.0%}"
+        sim_s = "-" if sim is None else f"{sim:.3f}"
+        out.print(f"{arm:5s}: {int(values['n'])} edit(s), identity pass rate {rate_s}, mean similarity {sim_s}")
+    out.print(f"report: {ev.report}")
+
+
+# --------------------------------------------------------------------------- flywheel
+
+
+def _params(model: Any, **values: Any) -> Any:
+    """Build a flow's pydantic parameters; a bad value becomes one line naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"--{'-'.join(str(x) for x in first['loc']).replace('_', '-')}: {first['msg']}") from None
+
+
+@app.command()
+def flywheel(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    iterations: Annotated[int, typer.Option(help="iterations the character should have (done ones are skipped)")] = 2,
+    profile: ProfileOpt = None,
+    editor: Annotated[str, typer.Option(help="qwen or augment")] = "qwen",
+    review: Annotated[str, typer.Option(help="fiftyone, cli or auto")] = "fiftyone",
+    wait: Annotated[bool, typer.Option("--wait", help="pause at review gates instead of exiting")] = False,
+    enrich_seeds: Annotated[int, typer.Option(help="seeds per source and enrichment prompt")] = 2,
+    synthetic_prompts: Annotated[list[str] | None, typer.Option(help="synthetic prompt ids (comma-separated)")] = None,
+    synthetic_seeds: Annotated[int, typer.Option(help="seeds per synthetic prompt")] = 2,
+    train_steps: Annotated[int | None, typer.Option(help="override the profile's training steps")] = None,
+    max_synthetic_share: Annotated[float, typer.Option(help="cap on synthetic images in a version")] = 0.5,
+    min_new_synthetics: Annotated[int, typer.Option(help="stop before retraining with fewer new synthetics")] = 1,
+) -> None:
+    """Run flywheel 1 for CHARACTER (enrich, review, freeze, train, generate, review, retrain, report).
+
+    Exit status 3 when the run stopped at a review gate: review, then run the same command again.
+    """
+    from flenwheel.flows.flywheel import FlywheelParams
+    from flenwheel.flows.flywheel import flywheel as flywheel_flow
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    params = _params(
+        FlywheelParams, character=character, iterations=iterations, profile=profile, editor=editor, review=review,
+        wait=wait, enrich_seeds=enrich_seeds, synthetic_prompts=_id_list(synthetic_prompts) or None,
+        synthetic_seeds=synthetic_seeds, train_steps=train_steps, max_synthetic_share=max_synthetic_share,
+        min_new_synthetics=min_new_synthetics,
+    )  # fmt: skip
+    result = flywheel_flow(params, root=str(ws.root), configs=str(ws.configs_dir))
+    _print_flywheel(result)
+    if result["status"] == "awaiting_review":
+        raise typer.Exit(EXIT_AWAITING_REVIEW)
+
+
+def _print_flywheel(result: dict[str, Any]) -> None:
+    enrich = result.get("enrichment")
+    if enrich:
+        out.print(f"enrichment: {enrich['images']} new image(s) from {enrich['jobs']} job(s)")
+    for it in result["iterations"]:
+        if "report" in it:
+            met = "met" if it["target_met"] else "not met"
+            out.print(f"iteration {it['number']}: dataset {it['dataset_version']}, LoRA {it['lora_id']}, "
+                      f"{it['generated']} synthetic image(s), 70% target {met}")  # fmt: skip
+            out.print(f"  report: {it['report']}")
+        else:
+            out.print(f"iteration {it['number']}: {it['status']}")
+    if result["status"] != "completed":
+        out.print(f"{result['status']}: {result['message']}", markup=False)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    iteration: Annotated[int | None, typer.Option(help="iteration number (default: the latest with a LoRA)")] = None,
+) -> None:
+    """(Re)write the HTML report of a flywheel iteration from the catalog and print its path."""
+    from flenwheel.report import iteration_report
+
+    ws = _workspace(ctx)
+    ws.character(character)
+    catalog = _catalog(ws)
+    numbers = [r["number"] for r in catalog.iterations(character) if r["lora_id"]]
+    if not numbers:
+        raise UserError(f"{character} has no flywheel iteration with a LoRA yet: run `flenwheel flywheel {character}`")
+    number = iteration or numbers[-1]
+    if number not in numbers:
+        raise UserError(f"iteration {number} of {character} has no LoRA (iterations with one: {numbers})")
+    out.print(str(iteration_report(ws.root, catalog, character, number).path))
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Serve the `flywheel` and `nightly-enrich` deployments to a Prefect server (start `prefect server start`)."""
+    from flenwheel.flows.deployments import serve as serve_deployments
+
+    ws = _workspace(ctx)
+    nightly = ws.settings.nightly
+    err.print(f"serving flywheel (run it from the Prefect UI) and nightly-enrich ({nightly.cron}, {nightly.timezone}) "
+              f"for data root {ws.root}")  # fmt: skip
+    serve_deployments(ws)
+
+
+# --------------------------------------------------------------------------- demo
+
+DEMO_CHARACTER = "hopper"
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    iterations: Annotated[int, typer.Option(min=1, max=5, help="flywheel iterations")] = 2,
+) -> None:
+    """Offline demo on cpu-tiny: sample photos -> augment enrichment -> dlib identity -> auto review -> v1 ->
+    tiny FLUX LoRA -> synthetic images -> auto review -> v2 -> retrain -> report."""
     from flenwheel.demo import sample_photos
+    from flenwheel.flows.flywheel import FlywheelParams
+    from flenwheel.flows.flywheel import flywheel as flywheel_flow
     from flenwheel.ingest import ingest_paths
 
     ws = _workspace(ctx)
     catalog = _catalog(ws)
-    samples = sample_photos()
-    first_id = None
-    for character, paths in samples.items():
+    out.print("[bold]1. ingest sample photos shipped inside installed packages[/bold]")
+    for character, paths in sample_photos().items():
         ws.character(character)
         with catalog.run("cli:demo", {"character": character, "paths": [str(p) for p in paths]}) as run_id:
             for o in ingest_paths(ws, catalog, character, paths, run_id):
-                out.print(f"{o.status:9s} {character:10s} {o.path.name}: {o.image_id or o.reason}")
-                first_id = first_id or o.image_id
+                out.print(f"  {o.status:9s} {character:10s} {o.path.name}: {o.image_id or o.reason}")
+    out.print(f"\n[bold]2. flywheel 1 for {DEMO_CHARACTER}, {iterations} iteration(s) on cpu-tiny[/bold]")
+    out.print(
+        "  Tiny random-weight models stand in for FLUX.1-dev: their images are noise by design, so no synthetic\n"
+        "  image keeps the identity and the demo retrains anyway (min_new_synthetics=0) to show the loop."
+    )
+    params = FlywheelParams(
+        character=DEMO_CHARACTER, iterations=iterations, profile="cpu-tiny", editor="augment", review="auto",
+        enrich_seeds=1, synthetic_prompts=["pose-portrait", "pose-three-quarter", "scene-park", "light-studio"],
+        synthetic_seeds=1, min_new_synthetics=0,
+    )  # fmt: skip
+    result = flywheel_flow(params, root=str(ws.root), configs=str(ws.configs_dir))
+    _print_flywheel(result)
     out.print(f"\n[bold]catalog[/bold]: {ws.catalog_path}")
-    out.print(f"[bold]image store[/bold]: {ws.objects_dir}")
-    out.print("\n[bold]flenwheel characters[/bold]")
-    ctx.invoke(characters, ctx=ctx)
-    query = "SELECT character, origin, count(*) AS n FROM images GROUP BY ALL ORDER BY ALL"
+    query = (
+        "SELECT v.version_id, v.n_images, l.lora_id, l.chosen_checkpoint, m.name, round(m.value, 3) AS value "
+        "FROM iterations it JOIN dataset_versions v ON v.version_id = it.dataset_version "
+        "JOIN loras l ON l.lora_id = it.lora_id "
+        "JOIN metrics m ON m.scope = 'iteration' AND m.scope_id = it.character || ':' || it.number "
+        "WHERE m.name IN ('pass_rate', 'n') ORDER BY it.number, m.name"
+    )
     out.print(f'\n[bold]flenwheel sql "{query}"[/bold]')
     ctx.invoke(sql, ctx=ctx, query=query, fmt="table")
-    if first_id:
-        out.print(f"\n[bold]flenwheel lineage {first_id[:12]}[/bold]")
-        print_lineage(catalog.lineage(first_id))
+    first = catalog.rows("SELECT image_id FROM images WHERE origin = 'augment' ORDER BY image_id LIMIT 1")
+    if first:
+        out.print(f"\n[bold]flenwheel lineage {first[0]['image_id'][:12]}[/bold]")
+        print_lineage(catalog.lineage(first[0]["image_id"]))
+    reports = [it["report"] for it in result["iterations"] if "report" in it]
+    reports = reports or [r["report_path"] for r in catalog.iterations(DEMO_CHARACTER) if r["report_path"]]
+    out.print(f"\n[bold]report[/bold]: {reports[-1] if reports else '-'}")
+    out.print(f"[bold]review in FiftyOne[/bold]: flenwheel --root {ws.root} review serve {DEMO_CHARACTER}  "
+              f"(then open http://{ws.settings.review.app_address}:{ws.settings.review.app_port})")  # fmt: skip
+    out.print("[bold]real models[/bold]: on a 24 GB GPU with the weights in the Hugging Face cache, run\n"
+              f"  flenwheel flywheel {DEMO_CHARACTER} --profile gpu-24gb --editor qwen --review fiftyone")  # fmt: skip
 
 
 def main() -> None:

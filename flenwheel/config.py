@@ -88,6 +88,34 @@ class ReviewSettings(Strict):
     app_port: int = Field(5151, ge=1, le=65535)
 
 
+class NightlySettings(Strict):
+    """The scheduled enrichment of new source photos (``flenwheel serve``)."""
+
+    cron: str = Field("0 3 * * *", description="when it runs (cron syntax)")
+    timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
+    editor: Literal["augment", "qwen"] = "qwen"
+    review: Literal["auto", "fiftyone", "cli"] = "fiftyone"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        # Prefect checks the expression fully when it builds the schedule; catch the common mistakes early.
+        if len(v.split()) != 5 or not re.fullmatch(r"[0-9A-Za-z*/,\- ]+", v):
+            raise ValueError("not a cron expression (five fields: minute hour day-of-month month day-of-week)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone (use an IANA name such as UTC or Europe/Berlin)") from None
+        return v
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -97,6 +125,7 @@ class Settings(Strict):
     catalog: CatalogSettings = CatalogSettings()
     identity: IdentityBackendSettings = IdentityBackendSettings()
     review: ReviewSettings = ReviewSettings()
+    nightly: NightlySettings = NightlySettings()
 
 
 # --------------------------------------------------------------------------- prompt libraries
@@ -167,6 +196,10 @@ class Character(Strict):
     prompts: list[PromptEntry] = Field(
         default_factory=list, description="extra enrichment prompts (an id of the library replaces that entry)"
     )
+    editor_lora: str | None = Field(
+        None, description="the qwen editor adds this editor LoRA of the catalog (a lora_id, or 'latest')"
+    )
+    editor_lora_scale: float = Field(1.0, ge=0.0, le=2.0)
 
     @field_validator("name")
     @classmethod
@@ -230,6 +263,50 @@ class StageSettings(Strict):
     )
 
 
+DEFAULT_LORA_TARGETS = (
+    # attention of the double- and single-stream blocks; the same names exist in Qwen-Image's blocks
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+)  # fmt: skip
+
+
+class TrainerSettings(Strict):
+    """A LoRA training recipe. The defaults are a sound FLUX.1-dev character LoRA (see docs/training.md)."""
+
+    model: str | None = Field(None, description="base model ref; default: the profile's generator/editor model")
+    rank: int = Field(16, ge=1, le=256)
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; default = rank (scale 1)")
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(1, ge=1, le=64)
+    grad_accum: int = Field(1, ge=1, le=64)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    resolutions: list[int] = Field(default_factory=lambda: [512], description="bucket base sizes (never upscaled)")
+    checkpoint_every: int = Field(250, ge=1, description="checkpoint, sample and identity-score every N steps")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept besides the best one")
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "photo of {trigger}, portrait, looking at the camera",
+            "photo of {trigger} walking in a park, full body",
+            "photo of {trigger}, side view, studio lighting",
+            "photo of {trigger} smiling, close-up",
+        ],
+        description="prompts sampled at each checkpoint ({trigger} is replaced)",
+    )
+    sample_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    sample_steps: int = Field(20, ge=1)
+    sample_size: int = Field(768, ge=16, le=2048)
+    guidance: float = Field(1.0, ge=0, description="FLUX guidance embedding value during training")
+    sample_guidance: float = Field(3.5, ge=0)
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weighting_scheme: Literal["logit_normal", "uniform"] = "logit_normal"
+    qlora: bool = Field(False, description="nf4 base (bitsandbytes, GPU only)")
+    gradient_checkpointing: bool = False
+    max_sequence_length: int = Field(512, ge=16, le=512, description="T5 tokens kept for captions")
+    seed: int = 0
+
+
 class Profile(Strict):
     """configs/profiles/<name>.yaml: where and how models run."""
 
@@ -242,6 +319,11 @@ class Profile(Strict):
     peak_budget_gib: float | None = Field(None, gt=0, description="the stage peak this profile is built to stay under")
     editor: StageSettings
     generator: StageSettings
+    trainer: TrainerSettings = TrainerSettings()
+    edit_trainer: TrainerSettings = Field(
+        default_factory=lambda: TrainerSettings(rank=16, steps=1000, sample_prompts=[], sample_size=1024),
+        description="the Qwen-Image-Edit LoRA recipe (flywheel 2)",
+    )
 
 
 class LoraLibrary(Strict):

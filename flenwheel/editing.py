@@ -15,10 +15,11 @@ jobs instead of silently reusing old images.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from flenwheel.catalog import Catalog, DerivationRecord, ImageRecord, code_version
-from flenwheel.config import AugmentSpec, PromptEntry, Workspace
+from flenwheel.config import AugmentSpec, Character, PromptEntry, Workspace
 from flenwheel.errors import FlenwheelError
 
 Box = tuple[int, int, int, int]
@@ -252,9 +253,12 @@ class QwenEditor(Editor):
     name = "qwen"
     op = "edit"
 
-    def __init__(self, ws: Workspace, manager: Any, catalog: Any | None = None) -> None:
+    def __init__(
+        self, ws: Workspace, manager: Any, catalog: Any | None = None, extra_loras: Sequence[Any] = ()
+    ) -> None:
         self.ws, self.manager, self.catalog = ws, manager, catalog
         self.stage = manager.profile.editor
+        self.extra_loras = list(extra_loras)  # e.g. the character's own editor LoRA (flywheel 2)
 
     def supports(self, prompt: PromptEntry) -> bool:
         return True
@@ -262,7 +266,7 @@ class QwenEditor(Editor):
     def _stack(self, prompt: PromptEntry) -> list[Any]:
         from flenwheel.models import lora_stack
 
-        return lora_stack(self.ws, self.stage, prompt.category)
+        return lora_stack(self.ws, self.stage, prompt.category, self.extra_loras)
 
     def fingerprint(self, prompt: PromptEntry) -> dict[str, Any]:
         from flenwheel.models import Sampling
@@ -323,20 +327,50 @@ class QwenEditor(Editor):
         self.manager.release()
 
 
-EditorFactory = Callable[[Workspace, Any, Any], Editor]
+def character_editor_loras(catalog: Any | None, character: Character | None) -> list[Any]:
+    """The character's own editor LoRA (``editor_lora`` in its config) as a stack entry, if it names one."""
+    if character is None or not character.editor_lora:
+        return []
+    from flenwheel.config import LoraSpec
+    from flenwheel.models import StackEntry
+
+    lora_id = character.editor_lora
+    if catalog is None:
+        raise EditError(f"{character.name}: editor_lora needs the catalog to be resolved")
+    if lora_id == "latest":
+        rows = catalog.rows(
+            "SELECT lora_id FROM loras WHERE character = ? AND kind = 'qwen_edit' ORDER BY created_at DESC LIMIT 1",
+            [character.name],
+        )
+        if not rows:
+            raise EditError(f"{character.name}: editor_lora is 'latest' but no editor LoRA was trained yet "
+                            f"(flenwheel train-edit {character.name})")  # fmt: skip
+        lora_id = rows[0]["lora_id"]
+    spec = LoraSpec(ref=f"catalog:{lora_id}", applies_to="qwen-image-edit", scale=character.editor_lora_scale)
+    return [StackEntry(lora_id, spec, character.editor_lora_scale)]
+
+
+EditorFactory = Callable[[Workspace, Any, Any, Any], Editor]
 EDITORS: dict[str, EditorFactory] = {
-    "augment": lambda ws, manager, catalog: AugmentEditor(),
-    "qwen": lambda ws, manager, catalog: QwenEditor(ws, manager, catalog),
+    "augment": lambda ws, manager, catalog, character: AugmentEditor(),
+    "qwen": lambda ws, manager, catalog, character: QwenEditor(
+        ws, manager, catalog, character_editor_loras(catalog, character)
+    ),
 }
 
 
-def make_editor(name: str, ws: Workspace, manager: Any | None = None, catalog: Any | None = None) -> Editor:
-    """An editor by name (``EDITORS`` holds the known ones; plug-ins and benchmarks may register more)."""
+def make_editor(
+    name: str, ws: Workspace, manager: Any | None = None, catalog: Any | None = None, character: Character | None = None
+) -> Editor:
+    """An editor by name (``EDITORS`` holds the known ones; plug-ins and benchmarks may register more).
+
+    With ``character``, the qwen editor adds the character's own editor LoRA when its config selects one.
+    """
     if name not in EDITORS:
         raise EditError(f"unknown editor {name!r}: use {' or '.join(EDITORS)}")
     if name == "qwen" and manager is None:
         raise EditError("the qwen editor needs a model manager")
-    return EDITORS[name](ws, manager, catalog)
+    return EDITORS[name](ws, manager, catalog, character)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -374,8 +408,6 @@ def run_edit_batch(
 
     Returns the image ids made (in job order). Files of a batch whose catalog write fails are removed again.
     """
-    from flenwheel.store import put_image, remove_if_unreferenced
-
     if not jobs:
         return []
     parents = {
@@ -388,10 +420,9 @@ def run_edit_batch(
             [sorted({j.parent_id for j in jobs})],
         )
     }
-    origin = "edit" if editor.op == "edit" else "augment"
-    images, derivations, stored = [], [], []
     decoded: dict[str, Image.Image] = {}  # a batch usually holds several jobs per source: decode each once
-    try:
+
+    def outputs() -> Iterator[tuple[Image.Image, DerivationRecord]]:
         for job in jobs:
             parent = parents.get(job.parent_id)
             if parent is None:
@@ -399,15 +430,12 @@ def run_edit_batch(
             if job.parent_id not in decoded:
                 with Image.open(ws.root / parent["path"]) as im:
                     decoded[job.parent_id] = im.convert("RGB")
-            source = decoded[job.parent_id]
             box = tuple(parent["face_box"]) if parent["face_box"] else None
-            result = editor.edit(source, job, box)  # type: ignore[arg-type]
-            s = put_image(ws.root, result.image)
-            stored.append(s)
-            images.append(ImageRecord(s.image_id, character, origin, s.relpath, s.width, s.height))
-            derivations.append(
+            result = editor.edit(decoded[job.parent_id], job, box)  # type: ignore[arg-type]
+            yield (
+                result.image,
                 DerivationRecord(
-                    child_id=s.image_id,
+                    child_id="",
                     parent_id=job.parent_id,
                     op=result.op,
                     model_ref=result.model_ref,
@@ -421,9 +449,36 @@ def run_edit_batch(
                     strength=result.strength,
                     params={**result.params, "category": job.prompt.category, "editor": editor.name},
                     job_key=editor.key(job),
-                )
+                ),
             )
-        catalog.add_images(images, run_id, derivations)
+
+    return store_outputs(ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id)
+
+
+def store_outputs(
+    ws: Workspace,
+    catalog: Catalog,
+    character: str,
+    origin: str,
+    outputs: Iterable[tuple[Image.Image, DerivationRecord]],
+    run_id: str | None,
+) -> list[str]:
+    """Store each output image and record all images + derivations in one transaction (editors, generators).
+
+    ``child_id`` of each derivation is filled in from the stored bytes. If making an output or the catalog
+    write fails, the files this call stored are removed again, so a failed batch leaves nothing behind.
+    """
+    from flenwheel.store import put_image, remove_if_unreferenced
+
+    images, derivations, stored = [], [], []
+    try:
+        for image, derivation in outputs:
+            s = put_image(ws.root, image)
+            stored.append(s)
+            images.append(ImageRecord(s.image_id, character, origin, s.relpath, s.width, s.height))
+            derivations.append(dataclasses.replace(derivation, child_id=s.image_id))
+        if images:
+            catalog.add_images(images, run_id, derivations)
     except BaseException:
         for s in stored:
             remove_if_unreferenced(ws.root, s)

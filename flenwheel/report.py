@@ -144,7 +144,8 @@ def training_curves(
     for name, pts in checkpoints.items():
         if pts:
             ax2.plot([p[0] for p in pts], [p[1] * 100 for p in pts], marker="o", label=name)
-    ax2.axhline(TARGET_PASS_RATE * 100, color="black", linestyle="--", linewidth=1)
+    target = f"target {TARGET_PASS_RATE:.0%}"
+    ax2.axhline(TARGET_PASS_RATE * 100, color="black", linestyle="--", linewidth=1, label=target)
     ax2.set_xlabel("checkpoint step")
     ax2.set_ylabel("sample identity pass rate (%)")
     ax2.set_ylim(-5, 105)
@@ -231,6 +232,12 @@ def render_html(title: str, summary: list[str], sections: Sequence[Section], pat
                 f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
+    # Lets a headless browser (and the test) tell that every chart and grid decoded.
+    parts.append(
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.body.dataset.imagesTotal=i.length;"
+        "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;});</script>"
+    )
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
@@ -259,3 +266,198 @@ def latest_scores(catalog: Catalog, image_ids: Sequence[str]) -> list[dict[str, 
                WHERE s.image_id IN (SELECT unnest(?))) WHERE rn = 1""",
         [list(image_ids)],
     )
+
+
+# --------------------------------------------------------------------------- the iteration report
+
+
+@dataclass
+class IterationReport:
+    """What a flywheel iteration's report says; the flow turns it into Prefect artifacts."""
+
+    path: Path
+    markdown: str
+    table: list[dict[str, Any]]
+    metrics: dict[str, float]
+    target_met: bool
+
+
+def _lora_curves(ws_root: Path, lora_path: str | None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(loss per step, identity pass rate per checkpoint) from a LoRA's result.json."""
+    if not lora_path:
+        return [], []
+    result = ws_root / Path(lora_path).parent / "result.json"
+    if not result.exists():
+        return [], []
+    raw = json.loads(result.read_text())
+    checkpoints = sorted((s["step"], s["pass_rate"] or 0.0) for s in raw["scores"] if s["pass_rate"] is not None)
+    return [tuple(x) for x in raw["losses"]], checkpoints  # type: ignore[misc]
+
+
+def _grid_tiles(scores: list[dict[str, Any]], best: bool, n: int) -> list[tuple[Path, str]]:
+    with_sim = [s for s in scores if s["similarity"] is not None]
+    without = [s for s in scores if s["similarity"] is None]
+    ordered = sorted(with_sim, key=lambda s: s["similarity"], reverse=best)
+    ordered = ordered if best else [*without, *ordered]  # no face at all is the worst outcome
+    return [(Path(s["abs_path"]), f"{s['verdict']} {_fmt(s['similarity'])} {s['image_id'][:8]}") for s in ordered[:n]]
+
+
+def iteration_report(root: Path, catalog: Catalog, character: str, number: int) -> IterationReport:
+    """Write ``<root>/reports/<character>/iteration-<number>/index.html`` from the catalog and return its gist.
+
+    Compares the identity pass rate of the synthetic images of this iteration's LoRA with the previous
+    iteration's (or with the enrichment candidates for the first one) and says whether the 70% target is met.
+    """
+    from flenwheel.generation import synthetic_images
+
+    out = root / "reports" / character / f"iteration-{number}"
+    iterations = [r for r in catalog.iterations(character) if r["number"] <= number]
+    loras = {r["lora_id"]: r for r in catalog.rows("SELECT * FROM loras WHERE character = ?", [character])}
+    enrich_ids = [r["image_id"] for r in catalog.rows(
+        "SELECT image_id FROM images WHERE character = ? AND origin IN ('edit', 'augment')", [character])]  # fmt: skip
+
+    def scored(ids: Sequence[str]) -> list[dict[str, Any]]:
+        return [{**s, "abs_path": str(root / s["path"])} for s in latest_scores(catalog, ids)]
+
+    arms_scores: dict[str, list[dict[str, Any]]] = {"enrichment": scored(enrich_ids)}
+    for it in iterations:
+        if it["lora_id"]:
+            arms_scores[f"synthetic v{it['number']}"] = scored(synthetic_images(catalog, it["lora_id"]))
+    arms = [arm_stats(name, rows) for name, rows in arms_scores.items()]
+    thresholds = [s["threshold"] for rows in arms_scores.values() for s in rows if s["threshold"] is not None]
+    current = arms[-1]
+    previous = arms[-2] if len(arms) > 1 else None
+    rate = current.pass_rate
+    target_met = rate is not None and rate >= TARGET_PASS_RATE
+
+    figures = [
+        (pass_rate_bars(arms, out / "pass_rates.png"), "identity pass rate by group (dashed: the 70% target)"),
+        (similarity_histogram(arms, thresholds, out / "similarity.png"), "identity similarity by group"),
+    ]
+    grids = []
+    for name in [current.name] + (["enrichment"] if current.name != "enrichment" else []):
+        rows = arms_scores[name]
+        grids.append((image_grid(_grid_tiles(rows, True, 12), out / f"best-{name.replace(' ', '-')}.png"),
+                      f"{name}: best by similarity"))  # fmt: skip
+        grids.append((image_grid(_grid_tiles(rows, False, 12), out / f"worst-{name.replace(' ', '-')}.png"),
+                      f"{name}: worst by similarity (no face first)"))  # fmt: skip
+
+    by_origin: dict[str, dict[str, int]] = {}
+    by_category: dict[str, dict[str, int]] = {}
+    for it in iterations:
+        version = it["dataset_version"]
+        if not version:
+            continue
+        rows = catalog.rows(
+            """SELECT i.origin, coalesce(json_extract_string(d.params, '$.category'), 'source') AS category
+               FROM dataset_members m JOIN images i USING (image_id)
+               LEFT JOIN (SELECT DISTINCT ON (child_id) child_id, params FROM derivations WHERE parent_rank = 0
+                          ORDER BY child_id, created_at) d ON d.child_id = m.image_id
+               WHERE m.version_id = ?""",
+            [version],
+        )
+        label = version.split("@")[-1]
+        for r in rows:
+            by_origin.setdefault(label, {}).setdefault(r["origin"], 0)
+            by_origin[label][r["origin"]] += 1
+            by_category.setdefault(label, {}).setdefault(r["category"], 0)
+            by_category[label][r["category"]] += 1
+    figures.append((composition_chart(by_origin, out / "composition_origin.png", "dataset versions by origin"),
+                    "dataset composition by origin"))  # fmt: skip
+    figures.append((composition_chart(by_category, out / "composition_category.png", "by prompt category"),
+                    "dataset composition by prompt category"))  # fmt: skip
+    losses, checkpoints = {}, {}
+    for it in iterations:
+        if it["lora_id"] in loras:
+            loss, ckpt = _lora_curves(root, loras[it["lora_id"]]["path"])
+            losses[f"LoRA v{it['number']}"], checkpoints[f"LoRA v{it['number']}"] = loss, ckpt
+    figures.append(
+        (training_curves(losses, checkpoints, out / "training.png"), "training loss and checkpoint identity")
+    )
+
+    table = [
+        {"group": a.name, "images": a.n, "passed": a.passed, "pass_rate": a.pass_rate,
+         "mean_similarity": a.mean_similarity, **{f"verdict {k}": v for k, v in sorted(a.verdicts.items())}}
+        for a in arms
+    ]  # fmt: skip
+    cols = sorted({k for row in table for k in row}, key=lambda k: (not k.startswith(("group", "images", "pass")), k))
+    table = [{c: row.get(c, 0 if c.startswith("verdict") else None) for c in cols} for row in table]
+    metrics = {f"{k}": v for k, v in current.as_metrics().items()}
+    if previous is not None and previous.pass_rate is not None and rate is not None:
+        metrics["pass_rate_change"] = rate - previous.pass_rate
+    metrics["target_met"] = float(target_met)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
+    change = (
+        f"{previous.name} {pct(previous.pass_rate)} → {current.name} {pct(rate)}"
+        if previous
+        else f"{current.name} {pct(rate)}"
+    )
+    verdict = "met" if target_met else "not met"
+    summary = [
+        f"Identity pass rate: {html.escape(change)}.",
+        f"Consistency target {TARGET_PASS_RATE:.0%}: <span class='{'ok' if target_met else 'miss'}'>{verdict}</span>.",
+        "Dataset versions: "
+        + html.escape(", ".join(it["dataset_version"] or "-" for it in iterations))
+        + "; LoRAs: "
+        + html.escape(", ".join(it["lora_id"] or "-" for it in iterations))
+        + ".",
+    ]
+    if current.n and not current.similarities:
+        summary.append("No face was found in any synthetic image: expected with the random-weight cpu-tiny models, "
+                       "whose outputs are noise by design.")  # fmt: skip
+    sections = [
+        Section("Identity by group", images=figures[:2], table=table),
+        Section("Best and worst images", images=grids),
+        Section("Dataset composition", images=figures[2:4]),
+        Section("Training", images=figures[4:]),
+    ]
+    path = render_html(f"{character}: flywheel iteration {number}", summary, sections, out / "index.html")
+    markdown = (
+        f"## {character}: flywheel iteration {number}\n\n"
+        f"- identity pass rate: {change}\n- target {TARGET_PASS_RATE:.0%}: **{verdict}**\n"
+        f"- report: `{path}`\n"
+    )
+    return IterationReport(path, markdown, table, metrics, target_met)
+
+
+def edit_eval_report(
+    root: Path, character: str, lora_id: str, rows: Sequence[dict[str, Any]], images_dir: Path, held_out: bool
+) -> Path:
+    """The editor LoRA's evaluation page: both arms' identity, and base vs LoRA side by side per input."""
+    out = root / "reports" / character / f"edit-eval-{lora_id}"
+    arms = [arm_stats(name, [r for r in rows if r["arm"] == arm]) for arm, name in
+            (("base", "base editor"), ("lora", "base + LoRA"))]  # fmt: skip
+    thresholds: list[float] = []
+    figures = [
+        (pass_rate_bars(arms, out / "pass_rates.png"), "identity pass rate of the edits (dashed: the 70% target)"),
+        (similarity_histogram(arms, thresholds, out / "similarity.png"), "identity similarity of the edits"),
+    ]
+    base = {(r["source_id"], r["prompt_id"], r["seed"]): r for r in rows if r["arm"] == "base"}
+    tiles: list[tuple[Path, str]] = []
+    for r in rows:
+        if r["arm"] != "lora" or (r["source_id"], r["prompt_id"], r["seed"]) not in base:
+            continue
+        b = base[(r["source_id"], r["prompt_id"], r["seed"])]
+        tiles.append((images_dir / b["file"], f"base {r['prompt_id']}: {b['verdict']} {_fmt(b['similarity'])}"))
+        tiles.append((images_dir / r["file"], f"LoRA {r['prompt_id']}: {r['verdict']} {_fmt(r['similarity'])}"))
+    grid = image_grid(tiles, out / "base_vs_lora.png", columns=6)
+    b_rate, l_rate = arms[0].pass_rate, arms[1].pass_rate
+    better = l_rate is not None and b_rate is not None and l_rate > b_rate
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    summary = [
+        f"Identity pass rate: base editor {pct(b_rate)} → base + LoRA {pct(l_rate)}: "
+        f"<span class='{'ok' if better else 'miss'}'>{'the LoRA keeps the character better' if better else 'no gain'}"
+        "</span>.",
+        "Inputs: held-out source photos the LoRA never saw." if held_out else
+        "Inputs: the training sources (the character has no held-out photo: add more sources for a fair test).",
+    ]  # fmt: skip
+    table = [{"arm": a.name, "edits": a.n, "passed": a.passed, "pass_rate": a.pass_rate,
+              "mean_similarity": a.mean_similarity} for a in arms]  # fmt: skip
+    sections = [
+        Section("Identity", images=figures, table=table),
+        Section("Base vs LoRA, same input, prompt and seed", images=[(grid, "pairs: base left, LoRA right")]),
+    ]
+    return render_html(f"{character}: editor LoRA {lora_id}", summary, sections, out / "index.html")

@@ -17,9 +17,12 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import imagehash
+from PIL import Image
 
 from flenwheel.catalog import Catalog
 from flenwheel.config import Character, PromptEntry, Workspace
@@ -83,8 +86,9 @@ def selected_members(catalog: Catalog, character: Character, prompts: dict[str, 
     ]
 
 
-def manifest_bytes(character: Character, members: list[Member]) -> bytes:
+def manifest_bytes(character: Character, members: list[Member], extra: dict[str, Any] | None = None) -> bytes:
     doc = {
+        **(extra or {}),
         "format": MANIFEST_FORMAT,
         "character": character.name,
         "trigger": character.trigger,
@@ -123,14 +127,19 @@ def freeze(
     character: Character,
     run_id: str | None,
     select: Callable[[list[Member]], list[Member]] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Frozen:
-    """Freeze the current selection (optionally filtered by ``select``) as the next version, unless unchanged."""
+    """Freeze the current selection (optionally filtered by ``select``) as the next version, unless unchanged.
+
+    ``extra`` goes into the manifest (a flywheel iteration records its number, parent version and the LoRA
+    whose synthetics it adds), so an iteration makes its own version even when no synthetic was approved.
+    """
     members = selected_members(catalog, character, ws.prompt_library(character))
     if select is not None:
         members = select(members)
     if not members:
         raise VersionError(f"nothing to freeze for {character.name!r}: no source photos or approved candidates")
-    data = manifest_bytes(character, members)
+    data = manifest_bytes(character, members, extra)
     sha = hashlib.sha256(data).hexdigest()
     rel = Path("manifests") / character.name / f"{sha}.json"
     _write_atomic(ws.root / rel, data)
@@ -183,3 +192,81 @@ def diff(catalog: Catalog, a: str, b: str) -> dict[str, list[dict[str, Any]]]:
 def latest_version(catalog: Catalog, character: str) -> str | None:
     found = versions(catalog, character)
     return found[-1]["version_id"] if found else None
+
+
+# --------------------------------------------------------------------------- flywheel iterations
+
+
+@dataclass
+class SyntheticSelection:
+    """How the approved synthetics of one LoRA were admitted into the next version."""
+
+    candidates: int = 0
+    added: list[str] = field(default_factory=list)
+    near_duplicates: list[str] = field(default_factory=list)
+    over_cap: list[str] = field(default_factory=list)
+
+
+def _phash(ws: Workspace, path: str) -> imagehash.ImageHash:
+    with Image.open(ws.root / path) as im:
+        return imagehash.phash(im.convert("RGB"))
+
+
+def next_version_members(
+    ws: Workspace,
+    catalog: Catalog,
+    character: Character,
+    previous_version: str | None,
+    synthetic_from: str | None,
+    max_synthetic_share: float,
+    max_hash_distance: int,
+) -> tuple[list[Member], SyntheticSelection]:
+    """Members of an iteration's version: vN + newly approved real/enriched images + approved synthetics.
+
+    Synthetics already in ``previous_version`` stay (unless a review rejected them since). New ones are the
+    approved images generated with LoRA ``synthetic_from``, best identity similarity first; each is dropped
+    when its perceptual hash is within ``max_hash_distance`` bits of an image already kept (near-duplicates
+    teach nothing and over-weight one look), and admission stops when synthetics would exceed
+    ``max_synthetic_share`` of the version (a LoRA trained mostly on its own outputs drifts).
+    """
+    from flenwheel.generation import synthetic_images
+
+    current = {m.image_id: m for m in selected_members(catalog, character, ws.prompt_library(character))}
+    kept = [m for m in current.values() if m.origin != "generate"]
+    if previous_version:
+        kept += [current[r["image_id"]] for r in version_members(catalog, previous_version)
+                 if r["origin"] == "generate" and r["image_id"] in current]  # fmt: skip
+    selection = SyntheticSelection()
+    if synthetic_from:
+        kept_ids = {m.image_id for m in kept}
+        new = [current[i] for i in synthetic_images(catalog, synthetic_from) if i in current and i not in kept_ids]
+        selection.candidates = len(new)
+        sims = {r["image_id"]: r["similarity"] or 0.0 for r in _latest_similarity(catalog, [m.image_id for m in new])}
+        new.sort(key=lambda m: (-sims.get(m.image_id, 0.0), m.image_id))
+        hashes = [_phash(ws, m.path) for m in kept]
+        n_real = sum(m.origin != "generate" for m in kept)
+        n_synth = len(kept) - n_real
+        share = min(max_synthetic_share, 0.99)
+        cap = int(share * n_real / (1.0 - share)) if share > 0 else 0
+        for m in new:
+            h = _phash(ws, m.path)
+            if any(h - other <= max_hash_distance for other in hashes):
+                selection.near_duplicates.append(m.image_id)
+            elif n_synth >= cap:
+                selection.over_cap.append(m.image_id)
+            else:
+                kept.append(m)
+                hashes.append(h)
+                n_synth += 1
+                selection.added.append(m.image_id)
+    return sorted(kept, key=lambda m: m.image_id), selection
+
+
+def _latest_similarity(catalog: Catalog, image_ids: list[str]) -> list[dict[str, Any]]:
+    if not image_ids:
+        return []
+    return catalog.rows(
+        """SELECT DISTINCT ON (image_id) image_id, similarity FROM identity_scores
+           WHERE image_id IN (SELECT unnest(?)) ORDER BY image_id, scored_at DESC""",
+        [image_ids],
+    )

@@ -126,3 +126,32 @@ def cli(ws: Workspace) -> Callable[..., object]:
 def store_files(root: Path) -> list[Path]:
     objects = root / "objects"
     return sorted(p for p in objects.rglob("*") if p.is_file()) if objects.exists() else []
+
+
+# Rows compared between runs: everything but run ids and timestamps.
+SNAPSHOT = {
+    "images": "SELECT image_id, character, origin, path, width, height, lineage_root FROM images ORDER BY ALL",
+    "derivations": "SELECT child_id, parent_id, op, prompt_id, seed, strength, job_key, params FROM derivations"
+    " ORDER BY ALL",
+    "identity_scores": "SELECT image_id, backend, reference_set_id, verdict, similarity, threshold FROM identity_scores"
+    " ORDER BY ALL",
+    "reviews": "SELECT image_id, gate_id, decision, source, note FROM reviews ORDER BY ALL",
+    "reference_sets": "SELECT reference_set_id, image_ids, threshold FROM reference_sets ORDER BY ALL",
+    "dataset_versions": "SELECT version_id, manifest_sha256, n_images FROM dataset_versions ORDER BY ALL",
+    "dataset_members": "SELECT * FROM dataset_members ORDER BY ALL",
+    "loras": "SELECT lora_id, sha256, dataset_version, chosen_checkpoint FROM loras ORDER BY ALL",
+    "iterations": "SELECT character, number, dataset_version, lora_id, status, report_path FROM iterations"
+    " ORDER BY ALL",
+    "metrics": "SELECT scope, scope_id, name, value, step FROM metrics ORDER BY ALL",
+}
+
+
+def snapshot(path: Path) -> dict[str, list[tuple]]:
+    """The catalog's rows without run ids and timestamps: equal snapshots mean a run added nothing."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {k: con.execute(q).fetchall() for k, q in SNAPSHOT.items()}
+    finally:
+        con.close()

@@ -17,28 +17,9 @@ from flenwheel import decisions, versions
 from flenwheel.catalog import Catalog
 from flenwheel.config import Workspace
 from flenwheel.ingest import ingest_paths
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, snapshot
 
 PROMPTS = ["angle-mirror", "angle-close-up", "light-golden-hour", "bg-blue"]
-
-# Rows compared between runs: everything but run ids and timestamps.
-SNAPSHOT = {
-    "images": "SELECT image_id, character, origin, path, width, height, lineage_root FROM images ORDER BY ALL",
-    "derivations": "SELECT child_id, parent_id, op, prompt_id, seed, strength, job_key, params FROM derivations"
-    " ORDER BY ALL",
-    "identity_scores": "SELECT image_id, backend, reference_set_id, verdict, similarity, threshold FROM identity_scores"
-    " ORDER BY ALL",
-    "reviews": "SELECT image_id, gate_id, decision, source, note FROM reviews ORDER BY ALL",
-    "reference_sets": "SELECT reference_set_id, image_ids, threshold FROM reference_sets ORDER BY ALL",
-}
-
-
-def snapshot(path: Path) -> dict[str, list[tuple]]:
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        return {k: con.execute(q).fetchall() for k, q in SNAPSHOT.items()}
-    finally:
-        con.close()
 
 
 def ingest_obama(ws: Workspace, faces: Path) -> None:

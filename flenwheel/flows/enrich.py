@@ -42,8 +42,9 @@ def chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> dict[str, Any]:
-    """The enrichment steps up to and including the gate; shared by the enrich and flywheel flows."""
+def enrich_work(ws: Workspace, params: EnrichParams, run_id: str) -> dict[str, Any]:
+    """Edit, store and identity-score every pending job (no review): shared by the enrich, flywheel and
+    nightly flows."""
     catalog = open_catalog(ws)
     root, configs = str(ws.root), str(ws.configs_dir)
     character = ws.character(params.character)
@@ -53,7 +54,7 @@ def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> dict[str, 
     if unknown:
         raise ValueError(f"unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
     prompts = [library[p] for p in params.prompts] if params.prompts else list(library.values())
-    editor = make_editor(params.editor, ws, _fingerprint_manager(ws, params), catalog)
+    editor = make_editor(params.editor, ws, _fingerprint_manager(ws, params), catalog, character)
     jobs = pending_jobs(catalog, character.name, editor, prompts, list(range(params.seeds)), params.sources)
     made: list[str] = []
     try:
@@ -66,9 +67,14 @@ def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> dict[str, 
             made.extend(ids)
     finally:
         release_models()
-    summary: dict[str, Any] = {"character": character.name, "jobs": len(jobs), "images": len(made)}
+    return {"character": character.name, "jobs": len(jobs), "images": len(made)}
+
+
+def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> dict[str, Any]:
+    """The enrichment work, then the review gate."""
+    summary = enrich_work(ws, params, run_id)
     try:
-        status = run_gate(ws, catalog, character.name, "enrich", params.review, run_id, params.wait)
+        status = run_gate(ws, open_catalog(ws), params.character, "enrich", params.review, run_id, params.wait)
     except AwaitingReview as e:
         return {**summary, "status": "awaiting_review", "message": str(e)}
     return {**summary, "status": "completed", "gate": status.__dict__}
@@ -95,3 +101,75 @@ def enrich(params: EnrichParams, root: str | None = None, configs: str | None = 
         if result["status"] == "awaiting_review":
             catalog.mark_awaiting_review(run_id)
     return {**result, "run_id": run_id}
+
+
+class NightlyParams(BaseModel):
+    """The nightly run: new photos in each character's source folder (default ``<root>/inbox/<character>/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    characters: list[str] | None = Field(None, description="default: every character in configs/characters")
+    editor: Literal["augment", "qwen"] = "qwen"
+    profile: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"] | None = None
+    prompts: list[str] | None = None
+    seeds: int = Field(2, ge=1, le=64)
+    review: ReviewMode = Field("fiftyone", description="auto decides now; fiftyone/cli leave candidates for people")
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str) -> list[dict[str, Any]]:
+    """Ingest what is new in each source folder, enrich what is pending, and queue it for review.
+
+    Never waits at a gate: the candidates wait in FiftyOne (or the CLI) for the next flywheel run's gate. A
+    character whose lock is held by a running iteration is skipped with a note (the next night catches up).
+    """
+    from flenwheel import decisions
+    from flenwheel.flows.lock import CharacterBusy, character_lock
+    from flenwheel.ingest import ingest_paths
+    from flenwheel.store import expand_paths
+    from flenwheel.tasks.work import sync_review
+
+    catalog = open_catalog(ws)
+    results = []
+    for name in params.characters or ws.character_names():
+        character = ws.character(name)
+        folder = ws.source_dir(character)
+        files = expand_paths([folder]) if folder.is_dir() else []
+        try:
+            with character_lock(ws, name, holder):
+                outcomes = ingest_paths(ws, catalog, name, files, run_id)
+                if not catalog.path.exists() or not catalog.source_images(name):
+                    results.append({"character": name, "skipped": f"no source photos (folder {folder})"})
+                    continue
+                enrich = EnrichParams(character=name, editor=params.editor, profile=params.profile,
+                                      prompts=params.prompts, seeds=params.seeds, review=params.review,
+                                      batch_size=params.batch_size)  # fmt: skip
+                summary = enrich_work(ws, enrich, run_id)
+                if params.review == "auto":
+                    decisions.auto_review(catalog, name, "enrich", ws.settings.review.auto_margin, run_id)
+                elif params.review == "fiftyone":
+                    sync_review(str(ws.root), str(ws.configs_dir), name, run_id)
+        except CharacterBusy as e:
+            results.append({"character": name, "skipped": str(e)})
+            continue
+        results.append({
+            **summary, "folder": str(folder), "new_photos": sum(o.status == "ingested" for o in outcomes),
+            "rejected": [f"{o.path.name}: {o.reason}" for o in outcomes if o.status == "rejected"],
+            "pending_review": decisions.status(catalog, name, "enrich").pending,
+        })  # fmt: skip
+    return results
+
+
+@flow(name="nightly-enrich", log_prints=True)
+def nightly_enrich(
+    params: NightlyParams | None = None, root: str | None = None, configs: str | None = None
+) -> list[dict[str, Any]]:
+    """Enrich new source photos of every character (scheduled at 03:00 by ``flenwheel serve``)."""
+    ws = Workspace(root=root, configs=configs)
+    params = params or NightlyParams()
+    flow_run_id = str(get_run_context().flow_run.id)
+    with open_catalog(ws).run("flow:nightly-enrich", {"params": params.model_dump()}, flow_run_id) as run_id:
+        results = nightly_work(ws, params, run_id, holder=f"nightly flow run {flow_run_id}")
+    for r in results:
+        print(r)
+    return results

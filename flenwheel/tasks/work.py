@@ -26,7 +26,7 @@ def edit_batch(
     char = ws.character(character)
     prompts = ws.prompt_library(char)
     manager = model_manager(ws, profile, run_id) if editor == "qwen" else None
-    ed = make_editor(editor, ws, manager, cat)
+    ed = make_editor(editor, ws, manager, cat, char)
     return run_edit_batch(ws, cat, character, ed, [EditJob(p, prompts[q], s) for p, q, s in jobs], run_id)
 
 
@@ -46,3 +46,53 @@ def sync_review(root: str, configs: str, character: str, run_id: str) -> dict[st
     cat = catalog(ws)
     added = sync_candidates(ws, cat, character)
     return {"added": added, "decisions": pull_decisions(ws, cat, character, run_id)}
+
+
+@task(name="train-flux-lora", cache_policy=NONE)
+def train_lora(
+    root: str, configs: str, character: str, version_id: str, profile: str | None, steps: int | None, run_id: str
+) -> dict[str, object]:
+    """Train (or resume, or find) the FLUX LoRA of a dataset version; logs progress every tenth of the run."""
+    from prefect import get_run_logger
+
+    from flenwheel.training import train_flux
+
+    ws = workspace(root, configs)
+    logger = get_run_logger()
+
+    def progress(step: int, total: int, loss: float, sec: float) -> None:
+        if step == total or step % max(1, total // 10) == 0:
+            logger.info(
+                f"step {step}/{total} loss {loss:.4f} {sec:.2f} s/step, about {(total - step) * sec:.0f} s left"
+            )
+
+    result = train_flux(ws, catalog(ws), ws.character(character), version_id, ws.profile(profile), run_id, steps,
+                        resume=True, on_progress=progress)  # fmt: skip
+    return {"lora_id": result.lora_id, "chosen_step": result.chosen_step, "trained": result.trained}
+
+
+@task(name="generate-batch", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+def generate_batch(
+    root: str, configs: str, character: str, lora_id: str, profile: str | None, jobs: list[tuple[str, int]], run_id: str
+) -> list[str]:
+    """Generate (synthetic prompt id, seed) jobs with the character LoRA ``lora_id``; returns the new image ids."""
+    from flenwheel.generation import GenerationJob, SyntheticGenerator, run_generation_batch, synthetic_prompts
+
+    ws = workspace(root, configs)
+    cat = catalog(ws)
+    prompts = {p.id: p for p in synthetic_prompts(ws, sorted({p for p, _ in jobs}))}
+    gen = SyntheticGenerator(ws, model_manager(ws, profile, run_id), cat, ws.character(character), lora_id)
+    return run_generation_batch(ws, cat, character, gen, [GenerationJob(prompts[p], s) for p, s in jobs], run_id)
+
+
+@task(name="iteration-report", cache_policy=NONE)
+def make_report(root: str, configs: str, character: str, number: int, run_id: str) -> dict[str, object]:
+    """Write the iteration's HTML report and its metrics (scope ``iteration``)."""
+    from flenwheel.report import iteration_report
+
+    ws = workspace(root, configs)
+    cat = catalog(ws)
+    report = iteration_report(ws.root, cat, character, number)
+    cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics)
+    return {"path": str(report.path), "markdown": report.markdown, "table": report.table,
+            "target_met": report.target_met}  # fmt: skip

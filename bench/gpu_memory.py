@@ -81,8 +81,10 @@ def infer(models: Path, size: str, kind: str, steps: int) -> list[dict[str, Any]
         times.append(time.perf_counter())
         return kw
 
-    kwargs: dict[str, Any] = {"num_inference_steps": steps + 1, "height": px, "width": px,
-                              "callback_on_step_end": on_step, "generator": torch.Generator("cpu").manual_seed(0)}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": steps + 1, "height": px, "width": px, "callback_on_step_end": on_step,
+        "generator": torch.Generator("cpu").manual_seed(0),
+    }  # fmt: skip
     if kind == "flux":
         pipe(prompt="photo of fw_person walking in a park", guidance_scale=3.5, **kwargs)
     else:
@@ -121,7 +123,8 @@ def train(models: Path, size: str, kind: str, resolutions: list[int], steps: int
         else:
             cfg = transformer.config
             channels = cfg.out_channels
-            item = {"latents": torch.randn(channels, h, w, generator=g), "control": torch.randn(channels, h, w, generator=g),
+            item = {"latents": torch.randn(channels, h, w, generator=g),
+                    "control": torch.randn(channels, h, w, generator=g),  # the condition at the target's bucket
                     "prompt_embeds": torch.randn(320, cfg.joint_attention_dim, generator=g)}  # fmt: skip
         data = [item]
         times = []

@@ -91,39 +91,88 @@ def _t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def build_tiny_flux(out_dir: Path, seed: int = 0) -> Path:
-    """A FluxPipeline of the real classes with tiny random weights, saved to ``out_dir``."""
+# Component configs of the two twins. "real" are the published FLUX.1-dev and Qwen-Image-Edit-2509 configs
+# (random weights of the real size, for GPU memory benchmarks: bench/gpu_memory.py); "tiny" run on a CPU.
+SIZES: dict[str, dict[str, dict]] = {
+    "tiny": {
+        "flux_transformer": dict(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+            guidance_embeds=True,
+        ),
+        "flux_vae": dict(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.0609, scaling_factor=1.5035,
+        ),
+        "clip": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                     projection_dim=32),
+        "t5": dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        "qwen_transformer": dict(
+            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+            joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+        ),
+        "qwen_vae": dict(
+            base_dim=24, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+        ),
+        "qwen_vl_text": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, mrope_section=[1, 1, 2]),
+        "qwen_vl_vision": dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                               fullatt_block_indexes=[1]),
+    },
+    "real": {
+        "flux_transformer": dict(
+            patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56),
+            guidance_embeds=True,
+        ),
+        "flux_vae": dict(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, norm_num_groups=32, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
+            shift_factor=0.1159, scaling_factor=0.3611,
+        ),
+        "clip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                     projection_dim=768, vocab_size=49408),
+        "t5": dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32,
+                   feed_forward_proj="gated-gelu", vocab_size=32128),
+        "qwen_transformer": dict(
+            patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+            num_attention_heads=24, joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+        ),
+        "qwen_vae": dict(),  # AutoencoderKLQwenImage's defaults are Qwen-Image's VAE
+        "qwen_vl_text": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                             num_key_value_heads=4, mrope_section=[16, 24, 24], vocab_size=152064),
+        "qwen_vl_vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                               fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+}  # fmt: skip
+
+
+def build_tiny_flux(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """A FluxPipeline of the real classes with random weights (tiny, or ``size="real"``), saved to ``out_dir``."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    cfg = SIZES[size]
     clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
-        guidance_embeds=True,
-    )  # fmt: skip
+    transformer = FluxTransformer2DModel(**cfg["flux_transformer"])
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-    )  # fmt: skip
+    vae = AutoencoderKL(**cfg["flux_vae"])
     torch.manual_seed(seed + 2)
     clip = CLIPTextModel(
         CLIPTextConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
-            vocab_size=len(clip_tok), max_position_embeddings=77, bos_token_id=clip_tok.bos_token_id,
-            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
+            **{"vocab_size": len(clip_tok), **cfg["clip"]}, max_position_embeddings=77,
+            bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id,
         )
     )  # fmt: skip
     torch.manual_seed(seed + 3)
     t5 = T5EncoderModel(
-        T5Config(
-            d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=len(t5_tok),
-            relative_attention_num_buckets=8, pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id,
-        )
+        T5Config(**{"vocab_size": len(t5_tok), **cfg["t5"]}, pad_token_id=t5_tok.pad_token_id,
+                 eos_token_id=t5_tok.eos_token_id)
     )  # fmt: skip
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, text_encoder=clip,
@@ -148,8 +197,8 @@ def _qwen_tokenizer():
     return tok
 
 
-def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
-    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with tiny random weights, saved to ``out_dir``."""
+def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with random weights, saved to ``out_dir``."""
     from diffusers import (
         AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
@@ -164,30 +213,25 @@ def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> Path:
         Qwen2VLVideoProcessor,
     )
 
+    cfg = SIZES[size]
     tok = _qwen_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     torch.manual_seed(seed)
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
-        joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
-    )  # fmt: skip
+    transformer = QwenImageTransformer2DModel(**cfg["qwen_transformer"])
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKLQwenImage(
-        base_dim=24, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
-    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(**cfg["qwen_vae"])
     torch.manual_seed(seed + 2)
+    text = dict(cfg["qwen_vl_text"])
+    mrope = text.pop("mrope_section")
     config = Qwen2_5_VLConfig(
         text_config={
-            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 4096,
-            "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2], "rope_type": "default"},
+            "vocab_size": len(tok), **text, "max_position_embeddings": 4096,
+            "rope_scaling": {"type": "mrope", "mrope_section": mrope, "rope_type": "default"},
             "rope_theta": 1000000.0, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         },
         vision_config={
-            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-            "fullatt_block_indexes": [1],
+            **cfg["qwen_vl_vision"], "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "window_size": 112,
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -208,20 +252,35 @@ BUILDERS = {"flux": build_tiny_flux, "qwen-image-edit": build_tiny_qwen_image_ed
 
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Build the tiny pipelines that are missing under ``models_dir``; returns their folders.
+    """Build the tiny pipelines that are missing under ``models_dir``; returns their folders."""
+    return ensure_models(models_dir, "tiny", TINY_KINDS, seed)
+
+
+def ensure_models(
+    models_dir: Path, size: str = "tiny", kinds: tuple[str, ...] = TINY_KINDS, seed: int = 0
+) -> dict[str, Path]:
+    """Build the random-weight pipelines of ``size`` that are missing under ``models_dir``; returns their folders.
 
     Each is built in a temporary sibling folder and renamed into place, so a reader never sees half a model;
-    when two processes race, the second rename fails and that copy is discarded.
+    when two processes race, the second rename fails and that copy is discarded. Real-size twins are built in
+    bfloat16 (tens of GB: GPU benchmarks only).
     """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    for kind in TINY_KINDS:
+    for kind in kinds:
         target = models_dir / kind
         if not (target / "model_index.json").is_file():
             tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{uuid.uuid4().hex[:6]}-", dir=models_dir))
             try:
-                BUILDERS[kind](tmp, seed)
+                default_dtype = torch.get_default_dtype()
+                torch.set_default_dtype(torch.bfloat16 if size == "real" else default_dtype)
+                try:
+                    BUILDERS[kind](tmp, seed, size)
+                finally:
+                    torch.set_default_dtype(default_dtype)
                 try:
                     os.rename(tmp, target)
                 except OSError:

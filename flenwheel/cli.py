@@ -861,6 +861,12 @@ def demo(
     from flenwheel.flows.flywheel import flywheel as flywheel_flow
     from flenwheel.ingest import ingest_paths
 
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):  # loading bars of tiny models in seconds are noise here
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
     ws = _workspace(ctx)
     catalog = _catalog(ws)
     out.print("[bold]1. ingest sample photos shipped inside installed packages[/bold]")

@@ -140,6 +140,12 @@ def test_demo_runs_offline_and_prints_catalog_and_lineage(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert f"catalog: {tmp_path / 'demo' / 'catalog.duckdb'}" in proc.stdout
     assert "flenwheel lineage" in proc.stdout and "ancestry" in proc.stdout
+    # the whole flywheel ran: two iterations, their versions and LoRAs, and a report that exists
+    assert "iteration 1: dataset hopper@v1" in proc.stdout and "iteration 2: dataset hopper@v2" in proc.stdout
+    report = Path(proc.stdout.split("report: ")[-1].split()[0])
+    assert report.is_file() and report.name == "index.html" and "iteration-2" in str(report)
+    assert "noise by design" in proc.stdout and "--profile gpu-24gb" in proc.stdout
+    assert "review serve hopper" in proc.stdout
 
 
 def test_failed_catalog_write_leaves_no_files(ws: Workspace, catalog: Catalog, write_file, monkeypatch) -> None:

@@ -856,13 +856,13 @@ def demo(
 ) -> None:
     """Offline demo on cpu-tiny: sample photos -> augment enrichment -> dlib identity -> auto review -> v1 ->
     tiny FLUX LoRA -> synthetic images -> auto review -> v2 -> retrain -> report."""
+    import diffusers
+    import transformers
+
     from flenwheel.demo import sample_photos
     from flenwheel.flows.flywheel import FlywheelParams
     from flenwheel.flows.flywheel import flywheel as flywheel_flow
     from flenwheel.ingest import ingest_paths
-
-    import diffusers
-    import transformers
 
     for lib in (diffusers, transformers):  # loading bars of tiny models in seconds are noise here
         lib.utils.logging.set_verbosity_error()

@@ -150,6 +150,7 @@ class QwenEditBackend(TrainingBackend):
     kind = "qwen_edit"
     pipeline_class = "QwenImageEditPlusPipeline"
     transformer_class = "QwenImageTransformer2DModel"
+    vae_class = "AutoencoderKLQwenImage"
 
     def __init__(
         self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str,
@@ -157,28 +158,10 @@ class QwenEditBackend(TrainingBackend):
     ) -> None:  # fmt: skip
         super().__init__(ws, profile, settings, model_spec)
         self.sample_sources = list(sample_sources)
-        self._vae: Any = None
-        self._scheduler: Any = None
 
     @property
     def pipeline_kind(self) -> str:
         return "qwen-image-edit"
-
-    def _pipeline_without_transformer(self) -> Any:
-        from diffusers import QwenImageEditPlusPipeline
-
-        return QwenImageEditPlusPipeline.from_pretrained(str(self.model.path), transformer=None, dtype=self.dtype)
-
-    def _vae_and_scheduler(self) -> tuple[Any, Any]:
-        if self._vae is None:
-            from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler
-
-            self._vae = AutoencoderKLQwenImage.from_pretrained(str(self.model.path), subfolder="vae", dtype=self.dtype)
-            self._vae.requires_grad_(False).eval()
-            self._scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                str(self.model.path), subfolder="scheduler"
-            )
-        return self._vae, self._scheduler
 
     # ---- caching
 
@@ -311,10 +294,6 @@ class QwenEditBackend(TrainingBackend):
             out[f"diffusion_model.{module}.lora_up.weight"] = b.contiguous()
             out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(alpha))
         return out
-
-    def release(self) -> None:
-        self._vae = None
-        _free()
 
 
 def _rgb(path: Path) -> Image.Image:

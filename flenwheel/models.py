@@ -227,7 +227,7 @@ def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None)
         file = local / (spec.weight_name or "pytorch_lora_weights.safetensors") if local.is_dir() else local
         if not file.is_file():
             raise ModelError(f"LoRA {ref}: {file} not found")
-        return file.resolve(), f"{file.resolve()}@sha256:{_file_sha(file)[:16]}"
+        return file.resolve(), f"{file.resolve()}@sha256:{file_sha256(file)[:16]}"
     repo_id, _, revision = ref.partition("@")
     if not HUB_ID.match(repo_id):
         raise ModelError(f"LoRA ref {ref!r} is neither a local file or folder, a hub id, nor catalog:<lora_id>")
@@ -236,7 +236,8 @@ def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None)
     return _hub_file(repo_id, spec.weight_name, revision or spec.revision)
 
 
-def _file_sha(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (weights are gigabytes)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

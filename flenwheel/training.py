@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from flenwheel.catalog import Catalog, now
 from flenwheel.config import Profile, TrainerSettings, Workspace
 from flenwheel.errors import FlenwheelError
-from flenwheel.models import check_device, resolve_model, torch_dtype
+from flenwheel.models import check_device, file_sha256, resolve_model, torch_dtype
 
 LATENT_MULTIPLE = 16  # VAE x8 and 2x2 latent packing: image sides must be multiples of 16
 
@@ -169,11 +169,36 @@ class TrainingBackend(ABC):
     kind: str  # 'flux' or 'qwen_edit' (the loras.kind column)
     pipeline_class: str  # diffusers class whose save_lora_weights writes the diffusers format
 
+    vae_class: str  # diffusers class of the VAE
+
     def __init__(self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str) -> None:
         self.ws, self.profile, self.settings = ws, profile, settings
         self.device = torch.device("cuda" if profile.device == "cuda" else "cpu")
         self.dtype = torch_dtype(profile)
         self.model = resolve_model(model_spec, self.pipeline_kind, ws)
+        self._vae: Any = None
+        self._scheduler: Any = None
+
+    # ---- components (loaded from the model folder on demand)
+
+    def _pipeline_without_transformer(self) -> Any:
+        """The pipeline's encoders, for caching; the transformer is loaded separately as the profile says."""
+        import diffusers
+
+        cls = getattr(diffusers, self.pipeline_class)
+        return cls.from_pretrained(str(self.model.path), transformer=None, dtype=self.dtype)
+
+    def _vae_and_scheduler(self) -> tuple[Any, Any]:
+        if self._vae is None:
+            import diffusers
+
+            vae_cls = getattr(diffusers, self.vae_class)
+            self._vae = vae_cls.from_pretrained(str(self.model.path), subfolder="vae", dtype=self.dtype)
+            self._vae.requires_grad_(False).eval()
+            self._scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+                str(self.model.path), subfolder="scheduler"
+            )
+        return self._vae, self._scheduler
 
     @property
     @abstractmethod
@@ -239,8 +264,10 @@ class TrainingBackend(ABC):
     def comfy_state_dict(self, diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         """The same LoRA with ComfyUI's key names."""
 
-    def release(self) -> None:  # noqa: B027 - backends without resident encoders have nothing to free
-        """Free encoders and caches held for sampling."""
+    def release(self) -> None:
+        """Free the VAE and caches held for sampling."""
+        self._vae = None
+        _free()
 
 
 # --------------------------------------------------------------------------- FLUX
@@ -386,33 +413,11 @@ class FluxBackend(TrainingBackend):
     kind = "flux"
     pipeline_class = "FluxPipeline"
     transformer_class = "FluxTransformer2DModel"
+    vae_class = "AutoencoderKL"
 
     @property
     def pipeline_kind(self) -> str:
         return "flux"
-
-    def __init__(self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str) -> None:
-        super().__init__(ws, profile, settings, model_spec)
-        self._vae: Any = None
-        self._scheduler: Any = None
-
-    # ---- components
-
-    def _pipeline_without_transformer(self) -> Any:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline.from_pretrained(str(self.model.path), transformer=None, dtype=self.dtype)
-
-    def _vae_and_scheduler(self) -> tuple[Any, Any]:
-        if self._vae is None:
-            from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-
-            self._vae = AutoencoderKL.from_pretrained(str(self.model.path), subfolder="vae", dtype=self.dtype)
-            self._vae.requires_grad_(False).eval()
-            self._scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
-                str(self.model.path), subfolder="scheduler"
-            )
-        return self._vae, self._scheduler
 
     @property
     def vae_scale_factor(self) -> int:
@@ -534,10 +539,6 @@ class FluxBackend(TrainingBackend):
     def comfy_state_dict(self, diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         config = json.loads((self.model.path / "transformer" / "config.json").read_text())
         return flux_to_comfy(diffusers_sd, alpha, *self._dims(config))
-
-    def release(self) -> None:
-        self._vae = None
-        _free()
 
 
 def _free() -> None:
@@ -863,7 +864,7 @@ class LoraTrainer:
         comfy_path = run_dir / f"{lora_id}_comfyui.safetensors"
         atomic_save_file(comfy, comfy_path, {"format": "pt", **meta})
         weights = run_dir / "pytorch_lora_weights.safetensors"
-        sha = _sha_file(weights)
+        sha = file_sha256(weights)
         from flenwheel.report import training_curves
 
         by_step = sorted(scores, key=lambda x: x.step)
@@ -902,14 +903,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"training stopped after step {step}")
         self.step = step
-
-
-def _sha_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- FLUX entry point

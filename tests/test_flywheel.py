@@ -269,3 +269,12 @@ def test_next_version_drops_near_duplicates_and_caps_the_synthetic_share(
     admitted = [sims[i] for i in sel.added]
     assert admitted == sorted(admitted, reverse=True)  # best identity first
     assert all(sims[i] <= min(admitted) for i in sel.over_cap)
+
+
+def test_flywheel_and_report_commands_refuse_bad_input_in_one_line(cli, ws: Workspace) -> None:
+    bad = cli("flywheel", "obama", "--max-synthetic-share", "3")
+    assert bad.exit_code == 2 and "--max-synthetic-share" in bad.stderr and "0.9" in bad.stderr
+    unknown = cli("flywheel", "nobody")
+    assert unknown.exit_code == 2 and "unknown character 'nobody'" in unknown.stderr
+    early = cli("report", "obama")
+    assert early.exit_code == 2 and "no flywheel iteration" in early.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,7 @@ def render_html(title: str, summary: list[str], sections: Sequence[Section], pat
                 parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in cols) + "</tr>")
             parts.append("</table>")
         for img, caption in sec.images:
-            rel = Path(img).resolve().relative_to(base.resolve()).as_posix()
+            rel = Path(os.path.relpath(Path(img).resolve(), base.resolve())).as_posix()
             parts.append(
                 f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -414,6 +415,9 @@ def iteration_report(root: Path, catalog: Catalog, character: str, number: int) 
         Section("Dataset composition", images=figures[2:4]),
         Section("Training", images=figures[4:]),
     ]
+    editor = _editor_section(root, catalog, character)
+    if editor is not None:
+        sections.append(editor)
     path = render_html(f"{character}: flywheel iteration {number}", summary, sections, out / "index.html")
     markdown = (
         f"## {character}: flywheel iteration {number}\n\n"
@@ -421,6 +425,35 @@ def iteration_report(root: Path, catalog: Catalog, character: str, number: int) 
         f"- report: `{path}`\n"
     )
     return IterationReport(path, markdown, table, metrics, target_met)
+
+
+def _editor_section(root: Path, catalog: Catalog, character: str) -> Section | None:
+    """Flywheel 2 in the iteration report: every evaluated editor LoRA of the character, base vs LoRA."""
+    rows = catalog.rows(
+        """SELECT l.lora_id, split_part(m.scope_id, ':', -1) AS arm, m.name, m.value
+           FROM loras l JOIN metrics m ON m.scope = 'edit_eval' AND m.scope_id LIKE l.lora_id || ':%'
+           WHERE l.character = ? AND l.kind = 'qwen_edit' ORDER BY l.created_at, m.recorded_at""",
+        [character],
+    )
+    if not rows:
+        return None
+    values: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        values.setdefault(r["lora_id"], {"editor LoRA": r["lora_id"]})[f"{r['arm']} {r['name']}"] = r["value"]
+    columns = ("editor LoRA", "base n", "base pass_rate", "lora pass_rate", "base mean_similarity",
+               "lora mean_similarity")  # fmt: skip
+    table = [{k: v.get(k) for k in columns} for v in values.values()]
+    grids = []
+    for lora_id in values:
+        grid = root / "reports" / character / f"edit-eval-{lora_id}" / "base_vs_lora.png"
+        if grid.exists():
+            grids.append((grid, f"{lora_id}: base (left) vs LoRA (right), same input, prompt and seed"))
+    return Section(
+        "Editor LoRA (flywheel 2): base editor vs base + LoRA on held-out photos",
+        ["Pass rate and mean similarity of the same edits with and without the character's editor LoRA."],
+        grids,
+        table,
+    )
 
 
 def edit_eval_report(

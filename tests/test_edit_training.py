@@ -203,5 +203,10 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
     report = Path(ev.stdout.split("report: ")[1].split()[0])
     assert report.is_file() and "base editor" in report.read_text() and (report.parent / "base_vs_lora.png").is_file()
 
+    from flenwheel.report import iteration_report  # the flywheel report carries the comparison too
+
+    page = iteration_report(ws.root, catalog, "obama", 1).path.read_text()
+    assert "Editor LoRA (flywheel 2)" in page and f"../edit-eval-{lora_id}/base_vs_lora.png" in page
+
     bad = cli("eval-edit", "obama", "--lora", "nope")
     assert bad.exit_code == 2 and "not a Qwen-Image-Edit LoRA" in bad.stderr

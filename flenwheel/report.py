@@ -338,8 +338,10 @@ def iteration_report(root: Path, catalog: Catalog, character: str, number: int) 
     grids = []
     for name in [current.name] + (["enrichment"] if current.name != "enrichment" else []):
         rows = arms_scores[name]
+        best_caption = f"{name}: best by similarity" + ("" if any(r["similarity"] is not None for r in rows)
+                                                         else " (no image had a face to compare)")  # fmt: skip
         grids.append((image_grid(_grid_tiles(rows, True, 12), out / f"best-{name.replace(' ', '-')}.png"),
-                      f"{name}: best by similarity"))  # fmt: skip
+                      best_caption))  # fmt: skip
         grids.append((image_grid(_grid_tiles(rows, False, 12), out / f"worst-{name.replace(' ', '-')}.png"),
                       f"{name}: worst by similarity (no face first)"))  # fmt: skip
 

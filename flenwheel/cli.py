@@ -835,9 +835,15 @@ def report(
 @app.command()
 def serve(ctx: typer.Context) -> None:
     """Serve the `flywheel` and `nightly-enrich` deployments to a Prefect server (start `prefect server start`)."""
+    from flenwheel.flows.deployments import has_server
     from flenwheel.flows.deployments import serve as serve_deployments
 
     ws = _workspace(ctx)
+    if not has_server():
+        err.print(
+            "warning: PREFECT_API_URL is not set, so Prefect serves against a temporary server that no UI sees. "
+            "Run `prefect server start` and `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first."
+        )
     nightly = ws.settings.nightly
     err.print(f"serving flywheel (run it from the Prefect UI) and nightly-enrich ({nightly.cron}, {nightly.timezone}) "
               f"for data root {ws.root}")  # fmt: skip

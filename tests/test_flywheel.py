@@ -171,8 +171,9 @@ def test_deployments_serve_flywheel_and_a_nightly_cron_with_cancel_new(prefect_h
 
     from prefect.client.orchestration import get_client
 
-    from flenwheel.flows.deployments import deployments
+    from flenwheel.flows.deployments import deployments, has_server
 
+    assert has_server()  # the harness points Prefect at its server, as `prefect config set PREFECT_API_URL` does
     fly, nightly = deployments(ws)
     assert (fly.name, nightly.name) == ("flywheel", "nightly-enrich")
     schedule = nightly.schedules[0].schedule

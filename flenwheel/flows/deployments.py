@@ -39,6 +39,13 @@ def deployments(ws: Workspace) -> list[Any]:
     ]
 
 
+def has_server() -> bool:
+    """Whether Prefect is pointed at a server (else it would serve against a temporary one no UI sees)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def serve(ws: Workspace) -> None:
     """Serve both deployments from this process until interrupted (needs a Prefect server: PREFECT_API_URL)."""
     from prefect import serve as prefect_serve

@@ -210,3 +210,20 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
 
     bad = cli("eval-edit", "obama", "--lora", "nope")
     assert bad.exit_code == 2 and "not a Qwen-Image-Edit LoRA" in bad.stderr
+
+
+def test_editor_flywheel_flow_trains_evaluates_and_resumes(prefect_harness, ws: Workspace, catalog, sources) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    from flenwheel.flows.editor import EditorParams, editor_flywheel
+
+    params = EditorParams(character="obama", profile="cpu-tiny", steps=4, ops=["edit", "augment"],
+                          eval_prompts=["angle-left-45"])  # fmt: skip
+    first = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
+    assert first["trained"] and first["held_out"] and set(first["metrics"]) == {"base", "lora"}
+    assert all(m["n"] == 1 for m in first["metrics"].values()) and Path(first["report"]).is_file()
+    again = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
+    assert not again["trained"] and again["lora_id"] == first["lora_id"]  # found, not trained twice
+    assert len(catalog.rows("SELECT * FROM loras")) == 1
+    with pytest.raises(ParameterTypeError, match="ops"):
+        editor_flywheel(params={"character": "obama", "ops": ["mirror"]})

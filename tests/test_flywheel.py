@@ -174,8 +174,8 @@ def test_deployments_serve_flywheel_and_a_nightly_cron_with_cancel_new(prefect_h
     from flenwheel.flows.deployments import deployments, has_server
 
     assert has_server()  # the harness points Prefect at its server, as `prefect config set PREFECT_API_URL` does
-    fly, nightly = deployments(ws)
-    assert (fly.name, nightly.name) == ("flywheel", "nightly-enrich")
+    fly, editor, nightly = deployments(ws)
+    assert (fly.name, editor.name, nightly.name) == ("flywheel", "editor-flywheel", "nightly-enrich")
     schedule = nightly.schedules[0].schedule
     assert schedule.cron == "0 3 * * *" and schedule.timezone == "UTC"
     assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW" and nightly.concurrency_limit == 1

@@ -1,6 +1,7 @@
 """The deployments ``flenwheel serve`` serves (and ``prefect.yaml`` describes for ``prefect deploy``).
 
 * ``flywheel`` — run from the Prefect UI with a validated :class:`FlywheelParams` form.
+* ``editor-flywheel`` — flywheel 2 (train and evaluate the editor LoRA), also from the UI.
 * ``nightly-enrich`` — on the cron of configs/flenwheel.yaml (03:00 UTC by default), concurrency 1 and
   ``CANCEL_NEW``: a night whose run is still going (a long enrichment on a busy GPU) skips rather than queues.
 """
@@ -13,6 +14,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.schedules import Cron
 
 from flenwheel.config import Workspace
+from flenwheel.flows.editor import editor_flywheel
 from flenwheel.flows.enrich import NightlyParams, nightly_enrich
 from flenwheel.flows.flywheel import flywheel
 
@@ -26,6 +28,12 @@ def deployments(ws: Workspace) -> list[Any]:
             name="flywheel",
             parameters=where,
             description="Flywheel 1 for one character: enrich, review, freeze, train, generate, review, retrain.",
+            tags=["flenwheel"],
+        ),
+        editor_flywheel.to_deployment(
+            name="editor-flywheel",
+            parameters=where,
+            description="Flywheel 2: train the character's Qwen-Image-Edit LoRA on approved triplets and evaluate it.",
             tags=["flenwheel"],
         ),
         nightly_enrich.to_deployment(

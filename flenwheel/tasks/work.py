@@ -96,3 +96,29 @@ def make_report(root: str, configs: str, character: str, number: int, run_id: st
     cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics)
     return {"path": str(report.path), "markdown": report.markdown, "table": report.table,
             "target_met": report.target_met}  # fmt: skip
+
+
+@task(name="train-edit-lora", cache_policy=NONE)
+def train_edit(
+    root: str, configs: str, character: str, profile: str | None, steps: int | None, ops: list[str], run_id: str
+) -> dict[str, object]:
+    """Train (or resume, or find) the character's Qwen-Image-Edit LoRA on its approved triplets."""
+    from flenwheel.edit_training import train_edit_lora
+
+    ws = workspace(root, configs)
+    result = train_edit_lora(ws, catalog(ws), ws.character(character), ws.profile(profile), run_id, steps, ops)
+    return {"lora_id": result.lora_id, "chosen_step": result.chosen_step, "trained": result.trained}
+
+
+@task(name="evaluate-edit-lora", cache_policy=NONE)
+def evaluate_edit(
+    root: str, configs: str, character: str, lora_id: str, profile: str | None, prompts: list[str] | None,
+    seeds: int, run_id: str,
+) -> dict[str, object]:  # fmt: skip
+    """Base editor vs base + LoRA on held-out sources; both arms' metrics and the report page."""
+    from flenwheel.edit_training import evaluate_edit_lora
+
+    ws = workspace(root, configs)
+    ev = evaluate_edit_lora(ws, catalog(ws), ws.character(character), lora_id, ws.profile(profile), run_id,
+                            prompts, range(seeds))  # fmt: skip
+    return {"metrics": ev.metrics, "report": str(ev.report), "held_out": ev.held_out}

@@ -1,9 +1,12 @@
-# The README's two commands. Both create .venv when it is missing and install from this repo's own files.
+# The README's two commands. Both create .venv when it is missing and install from this repo's own files;
+# `make test` also installs what the suite needs that pip cannot (Debian's chromium, for the headless
+# browser tests), so it passes on a fresh Debian machine on its own.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test clean-venv
+.PHONY: demo test faults browser clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +21,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# Debian's chromium renders the HTML report, the Prefect UI and the FiftyOne App in the browser tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends chromium >/dev/null; }; }
+
 demo: $(VENV)/.installed
 	$(BIN)/flenwheel demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
 
 clean-venv:

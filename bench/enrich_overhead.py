@@ -26,15 +26,16 @@ from PIL import Image
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+from flenwheel.tasks.enrich import edit_batch
 from prefect import flow
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import PromptEntry, Workspace
-from flenwheel.demo import sample_photos
+from flenwheel.config import PromptEntry
 from flenwheel.editing import EDITORS, EditJob, Editor, EditResult, pending_jobs
-from flenwheel.flows.enrich import chunks
 from flenwheel.ingest import ingest_paths
-from flenwheel.tasks.work import edit_batch
+from flenwheel.runtime import batches
+from flenwheel.samples import sample_photos
+from flenwheel.workspace import Workspace
 
 
 class NoopEditor(Editor):
@@ -59,7 +60,7 @@ EDITORS["noop"] = lambda ws, manager, catalog, character: NoopEditor()
 @flow(name="bench-enrich-overhead")
 def bench_flow(root: str, configs: str, jobs: list[tuple[str, str, int]], batch_size: int) -> int:
     made = 0
-    for batch in chunks(jobs, batch_size):
+    for batch in batches(jobs, batch_size):
         made += len(edit_batch(root, configs, "bench", "noop", None, batch, "bench-run"))
     return made
 

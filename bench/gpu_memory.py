@@ -52,8 +52,8 @@ def sync() -> None:
 
 def workspace(models: Path, size: str, kind: str) -> tuple[Any, Any]:
     """A workspace whose profile points the stage at the random-weight folder of ``kind``."""
-    from flenwheel.config import Workspace
     from flenwheel.tiny import ensure_models
+    from flenwheel.workspace import Workspace
 
     ws = Workspace(root=models / "root")
     folder = ensure_models(models / size, size, kinds=(kind,))[kind]
@@ -99,8 +99,7 @@ def infer(models: Path, size: str, kind: str, steps: int) -> list[dict[str, Any]
 def train(models: Path, size: str, kind: str, resolutions: list[int], steps: int) -> list[dict[str, Any]]:
     """LoRA steps of the profile's recipe on inputs of cached size (latents and embeddings made up)."""
     from flenwheel.catalog import Catalog
-    from flenwheel.edit_training import QwenEditBackend
-    from flenwheel.training import FluxBackend, LoraTrainer
+    from flenwheel.training import FluxBackend, LoraTrainer, QwenEditBackend
 
     ws, profile = workspace(models, size, kind)
     settings = profile.trainer if kind == "flux" else profile.edit_trainer

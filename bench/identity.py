@@ -21,7 +21,8 @@ from pathlib import Path
 from PIL import Image
 
 from flenwheel.config import IdentityBackendSettings
-from flenwheel.identity import FACTS, DlibBackend, Judge, build_reference_set, judge_image, load_rgb, score_files
+from flenwheel.identity import FACTS, DlibBackend, Judge, build_reference_set, judge_image, score_files
+from flenwheel.store import load_rgb
 
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire", "lin_manuel_miranda")
 

@@ -26,10 +26,12 @@ import torch
 
 from flenwheel import versions
 from flenwheel.catalog import Catalog
-from flenwheel.config import TrainerSettings, Workspace
-from flenwheel.demo import sample_photos
+from flenwheel.config import TrainerSettings
 from flenwheel.ingest import ingest_paths
-from flenwheel.training import FluxBackend, LoraTrainer, TrainJob, version_examples
+from flenwheel.samples import sample_photos
+from flenwheel.training import FluxBackend, LoraTrainer, TrainJob
+from flenwheel.training.data import version_examples
+from flenwheel.workspace import Workspace
 
 
 def bare_loop(backend: FluxBackend, settings: TrainerSettings, data: list, steps: int) -> float:

@@ -1,26 +1,21 @@
-"""Pydantic models for every YAML file under configs/, and where they are found.
+"""Pydantic models for every YAML file under configs/ (loading and finding them: :mod:`flenwheel.workspace`).
 
-Every file is validated strictly (unknown keys are errors) and a failure is raised as one
-:class:`ConfigError` whose message names the file, the key and what is allowed, so the CLI can print
-it on one line and exit non-zero.
+Every file is validated strictly (unknown keys are errors); a failure becomes one :class:`ConfigError` whose
+message names the file, the key and what is allowed, so the CLI can print it on one line and exit non-zero.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flenwheel.errors import FlenwheelError
+from flenwheel.types import CHARACTER_PATTERN, EditorName, IdentityBackendName, ProfileName, PromptId, ReviewMode
 
-CHARACTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-PROFILE_NAMES = ("cpu-tiny", "gpu-24gb", "gpu-80gb")
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CHARACTER_NAME = re.compile(CHARACTER_PATTERN)
 
 
 class ConfigError(FlenwheelError, ValueError):
@@ -93,8 +88,8 @@ class NightlySettings(Strict):
 
     cron: str = Field("0 3 * * *", description="when it runs (cron syntax)")
     timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
-    editor: Literal["augment", "qwen"] = "qwen"
-    review: Literal["auto", "fiftyone", "cli"] = "fiftyone"
+    editor: EditorName = "qwen"
+    review: ReviewMode = "fiftyone"
 
     @field_validator("cron")
     @classmethod
@@ -120,7 +115,7 @@ class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
     root: Path = Field(Path("datasets"), description="data root, relative to the working directory")
-    default_profile: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"] = "cpu-tiny"
+    default_profile: ProfileName = "cpu-tiny"
     store: StoreSettings = StoreSettings()
     catalog: CatalogSettings = CatalogSettings()
     identity: IdentityBackendSettings = IdentityBackendSettings()
@@ -151,7 +146,7 @@ class AugmentSpec(Strict):
 
 
 class PromptEntry(Strict):
-    id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    id: PromptId
     category: str
     prompt: str = Field(..., min_length=1)
     caption: str = ""
@@ -178,7 +173,7 @@ class PromptLibrary(Strict):
 
 
 class IdentitySettings(Strict):
-    backend: Literal["dlib", "insightface"] = "dlib"
+    backend: IdentityBackendName = "dlib"
     threshold: float | None = Field(
         None, description="similarity needed to pass; None = calibrated value or the backend default"
     )
@@ -310,11 +305,11 @@ class TrainerSettings(Strict):
 class Profile(Strict):
     """configs/profiles/<name>.yaml: where and how models run."""
 
-    name: Literal["cpu-tiny", "gpu-24gb", "gpu-80gb"]
+    name: ProfileName
     description: str = ""
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    identity_backend: Literal["dlib", "insightface"] = "dlib"
+    identity_backend: IdentityBackendName = "dlib"
     min_gpu_memory_gib: float | None = Field(None, gt=0, description="refuse cards with less memory")
     peak_budget_gib: float | None = Field(None, gt=0, description="the stage peak this profile is built to stay under")
     editor: StageSettings
@@ -328,186 +323,3 @@ class Profile(Strict):
 
 class LoraLibrary(Strict):
     loras: dict[str, LoraSpec] = Field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    problems = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}'")
-        elif e["type"] == "missing":
-            problems.append(f"missing key '{key}'")
-        else:
-            got = e.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            problems.append(f"key '{key}': {e['msg']}{got_s}")
-    return f"{path}: " + "; ".join(problems)
-
-
-def _allowed_keys(model: type[BaseModel]) -> str:
-    return ", ".join(model.model_fields)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def load_yaml_model(path: Path, model: type[M], defaults: dict[str, Any] | None = None) -> M:
-    """Read one YAML file into ``model``; every failure becomes a one-line :class:`ConfigError`.
-
-    Parsed files are cached by path and modification time: tasks read the same libraries many times.
-    """
-    try:
-        stamp = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
-    if stamp is None or defaults:
-        return _load_yaml_model(path, model, defaults)
-    return _cached_yaml_model(path, model, stamp)
-
-
-@lru_cache(maxsize=256)
-def _cached_yaml_model(path: Path, model: type[M], stamp: int) -> M:
-    return _load_yaml_model(path, model, None)
-
-
-def _load_yaml_model(path: Path, model: type[M], defaults: dict[str, Any] | None) -> M:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys ({_allowed_keys(model)})")
-    data = {**(defaults or {}), **data}
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        msg = _format_validation_error(path, e)
-        if any(x["type"] == "extra_forbidden" for x in e.errors()):
-            msg += f"; allowed keys: {_allowed_keys(model)}"
-        raise ConfigError(msg) from None
-
-
-class Workspace:
-    """Resolved settings, data root and config folder for one invocation.
-
-    The data root is chosen by ``root`` (``--root``) over ``FLENWHEEL_HOME`` over ``settings.root``;
-    the config folder by ``configs`` (``--configs``) over ``FLENWHEEL_CONFIGS`` over ``./configs``
-    over the configs/ of this checkout.
-    """
-
-    def __init__(self, root: Path | str | None = None, configs: Path | str | None = None) -> None:
-        self.configs_dir = self._find_configs(configs)
-        settings_file = self.configs_dir / "flenwheel.yaml"
-        self.settings = load_yaml_model(settings_file, Settings) if settings_file.exists() else Settings()
-        chosen = root or os.environ.get("FLENWHEEL_HOME") or self.settings.root
-        self.root = Path(chosen).expanduser().resolve()
-
-    @staticmethod
-    def _find_configs(configs: Path | str | None) -> Path:
-        candidates = [configs, os.environ.get("FLENWHEEL_CONFIGS")]
-        for c in candidates:
-            if c:
-                p = Path(c).expanduser().resolve()
-                if not p.is_dir():
-                    raise ConfigError(f"{p}: config folder not found")
-                return p
-        cwd = Path.cwd() / "configs"
-        return cwd.resolve() if cwd.is_dir() else REPO_CONFIGS
-
-    # --- paths inside the data root
-    @property
-    def objects_dir(self) -> Path:
-        return self.root / "objects"
-
-    @property
-    def catalog_path(self) -> Path:
-        return self.root / "catalog.duckdb"
-
-    def inbox_dir(self, character: str) -> Path:
-        return self.root / "inbox" / validate_character_name(character)
-
-    # --- config files
-    def character(self, name: str) -> Character:
-        validate_character_name(name)
-        path = self.configs_dir / "characters" / f"{name}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown character {name!r}: create {path} with at least 'name: {name}' and "
-                f"'trigger: <word>' (see configs/characters/ for examples)"
-            )
-        character = load_yaml_model(path, Character)
-        if character.name != name:
-            raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {character.name!r}")
-        return character
-
-    def character_names(self) -> list[str]:
-        folder = self.configs_dir / "characters"
-        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-
-    def source_dir(self, character: Character) -> Path:
-        if character.source_dir is None:
-            return self.inbox_dir(character.name)
-        p = character.source_dir.expanduser()
-        return p if p.is_absolute() else (self.configs_dir.parent / p).resolve()
-
-    def loras(self) -> dict[str, LoraSpec]:
-        """configs/loras.yaml: the LoRA library, by name."""
-        path = self.configs_dir / "loras.yaml"
-        if not path.exists():
-            return {}
-        library = load_yaml_model(path, LoraLibrary)
-        return library.loras
-
-    def prompt_library(self, character: Character | None = None, kind: str = "enrich") -> dict[str, PromptEntry]:
-        """configs/prompts/<kind>.yaml by id, with the character's own prompts added (enrich only)."""
-        path = self.configs_dir / "prompts" / f"{kind}.yaml"
-        library = load_yaml_model(path, PromptLibrary)
-        allowed = ENRICH_CATEGORIES if kind == "enrich" else SYNTHETIC_CATEGORIES
-        entries = {p.id: p for p in library.prompts}
-        if character is not None and kind == "enrich":
-            entries.update({p.id: p for p in character.prompts})
-        for i, p in enumerate(entries.values()):
-            if p.category not in allowed:
-                raise ConfigError(
-                    f"{path}: key 'prompts.{i}.category': {p.category!r} is not one of {', '.join(allowed)}"
-                )
-        return entries
-
-    def profile(self, name: str | None = None) -> Profile:
-        name = name or self.settings.default_profile
-        if name not in PROFILE_NAMES:
-            raise ConfigError(f"unknown profile {name!r}: allowed are {', '.join(PROFILE_NAMES)}")
-        path = self.configs_dir / "profiles" / f"{name}.yaml"
-        profile = load_yaml_model(path, Profile)
-        if profile.name != name:
-            raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {profile.name!r}")
-        library = self.loras()
-        for stage, kind in (("editor", "qwen-image-edit"), ("generator", "flux")):
-            for category, stack in getattr(profile, stage).loras.items():
-                for i, use in enumerate(stack):
-                    key = f"{stage}.loras.{category}.{i}.name"
-                    if use.name not in library:
-                        raise ConfigError(
-                            f"{path}: key '{key}': unknown LoRA {use.name!r}; configs/loras.yaml has "
-                            f"{', '.join(library) or 'none'}"
-                        )
-                    if library[use.name].applies_to != kind:
-                        raise ConfigError(
-                            f"{path}: key '{key}': LoRA {use.name!r} is for {library[use.name].applies_to}, "
-                            f"not the {stage} ({kind})"
-                        )
-        return profile

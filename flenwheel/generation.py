@@ -15,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from flenwheel.catalog import Catalog, DerivationRecord, sha256_json
-from flenwheel.config import Character, LoraSpec, PromptEntry, Workspace
-from flenwheel.editing import store_outputs
+from flenwheel.config import Character, LoraSpec, PromptEntry
 from flenwheel.errors import FlenwheelError
+from flenwheel.models import ModelManager, Sampling, StackEntry, lora_stack
+from flenwheel.outputs import store_outputs
+from flenwheel.workspace import Workspace
 
 
 class GenerationError(FlenwheelError):
@@ -45,10 +48,10 @@ def synthetic_prompts(ws: Workspace, ids: Sequence[str] | None = None) -> list[P
 
 
 def lora_row(catalog: Catalog, lora_id: str) -> dict[str, Any]:
-    rows = catalog.rows("SELECT * FROM loras WHERE lora_id = ?", [lora_id])
-    if not rows:
+    row = catalog.lora(lora_id)
+    if row is None:
         raise GenerationError(f"no LoRA {lora_id!r} in the catalog (flenwheel sql 'SELECT lora_id FROM loras')")
-    return rows[0]
+    return row
 
 
 class SyntheticGenerator:
@@ -57,7 +60,13 @@ class SyntheticGenerator:
     op = "generate"
 
     def __init__(
-        self, ws: Workspace, manager: Any, catalog: Catalog, character: Character, lora_id: str, scale: float = 1.0
+        self,
+        ws: Workspace,
+        manager: ModelManager,
+        catalog: Catalog,
+        character: Character,
+        lora_id: str,
+        scale: float = 1.0,
     ) -> None:
         row = lora_row(catalog, lora_id)
         if row["kind"] != "flux" or row["character"] != character.name:
@@ -71,15 +80,11 @@ class SyntheticGenerator:
     def prompt_text(self, prompt: PromptEntry) -> str:
         return prompt.prompt.replace("{trigger}", self.character.trigger)
 
-    def _stack(self, prompt: PromptEntry) -> list[Any]:
-        from flenwheel.models import StackEntry, lora_stack
-
+    def _stack(self, prompt: PromptEntry) -> list[StackEntry]:
         own = LoraSpec(ref=f"catalog:{self.lora_id}", applies_to="flux", scale=self.scale)
         return lora_stack(self.ws, self.stage, prompt.category, [StackEntry(self.lora_id, own, self.scale)])
 
     def fingerprint(self, prompt: PromptEntry) -> dict[str, Any]:
-        from flenwheel.models import Sampling
-
         stack = self._stack(prompt)
         return {
             "generator": "flux",
@@ -96,10 +101,6 @@ class SyntheticGenerator:
 
     def generate(self, job: GenerationJob) -> tuple[Image.Image, DerivationRecord]:
         """One image and its derivation (``child_id`` left empty: the store names the image)."""
-        import torch
-
-        from flenwheel.models import Sampling
-
         loaded = self.manager.get("flux")
         stack = self._stack(job.prompt)
         records = loaded.apply_stack(stack, self.ws, self.catalog)
@@ -148,14 +149,7 @@ def pending_generation(
 ) -> list[GenerationJob]:
     """Prompt x seed jobs of this generator that have no derivation yet, in a stable order."""
     jobs = [GenerationJob(p, s) for p in prompts for s in seeds]
-    done = {
-        r["job_key"]
-        for r in catalog.rows(
-            "SELECT DISTINCT d.job_key FROM derivations d JOIN images i ON i.image_id = d.child_id"
-            " WHERE i.character = ? AND d.op = 'generate'",
-            [character],
-        )
-    }
+    done = catalog.done_job_keys(character, "generate")
     return [j for j in jobs if generator.key(j) not in done]
 
 
@@ -169,13 +163,3 @@ def run_generation_batch(
 ) -> list[str]:
     """Generate, store and record ``jobs`` in one catalog transaction; returns the new image ids in job order."""
     return store_outputs(ws, catalog, character, "generate", (generator.generate(j) for j in jobs), run_id)
-
-
-def synthetic_images(catalog: Catalog, lora_id: str) -> list[str]:
-    """Ids of the images generated with ``lora_id``."""
-    rows = catalog.rows(
-        "SELECT DISTINCT child_id FROM derivations"
-        " WHERE op = 'generate' AND json_extract_string(params, '$.lora_id') = ? ORDER BY child_id",
-        [lora_id],
-    )
-    return [r["child_id"] for r in rows]

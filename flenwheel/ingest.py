@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 from flenwheel.catalog import Catalog, ImageRecord
-from flenwheel.config import Workspace, validate_character_name
+from flenwheel.config import validate_character_name
 from flenwheel.store import ImageRejected, StoredImage, expand_paths, ingest_file, remove_if_unreferenced
+from flenwheel.workspace import Workspace
 
 Status = Literal["ingested", "duplicate", "rejected"]
 
@@ -82,15 +83,7 @@ def _classify(
     catalog: Catalog, character: str, origin: str, stored: list[tuple[Path, StoredImage]]
 ) -> tuple[list[ImageRecord], list[IngestOutcome]]:
     """Split stored files into new records and outcomes, by who already owns each image."""
-    ids = [s.image_id for _, s in stored]
-    owners = (
-        {
-            r["image_id"]: r["character"]
-            for r in catalog.rows("SELECT image_id, character FROM images WHERE image_id IN (SELECT unnest(?))", [ids])
-        }
-        if catalog.path.exists()
-        else {}
-    )
+    owners = catalog.image_owners([s.image_id for _, s in stored])
     records: list[ImageRecord] = []
     outcomes: list[IngestOutcome] = []
     for path, s in stored:

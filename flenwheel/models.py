@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
+from diffusers.quantizers import PipelineQuantizationConfig
+from huggingface_hub import constants, hf_hub_download, snapshot_download
 
-from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings, Workspace
+from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings
 from flenwheel.errors import FlenwheelError
+from flenwheel.tiny import TINY_KINDS, ensure_tiny_models
+from flenwheel.workspace import Workspace
 
 PIPELINE_CLASSES: dict[str, str] = {"qwen-image-edit": "QwenImageEditPlusPipeline", "flux": "FluxPipeline"}
 STAGE_OF_KIND: dict[str, str] = {"qwen-image-edit": "editor", "flux": "generator"}
@@ -58,8 +63,6 @@ def folder_digest(path: Path, full_content_below: int = 64 << 20) -> str:
 
 
 def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-
     return str(constants.HF_HUB_CACHE)
 
 
@@ -69,8 +72,6 @@ def _hub_offline() -> bool:
 
 def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     """A complete local snapshot of a hub repo: from the cache, else downloaded, else a clear error."""
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:
@@ -93,8 +94,6 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
 def resolve_model(spec: str, kind: PipelineKind, ws: Workspace) -> ResolvedModel:
     """Turn a model ref from config into a local folder and a pinned ref string."""
     if spec.startswith("tiny:"):
-        from flenwheel.tiny import TINY_KINDS, ensure_tiny_models
-
         name = spec.removeprefix("tiny:")
         if name not in TINY_KINDS:
             raise ModelError(f"model ref {spec!r}: tiny models are {', '.join('tiny:' + k for k in TINY_KINDS)}")
@@ -149,8 +148,6 @@ def quantization_config(stage: StageSettings, profile: Profile) -> Any | None:
     """nf4 (bitsandbytes) for the components the profile lists, computing in the profile's dtype."""
     if not stage.quantize:
         return None
-    from diffusers.quantizers import PipelineQuantizationConfig
-
     return PipelineQuantizationConfig(
         quant_backend="bitsandbytes_4bit",
         quant_kwargs={
@@ -166,8 +163,6 @@ def load_pipeline(
     kind: PipelineKind, stage: StageSettings, profile: Profile, ws: Workspace
 ) -> tuple[Any, ResolvedModel]:
     """Load the pipeline of ``kind`` as ``stage`` and ``profile`` say."""
-    import diffusers
-
     check_device(profile)
     resolved = resolve_model(stage.model, kind, ws)
     cls = getattr(diffusers, PIPELINE_CLASSES[kind])
@@ -218,10 +213,11 @@ def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None)
         if catalog is None:
             raise ModelError(f"LoRA {ref} needs the catalog to be resolved")
         lora_id = ref.removeprefix("catalog:")
-        rows = catalog.rows("SELECT path, sha256 FROM loras WHERE lora_id = ?", [lora_id])
-        if not rows:
+        found = catalog.lora_file(lora_id, ws.root)
+        if found is None:
             raise ModelError(f"LoRA {ref}: no such lora_id in the catalog (flenwheel sql 'SELECT lora_id FROM loras')")
-        return ws.root / rows[0]["path"], f"{ref}@sha256:{rows[0]['sha256'][:16]}"
+        path, sha = found
+        return path, f"{ref}@sha256:{sha[:16]}"
     local = Path(ref).expanduser()
     if local.exists():
         file = local / (spec.weight_name or "pytorch_lora_weights.safetensors") if local.is_dir() else local
@@ -246,8 +242,6 @@ def file_sha256(path: Path) -> str:
 
 
 def _hub_file(repo_id: str, filename: str, revision: str | None) -> tuple[Path, str]:
-    from huggingface_hub import hf_hub_download
-
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=True))
     except Exception:

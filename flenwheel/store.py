@@ -140,9 +140,11 @@ def encode_png(img: Image.Image) -> bytes:
 # --------------------------------------------------------------------------- placing
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, flush it to disk, then rename: readers see the old file or the new
+    one, never part of it, and a kill or a full disk leaves no partial file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -161,7 +163,7 @@ def put_image(root: Path, img: Image.Image) -> StoredImage:
     path = object_path(root, image_id)
     created = not path.exists()
     if created:
-        _atomic_write(path, data)
+        atomic_write(path, data)
     return StoredImage(image_id, object_relpath(image_id), img.width, img.height, created)
 
 
@@ -188,10 +190,21 @@ def remove_if_unreferenced(root: Path, stored: StoredImage) -> None:
         object_path(root, stored.image_id).unlink(missing_ok=True)
 
 
+def load_rgb(path: str | Path, store_settings: StoreSettings | None = None) -> np.ndarray:
+    """Decode a file as the store would (EXIF orientation, 8-bit RGB, alpha flattened)."""
+    settings = store_settings or StoreSettings(max_side=16384, min_side=16)
+    return np.asarray(normalise(read_file(Path(path)), settings, name=str(path)))
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """An image file as RGB, fully loaded and the file closed (stored images, exports, evaluation outputs)."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def load_image(root: Path, image_id: str) -> Image.Image:
     """Open a stored image as RGB (fully loaded, file closed)."""
-    with Image.open(object_path(root, image_id)) as im:
-        return im.convert("RGB")
+    return open_rgb(object_path(root, image_id))
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".mpo"})

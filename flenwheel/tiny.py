@@ -21,6 +21,31 @@ import uuid
 from pathlib import Path
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
+from tokenizers import AddedToken
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 TINY_KINDS = ("flux", "qwen-image-edit")
 
@@ -63,8 +88,6 @@ QWEN_SPECIAL_TOKENS = (
 
 def _byte_symbols() -> list[str]:
     """GPT-2's printable stand-ins for the 256 byte values, as byte-level BPE uses them."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     return list(bytes_to_unicode().values())
 
 
@@ -72,8 +95,6 @@ def _byte_symbols() -> list[str]:
 
 
 def _clip_tokenizer():
-    from transformers import CLIPTokenizer
-
     symbols = _byte_symbols()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for s in symbols:
@@ -83,8 +104,6 @@ def _clip_tokenizer():
 
 
 def _t5_tokenizer():
-    from transformers import T5Tokenizer
-
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     chars = string.ascii_letters + string.digits + string.punctuation
     pieces += [(c, -3.0) for c in chars] + [("▁" + c, -2.5) for c in chars]
@@ -153,9 +172,6 @@ SIZES: dict[str, dict[str, dict]] = {
 
 def build_tiny_flux(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     """A FluxPipeline of the real classes with random weights (tiny, or ``size="real"``), saved to ``out_dir``."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
     cfg = SIZES[size]
     clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
     torch.manual_seed(seed)
@@ -186,9 +202,6 @@ def build_tiny_flux(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
 
 
 def _qwen_tokenizer():
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-
     vocab = {s: i for i, s in enumerate(_byte_symbols())}
     tok = Qwen2Tokenizer(vocab=vocab, merges=[])
     tok.add_special_tokens(
@@ -199,20 +212,6 @@ def _qwen_tokenizer():
 
 def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
     """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with random weights, saved to ``out_dir``."""
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
     cfg = SIZES[size]
     tok = _qwen_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}

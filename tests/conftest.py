@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Workspace
+from flenwheel.workspace import Workspace
 
 # FiftyOne fixes its database location when first imported: one bundled mongod data dir for the session,
 # unique dataset names per test root (see flenwheel.review.datasets.dataset_name).

@@ -19,7 +19,7 @@ from flenwheel.catalog import (
     DerivationRecord,
     ImageRecord,
 )
-from flenwheel.config import Workspace
+from flenwheel.workspace import Workspace
 from tests.conftest import PROJECT, encode, noise_image
 
 TABLES = {

@@ -13,7 +13,7 @@ import typer.main
 
 from flenwheel.catalog import Catalog
 from flenwheel.cli import app
-from flenwheel.config import Workspace
+from flenwheel.workspace import Workspace
 from tests.conftest import PROJECT, encode, noise_image, store_files
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel.config import ConfigError, Workspace, validate_character_name
+from flenwheel.config import ConfigError, validate_character_name
+from flenwheel.workspace import Workspace
 
 
 def test_repo_configs_all_load(ws: Workspace) -> None:
@@ -58,7 +59,7 @@ def test_settings_file_errors_and_root_override(tmp_path: Path, configs_dir: Pat
 
 
 def test_unknown_profile_and_character(ws: Workspace) -> None:
-    with pytest.raises(ConfigError, match="allowed are cpu-tiny, gpu-24gb, gpu-80gb"):
+    with pytest.raises(ConfigError, match="configs/profiles has cpu-tiny, gpu-24gb, gpu-80gb"):
         ws.profile("gpu-8gb")
     with pytest.raises(ConfigError, match="unknown character 'nobody': create"):
         ws.character("nobody")
@@ -76,3 +77,25 @@ def test_cli_reports_config_error_in_one_line(cli, ws: Workspace, write_file) ->
     assert result.exit_code == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "key 'trigger'" in lines[0]
+
+
+def test_a_new_profile_file_needs_no_code_change(ws: Workspace) -> None:
+    """Profiles are discovered from configs/profiles: a copy under a new name is usable as it is."""
+    source = (ws.configs_dir / "profiles" / "gpu-24gb.yaml").read_text()
+    (ws.configs_dir / "profiles" / "gpu-48gb.yaml").write_text(source.replace("name: gpu-24gb", "name: gpu-48gb"))
+    assert "gpu-48gb" in ws.profile_names()
+    assert ws.profile("gpu-48gb").name == "gpu-48gb"
+
+
+def test_wheel_defaults_and_starter_configs(tmp_path: Path) -> None:
+    """The shipped defaults are found without a configs/ folder, and `init` writes an editable copy."""
+    from flenwheel.workspace import default_configs, write_starter_configs
+
+    assert (default_configs() / "profiles" / "cpu-tiny.yaml").is_file()
+    written = write_starter_configs(tmp_path / "configs")
+    names = {p.relative_to(tmp_path / "configs").as_posix() for p in written}
+    assert {"flenwheel.yaml", "loras.yaml", "profiles/cpu-tiny.yaml", "prompts/enrich.yaml"} <= names
+    assert "__init__.py" not in names
+    assert Workspace(root=tmp_path / "data", configs=tmp_path / "configs").profile("cpu-tiny").name == "cpu-tiny"
+    with pytest.raises(ConfigError, match="already exists"):
+        write_starter_configs(tmp_path / "configs")

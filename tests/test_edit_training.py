@@ -11,20 +11,22 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from flenwheel import decisions
+from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.config import Workspace
-from flenwheel.edit_training import (
+from flenwheel.editing import AugmentEditor, EditJob, make_editor, run_edit_batch
+from flenwheel.identity import filter_images
+from flenwheel.ingest import ingest_paths
+from flenwheel.training import (
+    Example,
+    LoraTrainer,
     QwenEditBackend,
+    TrainingInterrupted,
     approved_triplets,
     export_triplets,
     split_held_out,
     train_edit_lora,
 )
-from flenwheel.editing import AugmentEditor, EditJob, make_editor, run_edit_batch
-from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
-from flenwheel.training import Example, LoraTrainer, TrainingInterrupted
+from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -41,7 +43,7 @@ def make_triplets(ws: Workspace, catalog: Catalog, faces: Path) -> list[str]:
     library = ws.prompt_library(character)
     jobs = [EditJob(s, library[p], 0) for s in sorted(sources) for p in PROMPTS]
     made = run_edit_batch(ws, catalog, "obama", AugmentEditor(), jobs, None)
-    decisions.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in made], "cli", "test", None)
+    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in made], "cli", "test", None)
     return sources
 
 
@@ -213,17 +215,16 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
 
 
 def test_editor_flywheel_flow_trains_evaluates_and_resumes(prefect_harness, ws: Workspace, catalog, sources) -> None:
-    from prefect.exceptions import ParameterTypeError
-
     from flenwheel.flows.editor import EditorParams, editor_flywheel
+    from prefect.exceptions import ParameterTypeError
 
     params = EditorParams(character="obama", profile="cpu-tiny", steps=4, ops=["edit", "augment"],
                           eval_prompts=["angle-left-45"])  # fmt: skip
     first = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert first["trained"] and first["held_out"] and set(first["metrics"]) == {"base", "lora"}
-    assert all(m["n"] == 1 for m in first["metrics"].values()) and Path(first["report"]).is_file()
+    assert first.lora.trained and first.evaluation.held_out and set(first.evaluation.metrics) == {"base", "lora"}
+    assert all(m["n"] == 1 for m in first.evaluation.metrics.values()) and first.evaluation.report.is_file()
     again = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert not again["trained"] and again["lora_id"] == first["lora_id"]  # found, not trained twice
+    assert not again.lora.trained and again.lora.lora_id == first.lora.lora_id  # found, not trained twice
     assert len(catalog.rows("SELECT * FROM loras")) == 1
     with pytest.raises(ParameterTypeError, match="ops"):
         editor_flywheel(params={"character": "obama", "ops": ["mirror"]})

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flenwheel import decisions, versions
+from flenwheel import gate, versions
 from flenwheel.catalog import Catalog
-from flenwheel.config import PromptEntry, Workspace
+from flenwheel.config import PromptEntry
 from flenwheel.editing import AugmentEditor, EditJob, pending_jobs, run_edit_batch
 from flenwheel.identity import filter_images
 from flenwheel.ingest import ingest_paths
+from flenwheel.workspace import Workspace
 
 
 @pytest.fixture
@@ -94,11 +95,11 @@ def test_auto_review_cli_decisions_and_freeze(
     jobs = pending_jobs(catalog, "obama", editor, prompts(ws, "angle-mirror", "angle-close-up", "bg-blue"), [0])
     made = run_edit_batch(ws, catalog, "obama", editor, jobs, None)
     filter_images(ws, catalog, ws.character("obama"), image_ids=made)
-    before = decisions.status(catalog, "obama", "enrich")
+    before = gate.status(catalog, "obama", "enrich")
     assert before.candidates == 6 and before.pending == 6 and before.unscored == 0
-    approved, rejected = decisions.auto_review(catalog, "obama", "enrich", 0.02, None)
+    approved, rejected = gate.auto_review(catalog, "obama", "enrich", 0.02, None)
     assert approved + rejected == 6 and approved >= 4
-    assert decisions.auto_review(catalog, "obama", "enrich", 0.02, None) == (0, 0)  # idempotent
+    assert gate.auto_review(catalog, "obama", "enrich", 0.02, None) == (0, 0)  # idempotent
     reviews = catalog.rows("SELECT * FROM review_state")
     assert {r["source"] for r in reviews} == {"auto"} and all(r["note"].startswith("auto: ") for r in reviews)
 
@@ -115,13 +116,13 @@ def test_auto_review_cli_decisions_and_freeze(
     target = next(r["image_id"] for r in reviews if r["decision"] == "approved")
     csv_file = tmp_path / "d.csv"
     csv_file.write_text(f"image_id,decision,note\n{target[:10]},reject,blurry\n")
-    changed = decisions.decide(catalog, "obama", "enrich", decisions.read_decisions_csv(csv_file), "cli", "me", None)
+    changed = gate.decide(catalog, "obama", "enrich", gate.read_decisions_csv(csv_file), "cli", "me", None)
     assert changed == 1
     v2 = versions.freeze(ws, catalog, ws.character("obama"), None)
     assert v2.version_id == "obama@v2" and v2.n_images == v1.n_images - 1
     d = versions.diff(catalog, "obama@v1", "obama@v2")
     assert [m["image_id"] for m in d["removed"]] == [target] and d["added"] == []
-    assert [v["version_id"] for v in versions.versions(catalog, "obama")] == ["obama@v1", "obama@v2"]
+    assert [v["version_id"] for v in catalog.versions("obama")] == ["obama@v1", "obama@v2"]
     assert (
         catalog.rows("SELECT parent_version FROM dataset_versions WHERE number = 2")[0]["parent_version"] == "obama@v1"
     )
@@ -132,15 +133,15 @@ def test_decide_checks_every_id_first(ws: Workspace, catalog: Catalog, obama: li
     made = run_edit_batch(
         ws, catalog, "obama", editor, pending_jobs(catalog, "obama", editor, prompts(ws, "angle-mirror"), [0]), None
     )
-    with pytest.raises(decisions.ReviewError, match="not a candidate"):
-        decisions.decide(
+    with pytest.raises(gate.ReviewError, match="not a candidate"):
+        gate.decide(
             catalog, "obama", "enrich", [(made[0], "approved", None), ("abcdef12", "approved", None)], "cli", None, None
         )
     assert catalog.rows("SELECT count(*) AS n FROM reviews")[0]["n"] == 0
-    with pytest.raises(decisions.ReviewError, match="decision must be approve or reject"):
+    with pytest.raises(gate.ReviewError, match="decision must be approve or reject"):
         bad = Path(ws.root) / "bad.csv"
         bad.write_text(f"{made[0]},maybe\n")
-        decisions.read_decisions_csv(bad)
+        gate.read_decisions_csv(bad)
 
 
 def test_freeze_without_anything_is_an_error(ws: Workspace, catalog: Catalog) -> None:

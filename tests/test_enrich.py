@@ -13,10 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flenwheel import decisions, versions
+from flenwheel import gate, versions
 from flenwheel.catalog import Catalog
-from flenwheel.config import Workspace
 from flenwheel.ingest import ingest_paths
+from flenwheel.workspace import Workspace
 from tests.conftest import PROJECT, snapshot
 
 PROMPTS = ["angle-mirror", "angle-close-up", "light-golden-hour", "bg-blue"]
@@ -33,7 +33,7 @@ def test_enrich_flow_auto_review_freeze_and_rerun(prefect_harness, ws: Workspace
     ingest_obama(ws, faces)
     params = EnrichParams(character="obama", prompts=PROMPTS, seeds=2, review="auto", batch_size=5)
     result = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert result["status"] == "completed" and result["jobs"] == 2 * 4 * 2 and result["images"] == 16
+    assert result.status == "completed" and result.jobs == 2 * 4 * 2 and result.images == 16
     catalog = Catalog(ws.catalog_path)
     rows = catalog.rows("SELECT * FROM derivations")
     assert len(rows) == 16
@@ -41,8 +41,8 @@ def test_enrich_flow_auto_review_freeze_and_rerun(prefect_harness, ws: Workspace
         assert r["seed"] in (0, 1) and r["prompt_id"] in PROMPTS and r["prompt"] and r["model_ref"]
         assert json.loads(r["params"])["augment"]["op"] and len(r["job_key"]) == 64
     assert catalog.rows("SELECT count(*) AS n FROM identity_scores")[0]["n"] == 18  # 2 sources + 16 candidates
-    gate = decisions.status(catalog, "obama", "enrich")
-    assert gate.done and gate.approved + gate.rejected == 16 and gate.approved > 8
+    status = gate.status(catalog, "obama", "enrich")
+    assert status.done and status.approved + status.rejected == 16 and status.approved > 8
     assert {r["source"] for r in catalog.rows("SELECT source FROM reviews")} == {"auto"}
     flows = catalog.rows("SELECT flow, status, prefect_flow_run_id FROM runs WHERE flow = 'flow:enrich'")
     assert flows[0]["status"] == "completed" and flows[0]["prefect_flow_run_id"]
@@ -50,7 +50,7 @@ def test_enrich_flow_auto_review_freeze_and_rerun(prefect_harness, ws: Workspace
     v1 = versions.freeze(ws, catalog, ws.character("obama"), None)
     before = snapshot(ws.catalog_path)
     again = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert again["jobs"] == 0 and again["images"] == 0
+    assert again.jobs == 0 and again.images == 0
     assert snapshot(ws.catalog_path) == before  # a second run adds no rows
     v1b = versions.freeze(ws, catalog, ws.character("obama"), None)
     assert not v1b.created and v1b.manifest_sha256 == v1.manifest_sha256
@@ -102,7 +102,7 @@ def test_qwen_editor_end_to_end_on_the_tiny_pipeline(prefect_harness, ws: Worksp
     params = EnrichParams(character="obama", editor="qwen", profile="cpu-tiny", prompts=["angle-left-45"], seeds=1,
                           review="auto")  # fmt: skip
     result = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert result["images"] == 2
+    assert result.images == 2
     catalog = Catalog(ws.catalog_path)
     rows = catalog.rows(
         "SELECT d.*, s.verdict, i.origin, i.width FROM derivations d JOIN identity_scores s ON s.image_id = d.child_id"
@@ -114,23 +114,23 @@ def test_qwen_editor_end_to_end_on_the_tiny_pipeline(prefect_harness, ws: Worksp
         assert r["model_ref"].startswith("tiny:qwen-image-edit@sha256:") and r["steps"] == 2 and r["guidance"] == 4.0
         assert r["negative_prompt"] == " " and json.loads(r["params"])["pipeline"] == "QwenImageEditPlusPipeline"
         assert r["verdict"] == "no_face"  # tiny random weights paint noise: by design, and the filter says so
-    assert decisions.status(catalog, "obama", "enrich").rejected == 2
+    assert gate.status(catalog, "obama", "enrich").rejected == 2
     peaks = catalog.rows("SELECT * FROM metrics WHERE scope = 'stage' AND scope_id = 'qwen-image-edit'")
     assert peaks and peaks[0]["value"] > 0
 
 
 def test_gate_pauses_and_resumes_with_input(prefect_harness, ws: Workspace, faces: Path) -> None:
+    from flenwheel.flows.enrich import EnrichParams, enrich
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.flow_runs import resume_flow_run
-
-    from flenwheel.flows.enrich import EnrichParams, enrich
 
     ingest_obama(ws, faces)
     params = EnrichParams(character="obama", prompts=["angle-mirror", "bg-blue"], seeds=1, review="cli", wait=True)
     outcome: dict = {}
     flow_thread = threading.Thread(
-        target=lambda: outcome.update(enrich(params, root=str(ws.root), configs=str(ws.configs_dir))), daemon=True
+        target=lambda: outcome.update(result=enrich(params, root=str(ws.root), configs=str(ws.configs_dir))),
+        daemon=True,
     )
     flow_thread.start()
     catalog = Catalog(ws.catalog_path)
@@ -143,13 +143,13 @@ def test_gate_pauses_and_resumes_with_input(prefect_harness, ws: Workspace, face
                 if fr.state and fr.state.is_paused() and fr.parameters["params"]["character"] == "obama":
                     run_id = fr.id
     assert run_id is not None, "the flow did not pause at the gate"
-    cands = decisions.candidates(catalog, "obama", "enrich")
+    cands = gate.candidates(catalog, "obama", "enrich")
     assert len(cands) == 4 and all(c["decision"] is None for c in cands)
-    decisions.decide(catalog, "obama", "enrich", [(cands[0]["image_id"], "approved", "looks right")], "cli", "me",
+    gate.decide(catalog, "obama", "enrich", [(cands[0]["image_id"], "approved", "looks right")], "cli", "me",
                      None)  # fmt: skip
     resume_flow_run(run_id, run_input={"auto_decide_rest": True, "note": "rest by policy"})
     flow_thread.join(timeout=300)
-    assert outcome["status"] == "completed" and outcome["gate"]["pending"] == 0
+    assert outcome["result"].status == "completed" and outcome["result"].gate.pending == 0
     sources = {r["source"] for r in catalog.rows("SELECT source FROM review_state")}
     assert sources == {"cli", "auto"}
 
@@ -160,26 +160,22 @@ def test_local_run_exits_awaiting_review_and_carries_on(prefect_harness, ws: Wor
     ingest_obama(ws, faces)
     params = EnrichParams(character="obama", prompts=["angle-mirror"], seeds=1, review="cli")
     first = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert first["status"] == "awaiting_review" and "awaiting review: 2 candidate(s)" in first["message"]
+    assert first.status == "awaiting_review" and "awaiting review: 2 candidate(s)" in first.message
     catalog = Catalog(ws.catalog_path)
     assert catalog.rows("SELECT status FROM runs WHERE flow = 'flow:enrich'")[0]["status"] == "awaiting_review"
-    ids = [c["image_id"] for c in decisions.candidates(catalog, "obama", "enrich")]
-    decisions.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in ids], "cli", None, None)
+    ids = [c["image_id"] for c in gate.candidates(catalog, "obama", "enrich")]
+    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in ids], "cli", None, None)
     second = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert second["status"] == "completed" and second["images"] == 0 and second["gate"]["approved"] == 2
+    assert second.status == "completed" and second.images == 0 and second.gate.approved == 2
 
 
-def test_gate_key_is_deterministic() -> None:
-    from flenwheel.flows.review_gate import gate_key
-
-    assert gate_key("a:enrich", ["x", "y"]) == gate_key("a:enrich", ["y", "x"])
-    assert gate_key("a:enrich", ["x", "y"]) != gate_key("a:enrich", ["x"])
-    assert gate_key("a:enrich", ["x"]).startswith("review-")
+def test_pause_keys_are_stable_per_gate_and_round() -> None:
+    assert gate.pause_key("a:enrich", 1) == gate.pause_key("a:enrich", 1)
+    assert len({gate.pause_key(g, n) for g in ("a:enrich", "a:synthetic") for n in (1, 2)}) == 4
+    assert gate.pause_key("a:enrich", 1).startswith("review-")
 
 
 def test_fiftyone_dataset_fields_tags_and_persistence(ws: Workspace, catalog: Catalog, faces: Path) -> None:
-    from flenwheel.editing import AugmentEditor, pending_jobs, run_edit_batch
-    from flenwheel.identity import filter_images
     from flenwheel.review.datasets import (
         AUTO_REJECTED,
         GROUP_VIEW,
@@ -188,6 +184,9 @@ def test_fiftyone_dataset_fields_tags_and_persistence(ws: Workspace, catalog: Ca
         pull_decisions,
         sync_candidates,
     )
+
+    from flenwheel.editing import AugmentEditor, pending_jobs, run_edit_batch
+    from flenwheel.identity import filter_images
 
     ingest_obama(ws, faces)
     filter_images(ws, catalog, ws.character("obama"))

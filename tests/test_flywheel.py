@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from flenwheel import decisions, versions
+from flenwheel import flywheel as flywheel_policy
+from flenwheel import gate, versions
 from flenwheel.catalog import Catalog, DerivationRecord
-from flenwheel.config import Workspace
-from flenwheel.editing import store_outputs
 from flenwheel.ingest import ingest_paths
+from flenwheel.outputs import store_outputs
+from flenwheel.workspace import Workspace
 from tests.conftest import ARTIFACTS, PROJECT, snapshot
 
 pytestmark = pytest.mark.tiny
@@ -54,7 +55,7 @@ def two_iterations(prefect_harness, tmp_path_factory: pytest.TempPathFactory, ti
 
 def test_two_iterations_make_two_versions_two_loras_metrics_and_reports(two_iterations) -> None:
     ws, catalog, result = two_iterations
-    assert result["status"] == "completed", result
+    assert result.status == "completed", result
     its = catalog.iterations("obama")
     assert [(r["number"], r["status"]) for r in its] == [(1, "completed"), (2, "completed")]
     assert [r["dataset_version"] for r in its] == ["obama@v1", "obama@v2"]
@@ -127,9 +128,9 @@ def test_rerunning_the_flywheel_adds_nothing(two_iterations) -> None:
     ws, _catalog, _ = two_iterations
     before = snapshot(ws.catalog_path)
     again = flywheel(flywheel_params(), root=str(ws.root), configs=str(ws.configs_dir))
-    assert again["status"] == "completed"
-    assert [it["status"] for it in again["iterations"]] == ["already completed"] * 2
-    assert again["enrichment"]["jobs"] == 0
+    assert again.status == "completed"
+    assert [it.status for it in again.iterations] == ["already completed"] * 2
+    assert again.enrichment.jobs == 0
     assert snapshot(ws.catalog_path) == before
 
 
@@ -154,9 +155,8 @@ def test_report_renders_in_headless_chromium(two_iterations) -> None:
 
 
 def test_invalid_flywheel_parameters_are_rejected_naming_the_field(prefect_harness) -> None:
-    from prefect.exceptions import ParameterTypeError
-
     from flenwheel.flows.flywheel import flywheel
+    from prefect.exceptions import ParameterTypeError
 
     with pytest.raises(ParameterTypeError, match="iterations"):
         flywheel(params={"character": "obama", "iterations": 0})
@@ -169,9 +169,8 @@ def test_invalid_flywheel_parameters_are_rejected_naming_the_field(prefect_harne
 def test_deployments_serve_flywheel_and_a_nightly_cron_with_cancel_new(prefect_harness, ws: Workspace) -> None:
     import asyncio
 
-    from prefect.client.orchestration import get_client
-
     from flenwheel.flows.deployments import deployments, has_server
+    from prefect.client.orchestration import get_client
 
     assert has_server()  # the harness points Prefect at its server, as `prefect config set PREFECT_API_URL` does
     fly, editor, nightly = deployments(ws)
@@ -212,19 +211,19 @@ def test_nightly_enrichment_picks_up_new_inbox_photos_once(prefect_harness, ws: 
     params = NightlyParams(characters=["obama", "biden"], editor="augment", prompts=["angle-mirror", "bg-blue"],
                            seeds=1, review="auto")  # fmt: skip
     first = nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
-    by_name = {r["character"]: r for r in first}
-    assert by_name["obama"]["new_photos"] == 1 and by_name["obama"]["images"] == 2
-    assert by_name["obama"]["pending_review"] == 0  # auto review decided them
-    assert "no source photos" in by_name["biden"]["skipped"]
+    by_name = {r.character: r for r in first}
+    assert by_name["obama"].new_photos == 1 and by_name["obama"].enrichment.images == 2
+    assert by_name["obama"].pending_review == 0  # auto review decided them
+    assert "no source photos" in by_name["biden"].skipped
     shutil.copy(faces / "obama" / OBAMA[1], inbox)  # a new photo arrives during the day
-    second = {r["character"]: r for r in nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))}
-    assert second["obama"]["new_photos"] == 1 and second["obama"]["images"] == 2
-    third = {r["character"]: r for r in nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))}
-    assert third["obama"]["new_photos"] == 0 and third["obama"]["images"] == 0
+    second = {r.character: r for r in nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))}
+    assert second["obama"].new_photos == 1 and second["obama"].enrichment.images == 2
+    third = {r.character: r for r in nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))}
+    assert third["obama"].new_photos == 0 and third["obama"].enrichment.images == 0
 
 
 def test_two_runs_of_one_character_never_work_at_once(ws: Workspace) -> None:
-    from flenwheel.flows.lock import CharacterBusy, character_lock
+    from flenwheel.locks import CharacterBusy, character_lock
 
     with character_lock(ws, "obama", "flow run A"):
         with pytest.raises(CharacterBusy, match="flow run A"):
@@ -255,15 +254,15 @@ def test_next_version_drops_near_duplicates_and_caps_the_synthetic_share(
     from flenwheel.identity import filter_images
 
     filter_images(ws, catalog, ws.character("obama"), image_ids=None, run_id=None)
-    decisions.decide(catalog, "obama", "synthetic", [(i, "approved", None) for i in ids], "cli", "t", None)
+    gate.decide(catalog, "obama", "synthetic", [(i, "approved", None) for i in ids], "cli", "t", None)
     character = ws.character("obama")
 
-    members, sel = versions.next_version_members(ws, catalog, character, None, "obama-v1-flux-x", 0.9, 6)
+    members, sel = flywheel_policy.next_version_members(ws, catalog, character, None, "obama-v1-flux-x", 0.9, 6)
     assert sel.candidates == 4 and sel.near_duplicates in ([ids[0]], [ids[1]])
     assert len(sel.added) == 3 and not sel.over_cap
     assert {m.image_id for m in members} >= set(sel.added)
 
-    members, sel = versions.next_version_members(ws, catalog, character, None, "obama-v1-flux-x", 0.5, 6)
+    members, sel = flywheel_policy.next_version_members(ws, catalog, character, None, "obama-v1-flux-x", 0.5, 6)
     # 2 real photos: at most 2 synthetics at a 50% share; the rest are over the cap (or copies of those)
     assert len(sel.added) == 2 and sel.over_cap and len(sel.over_cap) + len(sel.near_duplicates) == 2
     sims = {r["image_id"]: r["similarity"] for r in catalog.rows("SELECT image_id, similarity FROM identity_scores")}

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import IdentityBackendSettings, Workspace
+from flenwheel.config import IdentityBackendSettings
 from flenwheel.identity import (
     FACTS,
     DlibBackend,
@@ -25,10 +25,11 @@ from flenwheel.identity import (
     estimate_yaw,
     judge_image,
     load_backend,
-    load_rgb,
     reference_set_for,
     score_files,
 )
+from flenwheel.store import load_rgb
+from flenwheel.workspace import Workspace
 
 SETTINGS = IdentityBackendSettings()
 

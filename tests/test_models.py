@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import ConfigError, LoraUse, Workspace
+from flenwheel.config import ConfigError, LoraUse
 from flenwheel.models import (
     ModelError,
     ModelManager,
@@ -24,6 +24,7 @@ from flenwheel.models import (
     resolve_model,
 )
 from flenwheel.tiny import build_tiny_qwen_image_edit, ensure_tiny_models
+from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -210,6 +211,7 @@ def test_manager_keeps_one_model_and_records_peaks(ws: Workspace, catalog: Catal
 
 
 def test_clear_errors(ws: Workspace, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # what a machine without a GPU sees
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     import huggingface_hub.constants
@@ -234,7 +236,8 @@ def test_clear_errors(ws: Workspace, monkeypatch, tmp_path: Path) -> None:
         resolve_model("tiny:sdxl", "flux", ws)
 
 
-def test_models_check_command_reports_what_is_missing(cli, ws: Workspace) -> None:
+def test_models_check_command_reports_what_is_missing(cli, ws: Workspace, monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # what a machine without a GPU sees
     ok = cli("models", "check", "--profile", "cpu-tiny")
     assert ok.exit_code == 0 and "tiny:flux@sha256:" in ok.stdout
     gpu = cli("models", "check", "--profile", "gpu-24gb")

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from flenwheel import versions
 from flenwheel.catalog import Catalog
-from flenwheel.config import Workspace
-from flenwheel.identity import DlibBackend, build_reference_set, judge_image, load_rgb
+from flenwheel.identity import DlibBackend, build_reference_set, judge_image
 from flenwheel.ingest import ingest_paths
+from flenwheel.store import load_rgb
 from flenwheel.training import (
     CheckpointScore,
     FluxBackend,
@@ -29,8 +29,9 @@ from flenwheel.training import (
     export_version,
     flux_to_comfy,
     train_flux,
-    version_examples,
 )
+from flenwheel.training.data import version_examples
+from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -225,11 +226,12 @@ def test_choose_checkpoint_ties() -> None:
     assert choose_checkpoint([CheckpointScore(1, None, None, 0), CheckpointScore(2, None, None, 0)]).step == 2
 
 
-def test_train_command(cli, ws: Workspace, v1: str) -> None:
+def test_train_command(cli, ws: Workspace, v1: str, monkeypatch) -> None:
     result = cli("train", "obama", "--profile", "cpu-tiny", "--steps", "8")
     assert result.exit_code == 0, result.stderr
     assert "chosen checkpoint step 8" in result.stdout and "ComfyUI:" in result.stdout
     again = cli("train", "obama", "--profile", "cpu-tiny", "--steps", "8")
     assert "already trained" in again.stdout
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the refusal a machine without a GPU gives
     bad = cli("train", "obama", "--profile", "gpu-24gb")
     assert bad.exit_code == 2 and "needs a CUDA GPU" in bad.stderr

@@ -1,0 +1,226 @@
+"""The catalog's schema: tables, views and the migrations that create or upgrade them, in order.
+
+A migration is a list of statements run in one transaction; ``schema_info`` records the versions applied, so
+opening an old catalog upgrades it once and a catalog newer than the code is refused (``core``).
+"""
+
+from __future__ import annotations
+
+from flenwheel.types import ORIGINS, VERDICTS
+
+SCHEMA_VERSION = 3
+
+_IN = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - CHECK lists from the shared types
+
+# The effective decision per image and gate: the latest one.
+_REVIEW_STATE_VIEW = """CREATE VIEW review_state AS
+    SELECT * EXCLUDE (rn) FROM (
+        SELECT *, row_number() OVER (PARTITION BY image_id, gate_id ORDER BY decided_at DESC, seq DESC) AS rn
+        FROM reviews) WHERE rn = 1"""
+# (before, instruction, after) for approved edits: flywheel 2's training data.
+_TRIPLETS_VIEW = """CREATE VIEW triplets AS
+    SELECT d.parent_id AS before_id, d.prompt AS instruction, d.child_id AS after_id,
+           i.character, d.op, d.prompt_id, d.model_ref, d.seed, r.gate_id, r.decided_at
+    FROM derivations d
+    JOIN images i ON i.image_id = d.child_id
+    JOIN review_state r ON r.image_id = d.child_id AND r.decision = 'approved'
+    WHERE d.op IN ('edit', 'augment') AND d.parent_id IS NOT NULL AND d.parent_rank = 0"""
+
+_SCHEMA_V1 = [
+    f"""CREATE TABLE images (
+        image_id     VARCHAR PRIMARY KEY,          -- sha256 of the stored PNG bytes
+        character    VARCHAR NOT NULL,
+        origin       VARCHAR NOT NULL CHECK (origin IN ({_IN(ORIGINS)})),
+        path         VARCHAR NOT NULL,             -- relative to the data root
+        width        INTEGER NOT NULL,
+        height       INTEGER NOT NULL,
+        source_name  VARCHAR,                      -- original file name, for sources
+        lineage_root VARCHAR NOT NULL,
+        run_id       VARCHAR,
+        created_at   TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    "CREATE INDEX images_root ON images(lineage_root)",
+    """CREATE TABLE derivations (
+        child_id        VARCHAR NOT NULL,
+        parent_rank     INTEGER NOT NULL DEFAULT 0,  -- 0 for the main input; >0 for extra condition images
+        parent_id       VARCHAR,                     -- NULL for text-to-image
+        root_id         VARCHAR NOT NULL,            -- lineage_root of the child
+        op              VARCHAR NOT NULL,
+        model_ref       VARCHAR,                     -- hub id@revision or path@sha256
+        loras           JSON,
+        prompt          VARCHAR,
+        prompt_id       VARCHAR,
+        negative_prompt VARCHAR,
+        seed            BIGINT,
+        steps           INTEGER,
+        guidance        DOUBLE,
+        strength        DOUBLE,
+        params          JSON,
+        job_key         VARCHAR NOT NULL DEFAULT '', -- hash of everything that determines the output
+        run_id          VARCHAR,
+        created_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        -- two jobs may make the same picture: both are recorded
+        PRIMARY KEY (child_id, parent_rank, job_key))""",
+    "CREATE INDEX derivations_child ON derivations(child_id)",
+    "CREATE INDEX derivations_parent ON derivations(parent_id)",
+    "CREATE INDEX derivations_root ON derivations(root_id)",
+    """CREATE TABLE reference_sets (
+        reference_set_id VARCHAR PRIMARY KEY,
+        character        VARCHAR NOT NULL,
+        backend          VARCHAR NOT NULL,
+        image_ids        VARCHAR[] NOT NULL,
+        embeddings       FLOAT[][] NOT NULL,        -- one per image_ids entry, same order
+        threshold        DOUBLE,                    -- calibrated (or default) threshold of this set
+        calibration      JSON,                      -- pair statistics and how the threshold was chosen
+        created_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    f"""CREATE TABLE identity_scores (
+        image_id         VARCHAR NOT NULL,
+        backend          VARCHAR NOT NULL,
+        reference_set_id VARCHAR NOT NULL,
+        verdict          VARCHAR NOT NULL
+                         CHECK (verdict IN ({_IN(VERDICTS)})),
+        matched          BOOLEAN,                   -- similarity >= threshold (also for multi_face)
+        similarity       DOUBLE,                    -- the deciding value (max or mean)
+        similarity_max   DOUBLE,
+        similarity_mean  DOUBLE,
+        threshold        DOUBLE,
+        n_faces          INTEGER,
+        face_box         INTEGER[],                 -- x0, y0, x1, y1 in stored-image pixels
+        det_score        DOUBLE,
+        yaw              DOUBLE,                    -- landmark-based head-turn estimate, degrees
+        embedding        FLOAT[],
+        run_id           VARCHAR,
+        scored_at        TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (image_id, backend, reference_set_id))""",
+    "CREATE SEQUENCE reviews_seq",
+    """CREATE TABLE reviews (
+        seq        BIGINT PRIMARY KEY DEFAULT nextval('reviews_seq'),
+        image_id   VARCHAR NOT NULL,
+        gate_id    VARCHAR NOT NULL,
+        decision   VARCHAR NOT NULL CHECK (decision IN ('approved','rejected')),
+        reviewer   VARCHAR,
+        source     VARCHAR NOT NULL CHECK (source IN ('fiftyone','cli','auto')),
+        note       VARCHAR,
+        run_id     VARCHAR,
+        decided_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    """CREATE TABLE dataset_versions (
+        version_id      VARCHAR PRIMARY KEY,        -- '<character>@v<number>'
+        character       VARCHAR NOT NULL,
+        number          INTEGER NOT NULL,
+        parent_version  VARCHAR,
+        created_by_run  VARCHAR,
+        manifest_path   VARCHAR,
+        manifest_sha256 VARCHAR NOT NULL,
+        n_images        INTEGER NOT NULL,
+        frozen_at       TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        UNIQUE (character, number))""",
+    """CREATE TABLE dataset_members (
+        version_id VARCHAR NOT NULL,
+        image_id   VARCHAR NOT NULL,
+        caption    VARCHAR,
+        PRIMARY KEY (version_id, image_id))""",
+    """CREATE TABLE loras (
+        lora_id           VARCHAR PRIMARY KEY,
+        character         VARCHAR NOT NULL,
+        kind              VARCHAR NOT NULL CHECK (kind IN ('flux','qwen_edit')),
+        base_model_ref    VARCHAR NOT NULL,
+        dataset_version   VARCHAR,
+        hyperparams       JSON,
+        steps             INTEGER,
+        path              VARCHAR NOT NULL,
+        sha256            VARCHAR NOT NULL,
+        comfy_path        VARCHAR,
+        chosen_checkpoint INTEGER,
+        run_id            VARCHAR,
+        created_at        TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    """CREATE TABLE runs (
+        run_id              VARCHAR PRIMARY KEY,
+        flow                VARCHAR NOT NULL,
+        prefect_flow_run_id VARCHAR,
+        config              JSON,
+        config_sha256       VARCHAR,
+        code_version        VARCHAR,
+        started_at          TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        finished_at         TIMESTAMPTZ,
+        status              VARCHAR NOT NULL CHECK (status IN ('running','completed','failed','awaiting_review')),
+        error               VARCHAR)""",
+    """CREATE TABLE metrics (
+        run_id      VARCHAR NOT NULL,
+        scope       VARCHAR NOT NULL,   -- dataset_version / lora / iteration / stage / checkpoint ...
+        scope_id    VARCHAR NOT NULL,
+        name        VARCHAR NOT NULL,
+        value       DOUBLE,
+        step        INTEGER NOT NULL DEFAULT 0,
+        recorded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (run_id, scope, scope_id, name, step))""",
+    _REVIEW_STATE_VIEW,
+    _TRIPLETS_VIEW,
+]
+
+# v2: flywheel iterations. One row per character and iteration number says which dataset version and LoRA
+# the iteration made and where its report is, so a re-run of the flywheel resumes from the catalog alone.
+_SCHEMA_V2 = [
+    """CREATE TABLE iterations (
+        character       VARCHAR NOT NULL,
+        number          INTEGER NOT NULL,
+        dataset_version VARCHAR,
+        lora_id         VARCHAR,
+        status          VARCHAR NOT NULL CHECK (status IN ('running','awaiting_review','completed')),
+        report_path     VARCHAR,
+        run_id          VARCHAR,
+        started_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        completed_at    TIMESTAMPTZ,
+        PRIMARY KEY (character, number))""",
+]
+
+# v3: the review gate's rounds; a reviewer's answer given when resuming a run in the Prefect UI is a review
+# source of its own; views for the two questions nearly every reader asks.
+_REVIEW_SOURCES = ("fiftyone", "cli", "auto", "prefect")
+_SCHEMA_V3 = [
+    # DuckDB cannot alter a CHECK constraint: rebuild `reviews` (and the views on it) with the new source.
+    "DROP VIEW triplets",
+    "DROP VIEW review_state",
+    f"""CREATE TABLE reviews_v3 (
+        seq        BIGINT PRIMARY KEY DEFAULT nextval('reviews_seq'),
+        image_id   VARCHAR NOT NULL,
+        gate_id    VARCHAR NOT NULL,
+        decision   VARCHAR NOT NULL CHECK (decision IN ('approved','rejected')),
+        reviewer   VARCHAR,
+        source     VARCHAR NOT NULL CHECK (source IN ({_IN(_REVIEW_SOURCES)})),
+        note       VARCHAR,
+        run_id     VARCHAR,
+        decided_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    "INSERT INTO reviews_v3 SELECT * FROM reviews",
+    "DROP TABLE reviews",
+    "ALTER TABLE reviews_v3 RENAME TO reviews",
+    _REVIEW_STATE_VIEW,
+    _TRIPLETS_VIEW,
+    # One row per stop of a flow run at a gate: which candidates were pending, and what the reviewer said when
+    # resuming. A run that re-executes from the top after a resume finds its open round here and applies the
+    # stored answer to exactly those candidates, whatever was decided in FiftyOne or the CLI meanwhile.
+    """CREATE TABLE gate_rounds (
+        flow_run_id       VARCHAR NOT NULL,
+        gate_id           VARCHAR NOT NULL,
+        round             INTEGER NOT NULL,
+        pause_key         VARCHAR NOT NULL,
+        pending_ids       VARCHAR[] NOT NULL,       -- candidates pending when the run stopped
+        opened_at         TIMESTAMPTZ NOT NULL,
+        resumed_at        TIMESTAMPTZ,
+        reviewer          VARCHAR,
+        note              VARCHAR,
+        approve_rest      BOOLEAN,
+        auto_decide_rest  BOOLEAN,
+        decided_by_people INTEGER,                  -- of pending_ids, decided while the run waited
+        decided_by_policy INTEGER,                  -- of pending_ids, decided by the answer on resume
+        run_id            VARCHAR,
+        PRIMARY KEY (flow_run_id, gate_id, round))""",
+    # The newest identity score of each image (any backend or reference set).
+    """CREATE VIEW latest_identity AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY scored_at DESC) AS rn
+            FROM identity_scores) WHERE rn = 1""",
+    # The step that made each image from its main input (or from text): one row per child.
+    """CREATE VIEW first_derivation AS
+        SELECT DISTINCT ON (child_id) * FROM derivations WHERE parent_rank = 0 ORDER BY child_id, created_at""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}

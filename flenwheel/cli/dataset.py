@@ -1,0 +1,67 @@
+"""Dataset commands: freeze the approved selection as an immutable version, list versions, diff two."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flenwheel import versions
+from flenwheel.cli.common import group, out, workspace
+
+dataset_app = group("Frozen dataset versions: freeze, list, diff.")
+
+
+@dataset_app.command("freeze")
+def dataset_freeze(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+    """Freeze approved sources and candidates as the next immutable version (nothing new if unchanged)."""
+    ws = workspace(ctx)
+    char = ws.character(character)
+    catalog = ws.catalog()
+    with catalog.run("cli:dataset-freeze", {"character": character}) as run_id:
+        frozen = versions.freeze(ws, catalog, char, run_id)
+    what = "frozen" if frozen.created else "unchanged, still"
+    out.print(
+        f"{what} {frozen.version_id}: {frozen.n_images} image(s), manifest {frozen.manifest_path} "
+        f"(sha256 {frozen.manifest_sha256[:16]})"
+    )
+
+
+@dataset_app.command("list")
+def dataset_list(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+    """Versions of CHARACTER with their composition."""
+    ws = workspace(ctx)
+    ws.character(character)
+    rows = ws.catalog().versions(character)
+    table = Table()
+    for col in ("version", "parent", "images", "source", "enriched", "synthetic", "manifest", "frozen"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["version_id"],
+            r["parent_version"] or "-",
+            str(r["n_images"]),
+            str(r["source"]),
+            str(r["enriched"]),
+            str(r["synthetic"]),
+            r["manifest_sha256"][:12],
+            str(r["frozen_at"])[:19],
+        )
+    out.print(table)
+
+
+@dataset_app.command("diff")
+def dataset_diff(
+    ctx: typer.Context,
+    v1: Annotated[str, typer.Argument(help="older version, e.g. astronaut@v1")],
+    v2: Annotated[str, typer.Argument(help="newer version")],
+) -> None:
+    """Images added, removed and re-captioned between two versions."""
+    d = versions.diff(workspace(ctx).catalog(), v1, v2)
+    for kind, sign in (("added", "+"), ("removed", "-")):
+        for m in d[kind]:
+            out.print(f"{sign} {m['image_id'][:12]} {m['origin']:8s} {m['caption']}", markup=False)
+    for m in d["recaptioned"]:
+        out.print(f"~ {m['image_id'][:12]} {m['old_caption']!r} -> {m['caption']!r}", markup=False)
+    out.print(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['recaptioned'])} re-captioned")

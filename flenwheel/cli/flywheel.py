@@ -1,0 +1,159 @@
+"""Flywheel commands: enrich, run flywheel 1, rewrite a report, serve the deployments to a Prefect server.
+
+``enrich`` and ``flywheel`` run their Prefect flows in this process. Without a configured server
+(``PREFECT_API_URL``) they start a local Prefect API that dies with the command (:mod:`flenwheel.flows.local_api`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from flenwheel.cli.common import (
+    EXIT_AWAITING_REVIEW,
+    CharacterArg,
+    EditorOpt,
+    ProfileOpt,
+    ReviewOpt,
+    UserError,
+    err,
+    id_list,
+    out,
+    params,
+    workspace,
+)
+
+if TYPE_CHECKING:
+    from flenwheel.flywheel import FlywheelResult
+
+
+def register(app: typer.Typer) -> None:
+    for command in (enrich, flywheel, report, serve):
+        app.command()(command)
+
+
+def enrich(
+    ctx: typer.Context,
+    character: CharacterArg,
+    editor: EditorOpt = "augment",
+    profile: ProfileOpt = None,
+    prompts: Annotated[list[str] | None, typer.Option("--prompts", help="prompt ids (comma-separated)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="seeds per source and prompt")] = 2,
+    review: ReviewOpt = "fiftyone",
+    wait: Annotated[bool, typer.Option("--wait", help="pause at the review gate instead of exiting")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="edit jobs per task")] = 16,
+) -> None:
+    """Enrich CHARACTER's source photos (source x prompt x seed not yet done), score them, open the review gate.
+
+    Exit status 3 when the run stopped at the review gate: review, then run the same command again.
+    """
+    from flenwheel.flows.enrich import EnrichParams  # prefect, torch
+    from flenwheel.flows.enrich import enrich as enrich_flow
+    from flenwheel.flows.local_api import prefect_api
+
+    ws = workspace(ctx)
+    ws.character(character)
+    chosen = params(
+        EnrichParams, character=character, editor=editor, profile=profile, prompts=id_list(prompts) or None,
+        seeds=seeds, review=review, wait=wait, batch_size=batch_size,
+    )  # fmt: skip
+    with prefect_api(notify=err.print):
+        result = enrich_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    out.print(f"{result.images} new image(s) from {result.jobs} job(s)")
+    if result.status == "awaiting_review":
+        out.print(result.message, markup=False)
+        raise typer.Exit(EXIT_AWAITING_REVIEW)
+    if result.gate is not None:
+        g = result.gate
+        out.print(f"gate {g.gate_id}: {g.approved} approved, {g.rejected} rejected, {g.pending} pending")
+
+
+def flywheel(
+    ctx: typer.Context,
+    character: CharacterArg,
+    iterations: Annotated[int, typer.Option(help="iterations the character should have (done ones are skipped)")] = 2,
+    profile: ProfileOpt = None,
+    editor: EditorOpt = "qwen",
+    review: ReviewOpt = "fiftyone",
+    wait: Annotated[bool, typer.Option("--wait", help="pause at review gates instead of exiting")] = False,
+    enrich_seeds: Annotated[int, typer.Option(help="seeds per source and enrichment prompt")] = 2,
+    synthetic_prompts: Annotated[list[str] | None, typer.Option(help="synthetic prompt ids (comma-separated)")] = None,
+    synthetic_seeds: Annotated[int, typer.Option(help="seeds per synthetic prompt")] = 2,
+    train_steps: Annotated[int | None, typer.Option(help="override the profile's training steps")] = None,
+    max_synthetic_share: Annotated[float, typer.Option(help="cap on synthetic images in a version")] = 0.5,
+    min_new_synthetics: Annotated[int, typer.Option(help="stop before retraining with fewer new synthetics")] = 1,
+) -> None:
+    """Run flywheel 1 for CHARACTER (enrich, review, freeze, train, generate, review, retrain, report).
+
+    Exit status 3 when the run stopped at a review gate: review, then run the same command again.
+    """
+    from flenwheel.flows.flywheel import FlywheelParams  # prefect, torch
+    from flenwheel.flows.flywheel import flywheel as flywheel_flow
+    from flenwheel.flows.local_api import prefect_api
+
+    ws = workspace(ctx)
+    ws.character(character)
+    chosen = params(
+        FlywheelParams, character=character, iterations=iterations, profile=profile, editor=editor, review=review,
+        wait=wait, enrich_seeds=enrich_seeds, synthetic_prompts=id_list(synthetic_prompts) or None,
+        synthetic_seeds=synthetic_seeds, train_steps=train_steps, max_synthetic_share=max_synthetic_share,
+        min_new_synthetics=min_new_synthetics,
+    )  # fmt: skip
+    with prefect_api(notify=err.print):
+        result = flywheel_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    print_flywheel(result)
+    if result.status == "awaiting_review":
+        raise typer.Exit(EXIT_AWAITING_REVIEW)
+
+
+def print_flywheel(result: FlywheelResult) -> None:
+    if result.enrichment:
+        out.print(f"enrichment: {result.enrichment.images} new image(s) from {result.enrichment.jobs} job(s)")
+    for it in result.iterations:
+        if it.report:
+            met = "met" if it.target_met else "not met"
+            out.print(f"iteration {it.number}: dataset {it.dataset_version}, LoRA {it.lora_id}, "
+                      f"{it.generated} synthetic image(s), 70% target {met}")  # fmt: skip
+            out.print(f"  report: {it.report}")
+        else:
+            out.print(f"iteration {it.number}: {it.status}")
+    if result.status != "completed":
+        out.print(f"{result.status}: {result.message}", markup=False)
+
+
+def report(
+    ctx: typer.Context,
+    character: CharacterArg,
+    iteration: Annotated[int | None, typer.Option(help="iteration number (default: the latest with a LoRA)")] = None,
+) -> None:
+    """(Re)write the HTML report of a flywheel iteration from the catalog and print its path."""
+    from flenwheel.report import iteration_report  # matplotlib
+
+    ws = workspace(ctx)
+    ws.character(character)
+    catalog = ws.catalog()
+    numbers = [r["number"] for r in catalog.iterations(character) if r["lora_id"]]
+    if not numbers:
+        raise UserError(f"{character} has no flywheel iteration with a LoRA yet: run `flenwheel flywheel {character}`")
+    number = iteration or numbers[-1]
+    if number not in numbers:
+        raise UserError(f"iteration {number} of {character} has no LoRA (iterations with one: {numbers})")
+    out.print(str(iteration_report(ws.root, catalog, character, number).path))
+
+
+def serve(ctx: typer.Context) -> None:
+    """Serve the `flywheel`, `editor-flywheel` and `nightly-enrich` deployments to a Prefect server."""
+    from flenwheel.flows.deployments import has_server  # prefect, torch
+    from flenwheel.flows.deployments import serve as serve_deployments
+
+    ws = workspace(ctx)
+    if not has_server():
+        err.print(
+            "warning: PREFECT_API_URL is not set, so Prefect serves against a temporary server that no UI sees. "
+            "Run `prefect server start` and `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first."
+        )
+    nightly = ws.settings.nightly
+    err.print(f"serving flywheel and editor-flywheel (run them from the Prefect UI) and nightly-enrich "
+              f"({nightly.cron}, {nightly.timezone}) for data root {ws.root}")  # fmt: skip
+    serve_deployments(ws)

@@ -1,0 +1,128 @@
+"""Training commands: the FLUX character LoRA, and flywheel 2's editor LoRA with its evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from flenwheel import versions
+from flenwheel.cli.common import CharacterArg, ProfileOpt, UserError, err, id_list, out, workspace
+from flenwheel.types import EDIT_OPS
+
+if TYPE_CHECKING:
+    from flenwheel.training import TrainResult
+
+
+def register(app: typer.Typer) -> None:
+    for name, command in (("train", train), ("train-edit", train_edit), ("eval-edit", eval_edit)):
+        app.command(name)(command)
+
+
+def train(
+    ctx: typer.Context,
+    character: CharacterArg,
+    dataset: Annotated[str | None, typer.Option(help="dataset version (default: the latest frozen one)")] = None,
+    profile: ProfileOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the profile's step count")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
+) -> None:
+    """Train a FLUX.1-dev LoRA of CHARACTER; the exported checkpoint is the one with the best identity pass rate."""
+    from flenwheel.training import train_flux  # torch, diffusers
+
+    ws = workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    catalog = ws.catalog()
+    version = dataset or versions.latest_version(catalog, character)
+    if version is None:
+        raise UserError(f"{character} has no frozen dataset version: run `flenwheel dataset freeze {character}`")
+    config = {"character": character, "dataset": version, "profile": prof.name, "steps": steps, "resume": resume}
+    with catalog.run("cli:train", config) as run_id, training_progress(steps or prof.trainer.steps) as progress:
+        result = train_flux(ws, catalog, char, version, prof, run_id, steps, resume=resume, on_progress=progress)
+    _print_training(result, f"dataset {version}")
+
+
+@contextmanager
+def training_progress(total: int) -> Iterator[Callable[[int, int, float, float], None]]:
+    """A progress bar with loss, s/step and ETA; yields the trainer's progress callback."""
+    with Progress(
+        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[sps]:.2f} s/step"), TimeRemainingColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("train", total=total, loss=float("nan"), sps=0.0)
+
+        def progress(step: int, total: int, loss: float, sec: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss, sps=sec)
+
+        yield progress
+
+
+def _print_training(result: TrainResult, trained_on: str) -> None:
+    if not result.trained:
+        out.print(f"already trained: {result.lora_id}")
+    out.print(f"LoRA {result.lora_id} ({trained_on}): chosen checkpoint step {result.chosen_step}")
+    for sc in sorted(result.scores, key=lambda x: x.step):
+        rate = "-" if sc.pass_rate is None else f"{sc.pass_rate:.0%}"
+        sim = "-" if sc.mean_similarity is None else f"{sc.mean_similarity:.3f}"
+        mark = "  <- chosen" if sc.step == result.chosen_step else ""
+        out.print(f"  step {sc.step:6d}: identity pass rate {rate:>4s}, mean similarity {sim}{mark}")
+    out.print(f"diffusers: {result.weights}\nComfyUI:   {result.comfy_weights}")
+
+
+def train_edit(
+    ctx: typer.Context,
+    character: CharacterArg,
+    profile: ProfileOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the profile's step count")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
+    ops: Annotated[str, typer.Option(help="which approved edits train it: edit (Qwen outputs), augment")] = "edit",
+) -> None:
+    """Train CHARACTER's Qwen-Image-Edit-2509 LoRA on its approved (before, instruction, after) triplets."""
+    from flenwheel.training import train_edit_lora  # torch, diffusers
+
+    ws = workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    chosen = id_list([ops])
+    bad = sorted(set(chosen) - set(EDIT_OPS))
+    if bad or not chosen:
+        raise UserError(f"--ops: use edit and/or augment (got {ops!r})")
+    catalog = ws.catalog()
+    config = {"character": character, "profile": prof.name, "steps": steps, "resume": resume, "ops": chosen}
+    with catalog.run("cli:train-edit", config) as run_id, training_progress(steps or prof.edit_trainer.steps) as bar:
+        result = train_edit_lora(ws, catalog, char, prof, run_id, steps, chosen, resume=resume, on_progress=bar)
+    _print_training(result, "approved triplets")
+    out.print(f"evaluate it: flenwheel eval-edit {character} --lora {result.lora_id}")
+
+
+def eval_edit(
+    ctx: typer.Context,
+    character: CharacterArg,
+    lora: Annotated[str, typer.Option("--lora", help="the editor LoRA's lora_id")],
+    profile: ProfileOpt = None,
+    prompts: Annotated[
+        list[str] | None, typer.Option("--prompts", help="enrichment prompt ids (comma-separated)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=16, help="seeds per input and prompt")] = 1,
+) -> None:
+    """Edit held-out sources with the base editor and with base + LoRA; compare how well each keeps identity."""
+    from flenwheel.training import evaluate_edit_lora  # torch, diffusers
+
+    ws = workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    catalog = ws.catalog()
+    config = {"character": character, "lora": lora, "profile": prof.name, "prompts": prompts, "seeds": seeds}
+    with catalog.run("cli:eval-edit", config) as run_id:
+        ev = evaluate_edit_lora(ws, catalog, char, lora, prof, run_id, id_list(prompts) or None, range(seeds))
+    for arm, values in ev.metrics.items():
+        rate = values.get("pass_rate")
+        sim = values.get("mean_similarity")
+        rate_s = "-" if rate is None else f"{rate:.0%}"
+        sim_s = "-" if sim is None else f"{sim:.3f}"
+        out.print(f"{arm:5s}: {int(values['n'])} edit(s), identity pass rate {rate_s}, mean similarity {sim_s}")
+    out.print(f"report: {ev.report}")

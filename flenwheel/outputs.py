@@ -1,0 +1,41 @@
+"""Store the images an editor or generator made and record them, with their lineage, in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from PIL import Image
+
+from flenwheel.catalog import Catalog, DerivationRecord, ImageRecord
+from flenwheel.store import put_image, remove_if_unreferenced
+from flenwheel.workspace import Workspace
+
+
+def store_outputs(
+    ws: Workspace,
+    catalog: Catalog,
+    character: str,
+    origin: str,
+    outputs: Iterable[tuple[Image.Image, DerivationRecord]],
+    run_id: str | None,
+) -> list[str]:
+    """Store each output image and record all images + derivations in one transaction (editors, generators).
+
+    ``child_id`` of each derivation is filled in from the stored bytes. If making an output or the catalog
+    write fails, the files this call stored are removed again, so a failed batch leaves nothing behind.
+    """
+    images, derivations, stored = [], [], []
+    try:
+        for image, derivation in outputs:
+            s = put_image(ws.root, image)
+            stored.append(s)
+            images.append(ImageRecord(s.image_id, character, origin, s.relpath, s.width, s.height))
+            derivations.append(dataclasses.replace(derivation, child_id=s.image_id))
+        if images:
+            catalog.add_images(images, run_id, derivations)
+    except BaseException:
+        for s in stored:
+            remove_if_unreferenced(ws.root, s)
+        raise
+    return [im.image_id for im in images]

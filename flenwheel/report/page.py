@@ -1,0 +1,59 @@
+"""One self-contained HTML page per report, rendered from a Jinja2 template; images are linked by relative path."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,  # titles, paragraphs, captions and cells are text; only summary lines carry markup
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)  # text, escaped on render
+    images: list[tuple[Path, str]] = field(default_factory=list)  # (file, caption)
+    table: list[dict[str, Any]] = field(default_factory=list)
+
+
+def cell(v: Any) -> str:
+    """How a table value reads: '-' for nothing, three decimals for floats, JSON for structures."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, dict | list):
+        return json.dumps(v)
+    return str(v)
+
+
+_TEMPLATES.filters["cell"] = cell
+
+
+def render_html(title: str, summary: list[str], sections: Sequence[Section], path: Path) -> Path:
+    """Write the page to ``path``. ``summary`` lines are trusted HTML (they mark results ok/miss)."""
+    base = path.parent.resolve()
+    rendered = [
+        {
+            "title": s.title,
+            "paragraphs": s.paragraphs,
+            "table": s.table,
+            "figures": [(Path(os.path.relpath(Path(img).resolve(), base)).as_posix(), cap) for img, cap in s.images],
+        }
+        for s in sections
+    ]
+    page = _TEMPLATES.get_template("page.html.j2").render(title=title, summary=summary, sections=rendered)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

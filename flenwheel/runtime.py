@@ -1,0 +1,56 @@
+"""What the work of one process shares: workspaces by root and one model manager per profile.
+
+Prefect tasks take plain values (paths, names, ids) and open what they need through these, so a worker that
+runs many batches loads each model and parses each config once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, TypeVar
+
+from flenwheel.workspace import Workspace
+
+if TYPE_CHECKING:
+    from flenwheel.models import ModelManager
+
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=8)
+def workspace(root: str, configs: str) -> Workspace:
+    return Workspace(root=root, configs=configs)
+
+
+_MANAGERS: dict[tuple[str, str], ModelManager] = {}
+
+
+def model_manager(ws: Workspace, profile: str | None, run_id: str | None = None) -> ModelManager:
+    """The process's model manager for this root and profile (so a loaded pipeline serves many batches).
+
+    Peak memory of each stage is recorded under the latest ``run_id`` given.
+    """
+    from flenwheel.models import ModelManager  # torch and diffusers: only processes that run models pay for them
+
+    prof = ws.profile(profile)
+    key = (str(ws.root), prof.name)
+    if key not in _MANAGERS:
+        for other in _MANAGERS.values():
+            other.release()  # one large model resident per process
+        _MANAGERS.clear()
+        _MANAGERS[key] = ModelManager(ws, prof, ws.catalog())
+    manager = _MANAGERS[key]
+    manager.run_id = run_id or manager.run_id
+    return manager
+
+
+def release_models() -> None:
+    for manager in _MANAGERS.values():
+        manager.release()
+    _MANAGERS.clear()
+
+
+def batches(items: Sequence[T], size: int) -> list[list[T]]:
+    """``items`` in consecutive batches of at most ``size`` (the unit of one task run and one catalog write)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]

@@ -1,0 +1,134 @@
+"""Checkpoints on disk: written atomically, scored, chosen by identity, pruned.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the adapter weights, the optimizer and RNG state,
+the samples with their grid, the loss curve so far and the identity score. It is written into a temporary
+sibling and renamed into place, so a kill or a full disk mid-save leaves the previous checkpoints intact and
+no half folder that a resume could pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from flenwheel.errors import FlenwheelError
+from flenwheel.report.grids import image_grid
+from flenwheel.report.plots import training_curves
+from flenwheel.store import atomic_write
+
+
+class TrainingError(FlenwheelError):
+    """Training cannot run as asked."""
+
+
+def atomic_dir(final: Path) -> Path:
+    """A temporary sibling of ``final``; :func:`commit_dir` renames it into place (a crash leaves no half dir)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Save safetensors to a temporary name, then rename: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """A small text record (JSON) written atomically (:func:`flenwheel.store.atomic_write`)."""
+    atomic_write(path, text.encode("utf-8"))
+
+
+@dataclass
+class CheckpointScore:
+    step: int
+    pass_rate: float | None
+    mean_similarity: float | None
+    n_samples: int
+
+
+def choose_checkpoint(scores: Sequence[CheckpointScore]) -> CheckpointScore:
+    """Best identity pass rate; ties by mean similarity, then the later step (never by loss)."""
+    if not scores:
+        raise TrainingError("no checkpoint to choose from")
+    return max(
+        scores,
+        key=lambda s: (
+            -1.0 if s.pass_rate is None else s.pass_rate,
+            -2.0 if s.mean_similarity is None else s.mean_similarity,
+            s.step,
+        ),
+    )
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a folder without its state file is not one)."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "state.pt").is_file())
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, adapter: dict[str, torch.Tensor], state: dict[str, Any],
+    samples: Sequence[Image.Image], labels: Sequence[str], score: CheckpointScore,
+) -> Path:  # fmt: skip
+    """Write one checkpoint atomically: adapter, optimizer/RNG ``state``, samples with their grid, curves, score."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = atomic_dir(final)
+    try:
+        save_file({k: v.float().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        for i, img in enumerate(samples):
+            img.save(tmp / f"sample-{i:02d}.png")
+        if samples:
+            image_grid(list(zip(samples, labels, strict=True)), tmp / "samples.png", tile=160, columns=4)
+        training_curves({"loss": state["losses"]}, {}, tmp / "loss.png")
+        (tmp / "score.json").write_text(json.dumps(score.__dict__))
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
+    """Keep the last ``keep_last`` checkpoints and the best one; remove the rest."""
+    found = checkpoints(run_dir)
+    keep = set(found[-keep_last:])
+    keep |= {p for p in found if best_step is not None and p == checkpoint_dir(run_dir, best_step)}
+    for p in found:
+        if p not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def scores_from_disk(run_dir: Path) -> list[CheckpointScore]:
+    out = []
+    for p in checkpoints(run_dir):
+        raw = json.loads((p / "score.json").read_text()) if (p / "score.json").exists() else None
+        if raw:
+            out.append(CheckpointScore(raw["step"], raw["pass_rate"], raw["mean_similarity"], raw["n_samples"]))
+    return out

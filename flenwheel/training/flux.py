@@ -1,0 +1,186 @@
+"""FLUX.1-dev LoRA: diffusers' train_dreambooth_lora_flux recipe, with cached latents and text embeddings.
+
+Packing, image ids, the VAE shift and scale, logit-normal timesteps, the flow-matching target and the guidance
+embedding follow diffusers' example; sampling goes through ``FluxPipeline`` itself, so checkpoint samples are
+what inference produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FluxPipeline
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+from safetensors.torch import load_file
+
+from flenwheel.catalog import Catalog
+from flenwheel.config import Character, Profile
+from flenwheel.models import check_device
+from flenwheel.store import open_rgb
+from flenwheel.training.backend import TrainingBackend, free_memory
+from flenwheel.training.checkpoints import atomic_save_file
+from flenwheel.training.data import (
+    LATENT_MULTIPLE,
+    Example,
+    bucket_size,
+    export_version,
+    fit_to_bucket,
+    version_examples,
+)
+from flenwheel.training.lora_formats import flux_to_comfy
+from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult, identity_scorer
+from flenwheel.workspace import Workspace
+
+
+class FluxBackend(TrainingBackend):
+    """FLUX.1-dev LoRA (diffusers' train_dreambooth_lora_flux recipe, with cached latents and embeddings)."""
+
+    kind = "flux"
+    pipeline_kind = "flux"
+    pipeline_class = "FluxPipeline"
+    transformer_class = "FluxTransformer2DModel"
+    vae_class = "AutoencoderKL"
+    base_model_version = "flux1"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        vae, _ = self._vae_and_scheduler()
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    # ---- caching
+
+    def _encode_texts(self, texts: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        pipe = self._pipeline_without_transformer()
+        pipe.to(self.device)
+        out = []
+        with torch.no_grad():
+            for text in texts:
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=text,
+                    prompt_2=text,
+                    device=self.device,
+                    max_sequence_length=self.settings.max_sequence_length,
+                )
+                out.append({"prompt_embeds": embeds[0].float().cpu(), "pooled": pooled[0].float().cpu()})
+        del pipe
+        free_memory()
+        return out
+
+    def cache(self, examples: Sequence[Example], cache_dir: Path) -> list[dict[str, torch.Tensor]]:
+        files = [cache_dir / f"{e.key}.safetensors" for e in examples]
+        missing = [i for i, f in enumerate(files) if not f.exists()]
+        if missing:
+            texts = self._encode_texts([examples[i].text for i in missing])
+            vae, _ = self._vae_and_scheduler()
+            vae.to(self.device)
+            processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+            for i, text in zip(missing, texts, strict=True):
+                img = open_rgb(examples[i].images[0])
+                resolution = self.settings.resolutions[i % len(self.settings.resolutions)]
+                size = bucket_size(img.width, img.height, resolution)
+                pixels = processor.preprocess(fit_to_bucket(img, size)).to(self.device, self.dtype)
+                with torch.no_grad():
+                    latents = vae.encode(pixels).latent_dist.mode()
+                latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+                atomic_save_file({"latents": latents[0].float().cpu(), **text}, files[i])
+            vae.to("cpu")
+        return [load_file(str(f)) for f in files]
+
+    def cache_samples(self, prompts: Sequence[str], cache_dir: Path) -> list[dict[str, torch.Tensor]]:
+        files = [cache_dir / f"sample-{hashlib.sha256(p.encode()).hexdigest()[:16]}.safetensors" for p in prompts]
+        todo = [i for i, f in enumerate(files) if not f.exists()]
+        if todo:
+            for i, enc in zip(todo, self._encode_texts([prompts[i] for i in todo]), strict=True):
+                atomic_save_file(enc, files[i])
+        return [load_file(str(f)) for f in files]
+
+    def loss(
+        self, transformer: torch.nn.Module, batch: list[dict[str, torch.Tensor]], gen: torch.Generator
+    ) -> torch.Tensor:
+        x0 = torch.stack([b["latents"] for b in batch]).to(self.device, self.dtype)
+        n, c, h, w = x0.shape
+        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(self.device, self.dtype)
+        timesteps, sigmas = self.sample_timesteps(self._vae_and_scheduler()[1], n, gen)
+        s = sigmas.view(n, 1, 1, 1).to(self.device, self.dtype)
+        noisy = (1.0 - s) * x0 + s * noise
+        packed = FluxPipeline._pack_latents(noisy, n, c, h, w)
+        img_ids = FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, self.device, self.dtype)
+        embeds = torch.stack([b["prompt_embeds"] for b in batch]).to(self.device, self.dtype)
+        pooled = torch.stack([b["pooled"] for b in batch]).to(self.device, self.dtype)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((n,), self.settings.guidance, device=self.device, dtype=torch.float32)
+        pred = transformer(
+            hidden_states=packed, timestep=(timesteps / 1000).to(self.device, self.dtype), guidance=guidance,
+            pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids,
+            return_dict=False,
+        )[0]  # fmt: skip
+        pred = FluxPipeline._unpack_latents(
+            pred, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
+        )
+        target = noise - x0
+        return torch.mean((pred.float() - target.float()) ** 2)
+
+    def sample(
+        self, transformer: torch.nn.Module, conds: list[dict[str, torch.Tensor]], seeds: Sequence[int]
+    ) -> list[Image.Image]:
+        vae, scheduler = self._vae_and_scheduler()
+        vae.to(self.device)
+        pipe = FluxPipeline(
+            scheduler=type(scheduler).from_config(scheduler.config), vae=vae, text_encoder=None, tokenizer=None,
+            text_encoder_2=None, tokenizer_2=None, transformer=transformer,
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        size = self.settings.sample_size // LATENT_MULTIPLE * LATENT_MULTIPLE
+        images = []
+        with torch.no_grad():
+            for cond in conds:
+                for seed in seeds:
+                    out = pipe(
+                        prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
+                        pooled_prompt_embeds=cond["pooled"][None].to(self.device, self.dtype),
+                        height=size, width=size, num_inference_steps=self.settings.sample_steps,
+                        guidance_scale=self.settings.sample_guidance,
+                        generator=torch.Generator("cpu").manual_seed(seed),
+                    )  # fmt: skip
+                    images.append(out.images[0])
+        vae.to("cpu")
+        return images
+
+    def _dims(self, transformer_config: dict[str, Any]) -> tuple[int, int]:
+        inner = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+        return inner, int(inner * 4.0)  # FLUX single blocks: mlp_ratio 4
+
+    def comfy_state_dict(self, diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        config = json.loads((self.model.path / "transformer" / "config.json").read_text())
+        return flux_to_comfy(diffusers_sd, alpha, *self._dims(config))
+
+
+def train_flux(
+    ws: Workspace,
+    catalog: Catalog,
+    character: Character,
+    version_id: str,
+    profile: Profile,
+    run_id: str | None,
+    steps: int | None = None,
+    resume: bool = True,
+    on_progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train a FLUX LoRA of ``character`` on a frozen dataset version (exported for other trainers too)."""
+    check_device(profile)
+    settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
+    export_version(ws, catalog, version_id)
+    backend = FluxBackend(ws, profile, settings, settings.model or profile.generator.model)
+    job = TrainJob(character.name, version_id, version_examples(ws, catalog, version_id), settings, character.trigger,
+                   base_model_ref=backend.model.ref)  # fmt: skip
+    trainer = LoraTrainer(ws, catalog, backend, run_id)
+    return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)

@@ -1,0 +1,183 @@
+"""Enrichment: every source photo x prompt x seed not yet done -> edit -> store -> identity -> review gate.
+
+Work is planned from the catalog (an edit job is done when a derivation with its ``job_key`` exists), run
+in batches of ``batch_size`` jobs per task, and recorded batch by batch; a run that is killed and started
+again ends with the same rows as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flenwheel.flows.gate import run_gate
+from flenwheel.tasks.enrich import edit_batch, score_images
+from flenwheel.tasks.review import sync_review
+from prefect import flow
+from prefect.context import get_run_context
+from pydantic import BaseModel, ConfigDict, Field
+
+from flenwheel import gate, runtime
+from flenwheel.catalog import AwaitingReview
+from flenwheel.config import ConfigError
+from flenwheel.editing import make_editor, pending_jobs
+from flenwheel.flywheel import EnrichSummary
+from flenwheel.ingest import ingest_paths
+from flenwheel.locks import CharacterBusy, character_lock
+from flenwheel.models import ModelManager
+from flenwheel.store import expand_paths
+from flenwheel.types import CharacterName, EditorName, ProfileName, PromptId, ReviewMode
+from flenwheel.workspace import Workspace
+
+log = logging.getLogger("flenwheel.flows.enrich")
+
+
+class EnrichParams(BaseModel):
+    """Parameters of an enrichment run (a validated form in the Prefect UI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    character: CharacterName
+    editor: EditorName = "augment"
+    profile: ProfileName | None = Field(None, description="default: configs/flenwheel.yaml")
+    prompts: list[PromptId] | None = Field(None, description="prompt ids; default: the whole library")
+    seeds: int = Field(2, ge=1, le=64, description="seeds 0..N-1 per source and prompt")
+    review: ReviewMode = "fiftyone"
+    wait: bool = Field(False, description="a local run pauses at the gate instead of exiting")
+    batch_size: int = Field(16, ge=1, le=1024, description="edit jobs per task run")
+    sources: list[str] | None = Field(None, description="only these source image ids (nightly: the new ones)")
+
+
+def enrich_work(ws: Workspace, params: EnrichParams, run_id: str) -> EnrichSummary:
+    """Edit, store and identity-score every pending job (no review): shared by the enrich, flywheel and
+    nightly flows."""
+    catalog = ws.catalog()
+    root, configs = str(ws.root), str(ws.configs_dir)
+    character = ws.character(params.character)
+    score_images(root, configs, character.name, None, run_id)  # sources: reference set and face boxes
+    library = ws.prompt_library(character)
+    unknown = sorted(set(params.prompts or []) - set(library))
+    if unknown:
+        raise ConfigError(f"unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
+    prompts = [library[p] for p in params.prompts] if params.prompts else list(library.values())
+    # qwen job keys depend on the profile's settings, not on a loaded model
+    planner = ModelManager(ws, ws.profile(params.profile)) if params.editor == "qwen" else None
+    editor = make_editor(params.editor, ws, planner, catalog, character)
+    jobs = pending_jobs(catalog, character.name, editor, prompts, list(range(params.seeds)), params.sources)
+    log.info(f"enrichment of {character.name} with the {params.editor} editor: {len(jobs)} job(s) to do")
+    made: list[str] = []
+    try:
+        for batch in runtime.batches(jobs, params.batch_size):
+            ids = edit_batch(
+                root, configs, character.name, params.editor, params.profile,
+                [(j.parent_id, j.prompt.id, j.seed) for j in batch], run_id,
+            )  # fmt: skip
+            score_images(root, configs, character.name, ids, run_id)
+            made.extend(ids)
+    finally:
+        runtime.release_models()
+    return EnrichSummary(character.name, len(jobs), len(made))
+
+
+def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> EnrichSummary:
+    """The enrichment work, then the review gate."""
+    summary = enrich_work(ws, params, run_id)
+    try:
+        summary.gate = run_gate(ws, ws.catalog(), params.character, "enrich", params.review, run_id, params.wait)
+    except AwaitingReview as e:
+        summary.status, summary.message = "awaiting_review", str(e)
+        log.info(str(e))
+    return summary
+
+
+@flow(name="enrich", log_prints=True)
+def enrich(params: EnrichParams, root: str | None = None, configs: str | None = None) -> EnrichSummary:
+    """Enrich a character's source photos and stop at the review gate."""
+    ws = Workspace(root=root, configs=configs)
+    catalog = ws.catalog()
+    flow_run_id = str(get_run_context().flow_run.id)
+    config = {"params": params.model_dump(), "root": str(ws.root)}
+    with catalog.run("flow:enrich", config, prefect_flow_run_id=flow_run_id) as run_id:
+        result = enrich_stage(ws, params, run_id)
+        if result.status == "awaiting_review":
+            catalog.mark_awaiting_review(run_id)
+    return result
+
+
+class NightlyParams(BaseModel):
+    """The nightly run: new photos in each character's source folder (default ``<root>/inbox/<character>/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    characters: list[CharacterName] | None = Field(None, description="default: every character in configs")
+    editor: EditorName = "qwen"
+    profile: ProfileName | None = None
+    prompts: list[PromptId] | None = None
+    seeds: int = Field(2, ge=1, le=64)
+    review: ReviewMode = Field("fiftyone", description="auto decides now; fiftyone/cli leave candidates for people")
+    batch_size: int = Field(16, ge=1, le=1024)
+
+
+@dataclass
+class NightlyOutcome:
+    """One character's night: what was ingested and enriched, or why it was skipped."""
+
+    character: str
+    skipped: str = ""
+    folder: str = ""
+    new_photos: int = 0
+    rejected: list[str] = field(default_factory=list)
+    enrichment: EnrichSummary | None = None
+    pending_review: int = 0
+
+
+def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str) -> list[NightlyOutcome]:
+    """Ingest what is new in each source folder, enrich what is pending, and queue it for review.
+
+    Never waits at a gate: the candidates wait in FiftyOne (or the CLI) for the next flywheel run's gate. A
+    character whose lock is held by a running iteration is skipped with a note (the next night catches up).
+    """
+    catalog = ws.catalog()
+    results = []
+    for name in params.characters or ws.character_names():
+        character = ws.character(name)
+        folder = ws.source_dir(character)
+        files = expand_paths([folder]) if folder.is_dir() else []
+        try:
+            with character_lock(ws, name, holder):
+                outcomes = ingest_paths(ws, catalog, name, files, run_id)
+                if not catalog.source_images(name):
+                    results.append(NightlyOutcome(name, skipped=f"no source photos (folder {folder})"))
+                    continue
+                enrich = EnrichParams(character=name, editor=params.editor, profile=params.profile,
+                                      prompts=params.prompts, seeds=params.seeds, review=params.review,
+                                      batch_size=params.batch_size)  # fmt: skip
+                summary = enrich_work(ws, enrich, run_id)
+                if params.review == "auto":
+                    gate.auto_review(catalog, name, "enrich", ws.settings.review.auto_margin, run_id)
+                elif params.review == "fiftyone":
+                    sync_review(str(ws.root), str(ws.configs_dir), name, run_id)
+        except CharacterBusy as e:
+            results.append(NightlyOutcome(name, skipped=str(e)))
+            continue
+        outcome = NightlyOutcome(
+            name, folder=str(folder), new_photos=sum(o.status == "ingested" for o in outcomes),
+            rejected=[f"{o.path.name}: {o.reason}" for o in outcomes if o.status == "rejected"], enrichment=summary,
+            pending_review=gate.status(catalog, name, "enrich").pending,
+        )  # fmt: skip
+        log.info(f"nightly {name}: {outcome.new_photos} new photo(s), {summary.images} new candidate(s), "
+                 f"{outcome.pending_review} waiting for review")  # fmt: skip
+        results.append(outcome)
+    return results
+
+
+@flow(name="nightly-enrich", log_prints=True)
+def nightly_enrich(
+    params: NightlyParams | None = None, root: str | None = None, configs: str | None = None
+) -> list[NightlyOutcome]:
+    """Enrich new source photos of every character (scheduled at 03:00 by ``flenwheel serve``)."""
+    ws = Workspace(root=root, configs=configs)
+    params = params or NightlyParams()
+    flow_run_id = str(get_run_context().flow_run.id)
+    with ws.catalog().run("flow:nightly-enrich", {"params": params.model_dump()}, flow_run_id) as run_id:
+        return nightly_work(ws, params, run_id, holder=f"nightly flow run {flow_run_id}")

@@ -1,0 +1,160 @@
+"""Flywheel 1: enrich -> review -> freeze vN -> train LoRA vN -> generate -> review -> freeze vN+1 -> ...
+
+The flow is resumable from the catalog alone. ``iterations`` is the number of iterations the character should
+have: the ``iterations`` table says which are complete (they are skipped), and every step inside an iteration
+is idempotent (edit and generation jobs keyed by their parameters, versions by manifest hash, LoRAs by their
+training fingerprint). Running the flow again therefore adds nothing, and a run that stopped at a review gate
+or was killed carries on where it was. What goes into each version and when to stop is decided by the engine
+(:mod:`flenwheel.flywheel`); this module only puts the steps in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flenwheel.flows.enrich import EnrichParams, enrich_work
+from flenwheel.flows.gate import run_gate
+from flenwheel.tasks.enrich import score_images
+from flenwheel.tasks.generate import generate_batch, make_report
+from flenwheel.tasks.training import train_lora
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
+from pydantic import BaseModel, ConfigDict, Field
+
+from flenwheel import runtime
+from flenwheel.catalog import AwaitingReview, Catalog, now
+from flenwheel.flywheel import FlywheelResult, FlywheelStopped, IterationOutcome, IterationPolicy
+from flenwheel.flywheel import freeze_iteration_version as freeze_version
+from flenwheel.generation import SyntheticGenerator, pending_generation, synthetic_prompts
+from flenwheel.locks import character_lock
+from flenwheel.models import ModelManager
+from flenwheel.types import CharacterName, EditorName, ProfileName, PromptId, ReviewMode
+from flenwheel.workspace import Workspace
+
+log = logging.getLogger("flenwheel.flows.flywheel")
+
+
+class FlywheelParams(BaseModel):
+    """Parameters of a flywheel run: the form the Prefect UI shows and validates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    character: CharacterName
+    iterations: int = Field(2, ge=1, le=20, description="iterations the character should have (done ones are skipped)")
+    profile: ProfileName | None = Field(None, description="default: configs/flenwheel.yaml")
+    editor: EditorName = "qwen"
+    review: ReviewMode = "fiftyone"
+    wait: bool = Field(False, description="a local run pauses at review gates instead of stopping")
+    enrich_prompts: list[PromptId] | None = Field(None, description="enrichment prompt ids; default: all")
+    enrich_seeds: int = Field(2, ge=1, le=64)
+    synthetic_prompts: list[PromptId] | None = Field(None, description="synthetic prompt ids; default: all")
+    synthetic_seeds: int = Field(2, ge=1, le=64, description="seeds 0..N-1 per synthetic prompt")
+    train_steps: int | None = Field(None, ge=1, description="override the profile's training steps")
+    max_synthetic_share: float = Field(0.5, ge=0.0, le=0.9, description="cap on synthetics in a version")
+    max_hash_distance: int = Field(6, ge=0, le=32, description="perceptual-hash bits within which images are dupes")
+    min_new_synthetics: int = Field(
+        1, ge=0, description="stop before retraining when fewer new synthetics were admitted (0: always retrain)"
+    )
+    batch_size: int = Field(8, ge=1, le=1024, description="edit or generation jobs per task run")
+
+    def policy(self) -> IterationPolicy:
+        return IterationPolicy(self.max_synthetic_share, self.max_hash_distance, self.min_new_synthetics)
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str) -> FlywheelResult:
+    """The flywheel's steps, in order; the result's status is completed, awaiting_review or stopped."""
+    catalog = ws.catalog()
+    character = ws.character(params.character)
+    result = FlywheelResult(character.name)
+    enrich = EnrichParams(
+        character=character.name, editor=params.editor, profile=params.profile, prompts=params.enrich_prompts,
+        seeds=params.enrich_seeds, review=params.review, wait=params.wait, batch_size=params.batch_size,
+    )  # fmt: skip
+    try:
+        with character_lock(ws, character.name, holder):
+            result.enrichment = enrich_work(ws, enrich, run_id)
+        run_gate(ws, catalog, character.name, "enrich", params.review, run_id, params.wait)
+        done = {r["number"]: r for r in catalog.iterations(character.name)}
+        for number in range(1, params.iterations + 1):
+            if done.get(number, {}).get("status") == "completed":
+                result.iterations.append(IterationOutcome(number, "already completed"))
+                continue
+            result.iterations.append(_iteration(ws, catalog, params, number, run_id, holder))
+    except AwaitingReview as e:
+        result.status, result.message = "awaiting_review", str(e)
+    except FlywheelStopped as e:
+        result.status, result.message = "stopped", str(e)
+    if result.message:
+        log.info(f"{result.status}: {result.message}")
+    return result
+
+
+def _iteration(
+    ws: Workspace, catalog: Catalog, params: FlywheelParams, number: int, run_id: str, holder: str
+) -> IterationOutcome:
+    character = ws.character(params.character)
+    root, configs = str(ws.root), str(ws.configs_dir)
+    with character_lock(ws, character.name, holder):
+        version = freeze_version(ws, catalog, character, number, params.policy(), run_id)
+        log.info(f"iteration {number} of {character.name}: dataset version {version}")
+        lora = train_lora(root, configs, character.name, version, params.profile, params.train_steps, run_id)
+        catalog.update_iteration(character.name, number, run_id, lora_id=lora.lora_id)
+        made = _generate(ws, catalog, params, lora.lora_id, run_id)
+    try:
+        run_gate(ws, catalog, character.name, "synthetic", params.review, run_id, params.wait)
+    except AwaitingReview:
+        catalog.update_iteration(character.name, number, run_id, status="awaiting_review")
+        raise
+    with character_lock(ws, character.name, holder):
+        report = make_report(root, configs, character.name, number, run_id)
+        key = artifact_key(f"{character.name}-iteration-{number}")
+        create_table_artifact(report.table, key=f"{key}-identity", description=f"identity by group, iteration {number}")
+        create_markdown_artifact(report.markdown, key=key, description=f"flywheel iteration {number}")
+        catalog.update_iteration(character.name, number, run_id, status="completed", completed_at=now(),
+                                 report_path=str(report.path))  # fmt: skip
+    return IterationOutcome(number, "completed", version, lora.lora_id, made, str(report.path), report.target_met)
+
+
+def _generate(ws: Workspace, catalog: Catalog, params: FlywheelParams, lora_id: str, run_id: str) -> int:
+    character = ws.character(params.character)
+    prompts = synthetic_prompts(ws, params.synthetic_prompts)
+    # job keys depend on the profile's settings and the LoRA, not on a loaded model
+    planner = SyntheticGenerator(ws, ModelManager(ws, ws.profile(params.profile)), catalog, character, lora_id)
+    jobs = pending_generation(catalog, character.name, planner, prompts, list(range(params.synthetic_seeds)))
+    log.info(f"synthetic generation with {lora_id}: {len(jobs)} job(s) to do")
+    root, configs = str(ws.root), str(ws.configs_dir)
+    made = 0
+    try:
+        for batch in runtime.batches(jobs, params.batch_size):
+            ids = generate_batch(root, configs, character.name, lora_id, params.profile,
+                                 [(j.prompt.id, j.seed) for j in batch], run_id)  # fmt: skip
+            score_images(root, configs, character.name, ids, run_id)
+            made += len(ids)
+    finally:
+        runtime.release_models()
+    return made
+
+
+@flow(name="flywheel", log_prints=True)
+def flywheel(params: FlywheelParams, root: str | None = None, configs: str | None = None) -> FlywheelResult:
+    """Run flywheel 1 for a character until it has ``iterations`` completed iterations."""
+    ws = Workspace(root=root, configs=configs)
+    catalog = ws.catalog()
+    flow_run_id = str(get_run_context().flow_run.id)
+    config = {"params": params.model_dump(), "root": str(ws.root)}
+    with catalog.run("flow:flywheel", config, prefect_flow_run_id=flow_run_id) as run_id:
+        result = run_flywheel(ws, params, run_id, holder=f"flow run {flow_run_id}")
+        if result.status == "awaiting_review":
+            catalog.mark_awaiting_review(run_id)
+    result.run_id = run_id
+    for it in result.iterations:
+        if it.report:
+            log.info(f"iteration {it.number}: {it.dataset_version}, LoRA {it.lora_id}, report {it.report}")
+    return result

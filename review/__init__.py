@@ -1,0 +1,20 @@
+"""FiftyOne review: one persistent dataset per character, the App as a service, decisions read back.
+
+FiftyOne reads its configuration when it is first imported, so :func:`configure` must run before anything
+imports ``fiftyone``: it points the bundled MongoDB at ``<root>/fiftyone-db`` (unless
+``FIFTYONE_DATABASE_URI`` names another server) and turns off usage tracking, which would try the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flenwheel.workspace import Workspace
+
+
+def configure(ws: Workspace) -> None:
+    """Environment for FiftyOne; a no-op once fiftyone has been imported (its config is then fixed)."""
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # the bundled mongod 6.0 is "oldest supported"
+    if "FIFTYONE_DATABASE_URI" not in os.environ:
+        os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(ws.root / "fiftyone-db"))

@@ -1,0 +1,112 @@
+"""The review dataset of a character: candidates with their sources, fields for sorting, tags for decisions.
+
+Each sample is one stored image (``filepath`` is the store file) and carries ``image_id``, ``source_id``
+(the source photo it derives from), ``parent_id``, ``gate``, ``origin``, ``editor``, ``prompt_id``, ``seed``,
+``verdict``, ``similarity``, ``threshold`` and the identity ``embedding`` (for FiftyOne's similarity and
+uniqueness tools). Source photos are in the dataset too, so the saved view ``by-source`` groups every source
+with its variants. Candidates that failed the identity filter are tagged ``auto_rejected`` and stay visible.
+Reviewers tag ``approved`` or ``rejected``; :func:`read_decisions` turns those tags into catalog reviews.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from flenwheel.review import configure
+
+from flenwheel import gate
+from flenwheel.catalog import Catalog
+from flenwheel.workspace import Workspace
+
+APPROVED, REJECTED, AUTO_REJECTED = "approved", "rejected", "auto_rejected"
+GROUP_VIEW = "by-source"
+
+
+def dataset_name(ws: Workspace, character: str) -> str:
+    """Unique per data root, so two flenwheel roots can share one MongoDB."""
+    return f"flenwheel-{character}-{hashlib.sha256(str(ws.root).encode()).hexdigest()[:6]}"
+
+
+def open_dataset(ws: Workspace, character: str) -> Any:
+    configure(ws)
+    import fiftyone as fo
+
+    name = dataset_name(ws, character)
+    if fo.dataset_exists(name):
+        return fo.load_dataset(name)
+    ds = fo.Dataset(name)
+    ds.persistent = True  # non-persistent datasets vanish when the last client exits
+    ds.info = {"character": character, "root": str(ws.root)}
+    ds.save()
+    return ds
+
+
+def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
+    """Add new images to the dataset and refresh identity fields of known ones; reviewers' tags are kept.
+
+    Returns the number of samples added.
+    """
+    import fiftyone as fo
+
+    ds = open_dataset(ws, character)
+    known = dict(zip(ds.values("image_id"), ds.values("id"), strict=True)) if len(ds) else {}
+    gates = {origin: stage for stage, origins in gate.STAGE_ORIGINS.items() for origin in origins}
+    new, updates = [], {}
+    for r in catalog.review_dataset_rows(character):
+        fields = {
+            "image_id": r["image_id"],
+            "source_id": r["source_id"],
+            "parent_id": r["parent_id"],
+            "origin": r["origin"],
+            "gate": gate.gate_id(character, gates[r["origin"]]) if r["origin"] in gates else None,
+            "editor": r["editor"],
+            "prompt_id": r["prompt_id"],
+            "seed": r["seed"],
+            "verdict": r["verdict"],
+            "similarity": r["similarity"],
+            "threshold": r["threshold"],
+            "embedding": list(r["embedding"]) if r["embedding"] is not None else None,
+        }
+        if r["image_id"] in known:
+            updates[known[r["image_id"]]] = fields
+            continue
+        tags = [AUTO_REJECTED] if r["origin"] != "source" and r["verdict"] not in (None, "pass") else []
+        new.append(fo.Sample(filepath=str(ws.root / r["path"]), tags=tags, **fields))
+    if new:
+        ds.add_samples(new, progress=False)
+    for sample in ds.select(list(updates)).iter_samples(autosave=True, progress=False):
+        for key, value in updates[sample.id].items():
+            sample[key] = value
+        if sample.origin != "source" and sample.verdict not in (None, "pass") and AUTO_REJECTED not in sample.tags:
+            sample.tags.append(AUTO_REJECTED)
+    if GROUP_VIEW not in ds.list_saved_views():
+        ds.save_view(GROUP_VIEW, ds.group_by("source_id", order_by="origin"))
+    return len(new)
+
+
+def read_decisions(ws: Workspace, character: str, reviewer: str | None = None) -> list[dict[str, Any]]:
+    """Review rows for every candidate tagged approved or rejected in FiftyOne (both tags: rejected wins)."""
+    ds = open_dataset(ws, character)
+    rows = []
+    tagged = ds.match_tags([APPROVED, REJECTED]).select_fields(["image_id", "gate", "tags"])
+    for sample in tagged.iter_samples(progress=False):
+        if not sample.gate:
+            continue  # source photos are not reviewed here
+        decision = REJECTED if REJECTED in sample.tags else APPROVED
+        rows.append(
+            {
+                "image_id": sample.image_id,
+                "gate_id": sample.gate,
+                "decision": decision,
+                "source": "fiftyone",
+                "reviewer": reviewer,
+                "note": "tagged in FiftyOne",
+            }
+        )
+    return rows
+
+
+def pull_decisions(ws: Workspace, catalog: Catalog, character: str, run_id: str | None) -> int:
+    """FiftyOne tags into ``reviews``; returns how many decisions changed."""
+    return catalog.add_reviews(read_decisions(ws, character), run_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flenwheel.review import configure
+from flenwheel.review import fiftyone
 
 from flenwheel import gate
 from flenwheel.catalog import Catalog
@@ -29,9 +29,7 @@ def dataset_name(ws: Workspace, character: str) -> str:
 
 
 def open_dataset(ws: Workspace, character: str) -> Any:
-    configure(ws)
-    import fiftyone as fo
-
+    fo = fiftyone(ws)
     name = dataset_name(ws, character)
     if fo.dataset_exists(name):
         return fo.load_dataset(name)
@@ -47,8 +45,7 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
 
     Returns the number of samples added.
     """
-    import fiftyone as fo
-
+    fo = fiftyone(ws)
     ds = open_dataset(ws, character)
     known = dict(zip(ds.values("image_id"), ds.values("id"), strict=True)) if len(ds) else {}
     gates = {origin: stage for stage, origins in gate.STAGE_ORIGINS.items() for origin in origins}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flenwheel.review import configure
+from flenwheel.review import fiftyone
 from flenwheel.review.datasets import dataset_name, open_dataset
 
 from flenwheel.workspace import Workspace
@@ -17,9 +17,7 @@ def app_url(ws: Workspace, character: str | None = None) -> str:
 
 def serve(ws: Workspace, character: str | None = None, on_ready: Callable[[str], None] | None = None) -> None:
     """Launch the App on the configured address and port and block until interrupted."""
-    configure(ws)
-    import fiftyone as fo
-
+    fo = fiftyone(ws)
     dataset = open_dataset(ws, character) if character else None
     session = fo.launch_app(
         dataset, remote=True, address=ws.settings.review.app_address, port=ws.settings.review.app_port, auto=False

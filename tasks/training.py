@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -22,7 +23,7 @@ def train_lora(
     ws = runtime.workspace(root, configs)
 
     def progress(step: int, total: int, loss: float, sec: float) -> None:
-        if step == total or step % max(1, total // 10) == 0:
+        if step == total or step % math.ceil(total / 10) == 0:
             log.info(f"step {step}/{total} loss {loss:.4f} {sec:.2f} s/step, about {(total - step) * sec:.0f} s left")
 
     result = train_flux(ws, ws.catalog(), ws.character(character), version_id, ws.profile(profile), run_id, steps,

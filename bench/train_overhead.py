@@ -44,7 +44,7 @@ def bare_loop(backend: FluxBackend, settings: TrainerSettings, data: list, steps
     transformer = FluxTransformer2DModel.from_pretrained(str(backend.model.path), subfolder="transformer")
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian",
-                                       target_modules=list(settings.target_modules)))  # fmt: skip
+                                       target_modules=list(backend.settings.target_modules)))  # fmt: skip
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     _, scheduler = backend._vae_and_scheduler()

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flenwheel.errors import FlenwheelError
 from flenwheel.types import CHARACTER_PATTERN, EditorName, IdentityBackendName, ProfileName, PromptId, ReviewMode
@@ -252,16 +252,28 @@ class StageSettings(Strict):
     true_cfg_scale: float | None = Field(None, ge=1.0, description="editor: classifier-free guidance")
     guidance: float | None = Field(None, ge=0.0, description="generator: FLUX distilled guidance")
     negative_prompt: str = " "
-    fuse_loras: bool = Field(False, description="fuse the stack into the weights (faster sampling)")
+    fuse_loras: bool = Field(
+        False, description="fuse the stack into the weights (faster sampling); only for an unquantized base"
+    )
     loras: dict[str, list[LoraUse]] = Field(
         default_factory=dict, description="stacks by prompt category; 'default' applies to every category"
     )
 
+    @model_validator(mode="after")
+    def _fuse_only_full_precision(self) -> StageSettings:
+        # Merging a LoRA into 4-bit weights re-quantises them: outputs drift with what ran before, and under CPU
+        # offload the merge runs on the CPU (docs/training.md).
+        if self.fuse_loras and self.quantize:
+            raise ValueError(
+                f"fuse_loras needs an unquantized base, and this stage quantizes {', '.join(self.quantize)}: "
+                "set fuse_loras: false (the LoRAs then run as adapters)"
+            )
+        return self
 
-DEFAULT_LORA_TARGETS = (
-    # attention of the double- and single-stream blocks; the same names exist in Qwen-Image's blocks
-    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-)  # fmt: skip
+    @property
+    def fuses(self) -> bool:
+        """Whether LoRA stacks are fused into the weights (only ever an unquantized base)."""
+        return self.fuse_loras and not self.quantize
 
 
 class TrainerSettings(Strict):
@@ -274,7 +286,12 @@ class TrainerSettings(Strict):
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(1, ge=1, le=64)
     grad_accum: int = Field(1, ge=1, le=64)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    target_modules: list[str] | None = Field(
+        None,
+        description="modules that get a LoRA (peft name suffixes); None: the model's default from the reference "
+        "trainers (docs/training.md): FLUX - diffusers' example set, attention and feed-forward of every block; "
+        "Qwen-Image-Edit - musubi-tuner's, every Linear of the transformer blocks except the modulation",
+    )
     resolutions: list[int] = Field(default_factory=lambda: [512], description="bucket base sizes (never upscaled)")
     checkpoint_every: int = Field(250, ge=1, description="checkpoint, sample and identity-score every N steps")
     keep_last: int = Field(3, ge=1, description="checkpoints kept besides the best one")
@@ -299,6 +316,11 @@ class TrainerSettings(Strict):
     qlora: bool = Field(False, description="nf4 base (bitsandbytes, GPU only)")
     gradient_checkpointing: bool = False
     max_sequence_length: int = Field(512, ge=16, le=512, description="T5 tokens kept for captions")
+    control_area: int = Field(
+        1024 * 1024, ge=64 * 64, le=2048 * 2048,
+        description="edit trainer: pixels of the condition image the transformer sees; the default is what "
+        "QwenImageEditPlusPipeline gives it at inference (about 1 MP whatever the output size)",
+    )
     seed: int = 0
 
 

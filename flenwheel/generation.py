@@ -101,9 +101,8 @@ class SyntheticGenerator:
 
     def generate(self, job: GenerationJob) -> tuple[Image.Image, DerivationRecord]:
         """One image and its derivation (``child_id`` left empty: the store names the image)."""
-        loaded = self.manager.get("flux")
         stack = self._stack(job.prompt)
-        records = loaded.apply_stack(stack, self.ws, self.catalog)
+        loaded, records = self.manager.stacked("flux", stack, self.catalog)
         sampling = Sampling.for_stack(self.stage, stack)
         steps = job.prompt.steps or sampling.steps
         text = self.prompt_text(job.prompt)

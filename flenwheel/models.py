@@ -26,7 +26,7 @@ from typing import Any
 import diffusers
 import torch
 from diffusers.quantizers import PipelineQuantizationConfig
-from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub import constants, hf_hub_download
 
 from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings
 from flenwheel.errors import FlenwheelError
@@ -70,10 +70,16 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
-    """A complete local snapshot of a hub repo: from the cache, else downloaded, else a clear error."""
+def hub_snapshot(repo_id: str, kind: PipelineKind, revision: str | None = None) -> Path:
+    """A local snapshot of the files the pipeline loads: from the cache, else downloaded, else a clear error.
+
+    ``DiffusionPipeline.download`` fetches exactly what ``from_pretrained`` reads (model_index.json and its
+    components' folders, safetensors over pickles), not the whole repo: FLUX.1-dev also keeps a 24 GB
+    single-file checkpoint beside its diffusers folders, which would double the disk a user needs.
+    """
+    cls = getattr(diffusers, PIPELINE_CLASSES[kind])
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        return Path(cls.download(repo_id, revision=revision, local_files_only=True))
     except Exception:
         pass
     how = (
@@ -83,7 +89,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
     if _hub_offline():
         raise ModelError(f"weights for {repo_id} are not in the Hugging Face cache and HF_HUB_OFFLINE is set. {how}")
     try:
-        return Path(snapshot_download(repo_id, revision=revision))
+        return Path(cls.download(repo_id, revision=revision))
     except Exception as e:
         raise ModelError(
             f"weights for {repo_id} are not in the Hugging Face cache and could not be downloaded "
@@ -109,7 +115,7 @@ def resolve_model(spec: str, kind: PipelineKind, ws: Workspace) -> ResolvedModel
         raise ModelError(
             f"model ref {spec!r} is neither an existing local folder nor a hub id (org/name[@revision]) nor tiny:<kind>"
         )
-    path = hub_snapshot(repo_id, revision or None)
+    path = hub_snapshot(repo_id, kind, revision or None)
     return ResolvedModel(path, f"{repo_id}@{path.name}")  # snapshot folders are named by commit
 
 
@@ -282,7 +288,7 @@ class Sampling:
         return s
 
 
-def _stack_key(stack: list[StackEntry]) -> tuple:
+def stack_key(stack: list[StackEntry]) -> tuple:
     return tuple((e.name, e.spec.ref, e.spec.weight_name, e.scale) for e in stack)
 
 
@@ -300,10 +306,15 @@ class Loaded:
     lora_records: list[dict[str, Any]] = field(default_factory=list)
 
     def apply_stack(self, stack: list[StackEntry], ws: Workspace, catalog: Any | None = None) -> list[dict[str, Any]]:
-        """Make ``stack`` the active LoRAs (loaded, weighted, fused if the stage says so); returns their records."""
-        key = _stack_key(stack)
+        """Make ``stack`` the active LoRAs (loaded, weighted, fused if the stage says so); returns their records.
+
+        A fused stack is never replaced in place (see :meth:`ModelManager.stacked`, which reloads the base).
+        """
+        key = stack_key(stack)
         if key == self.stack_key:
             return self.lora_records
+        if self.fused:
+            raise ModelError("a fused LoRA stack cannot be replaced in place: reload the pipeline (ModelManager)")
         self.clear_stack()
         records: list[dict[str, Any]] = []
         names: list[str] = []
@@ -321,7 +332,7 @@ class Loaded:
             records.append({"name": entry.name, "ref": ref, "scale": entry.scale})
         if names:
             self.pipe.set_adapters(names, adapter_weights=[e.scale for e in stack])
-            if self.stage.fuse_loras:
+            if self.stage.fuses:
                 self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
                 self.fused = True
         overrides: dict[str, Any] = {}
@@ -332,9 +343,7 @@ class Loaded:
         return records
 
     def clear_stack(self) -> None:
-        if self.fused:
-            self.pipe.unfuse_lora()
-            self.fused = False
+        """Unload an unfused stack (the base layers come back untouched) and restore the scheduler."""
         if self.stack_key or getattr(self.pipe, "get_list_adapters", lambda: {})():
             self.pipe.unload_lora_weights()
         self.pipe.scheduler = type(self.pipe.scheduler).from_config(self.base_scheduler_config)
@@ -368,6 +377,21 @@ class ModelManager:
         pipe, resolved = load_pipeline(kind, stage, self.profile, self.ws)
         self.current = Loaded(kind, pipe, resolved, stage, dict(pipe.scheduler.config))
         return self.current
+
+    def stacked(
+        self, kind: PipelineKind, stack: list[StackEntry], catalog: Any | None = None
+    ) -> tuple[Loaded, list[dict[str, Any]]]:
+        """The pipeline of ``kind`` with ``stack`` applied, and the stack's records.
+
+        Unfusing subtracts what fusing added, which in floating point (let alone in re-quantised 4-bit weights)
+        does not give the base back bit for bit: the same job would make another image depending on what ran
+        before. So a fused stack is never taken out; when another stack is wanted, the base is loaded afresh.
+        """
+        loaded = self.get(kind)
+        if loaded.fused and loaded.stack_key != stack_key(stack):
+            self.release()
+            loaded = self.get(kind)
+        return loaded, loaded.apply_stack(stack, self.ws, catalog)
 
     def release(self) -> None:
         if self.current is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -155,3 +156,25 @@ def snapshot(path: Path) -> dict[str, list[tuple]]:
         return {k: con.execute(q).fetchall() for k, q in SNAPSHOT.items()}
     finally:
         con.close()
+
+
+def quantize_nf4_on_cpu(module: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
+    """Replace every Linear with a bitsandbytes nf4 Linear4bit, quantised on the CPU.
+
+    What diffusers' ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")`` does while loading,
+    which diffusers only allows with a GPU; bitsandbytes itself quantises and runs nf4 layers on the CPU.
+    """
+    import bitsandbytes as bnb
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.Linear):
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=compute_dtype, quant_type="nf4")  # fmt: skip
+            q.weight = bnb.nn.Params4bit(child.weight.data.to(compute_dtype).clone(), requires_grad=False,
+                                         quant_type="nf4")  # fmt: skip
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            setattr(module, name, q.to("cpu"))  # moving the parameter quantises it
+        else:
+            quantize_nf4_on_cpu(child, compute_dtype)
+    return module

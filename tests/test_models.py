@@ -139,19 +139,40 @@ def test_lora_stack_changes_output_and_weight_zero_restores_it(ws: Workspace, tm
         assert loaded.pipe.get_list_adapters() == {}
 
 
-def test_fused_stack_unfuses_when_switched(ws: Workspace, tmp_path: Path) -> None:
-    profile = ws.profile("cpu-tiny")
-    stage = profile.generator.model_copy(update={"fuse_loras": True})
-    pipe, resolved = load_pipeline("flux", stage, profile, ws)
-    from flenwheel.models import Loaded
+def flux_latents(pipe) -> np.ndarray:
+    """The denoised latents of a fixed prompt and seed, as floats: a weight that moved by one ulp shows here."""
+    out = pipe(prompt="photo of fw_person", num_inference_steps=2, height=64, width=64, guidance_scale=3.5,
+               generator=torch.Generator("cpu").manual_seed(0), output_type="latent")  # fmt: skip
+    return out.images.float().numpy()
 
-    loaded = Loaded("flux", pipe, resolved, stage, dict(pipe.scheduler.config))
-    base = flux_image(pipe)
-    add_library_entry(ws, "mine", save_flux_lora(pipe, tmp_path / "lora"), "flux")
-    loaded.apply_stack([StackEntry("mine", ws.loras()["mine"], 0.8)], ws)
-    assert loaded.fused and not np.allclose(flux_image(pipe), base, atol=2)
-    loaded.apply_stack([], ws)
-    assert np.allclose(flux_image(pipe), base, atol=1)
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["adapters", "fused"])
+def test_base_after_a_lora_arm_is_bitwise_the_fresh_base(ws: Workspace, tmp_path: Path, fuse: bool) -> None:
+    """Same job, same output, whatever ran before: a LoRA arm then the base arm gives the fresh base bit for bit.
+
+    Fusing and unfusing in place (W + BA - BA) does not restore W exactly even in fp32, and re-quantises nf4
+    weights: a fused stack is never taken out, the manager loads the base afresh instead.
+    """
+    profile = ws.profile("cpu-tiny")
+    profile = profile.model_copy(update={"generator": profile.generator.model_copy(update={"fuse_loras": fuse})})
+    with ModelManager(ws, profile) as manager:
+        loaded = manager.get("flux")
+        fresh = flux_latents(loaded.pipe)
+        add_library_entry(ws, "mine", save_flux_lora(loaded.pipe, tmp_path / "lora"), "flux")
+        lora, _ = manager.stacked("flux", [StackEntry("mine", ws.loras()["mine"], 0.8)])
+        assert lora.fused is fuse and not np.allclose(flux_latents(lora.pipe), fresh)
+        base, records = manager.stacked("flux", [])
+        assert records == [] and np.array_equal(flux_latents(base.pipe), fresh)
+        assert (base is not lora) is fuse  # a fused stack is dropped with its pipeline
+
+
+def test_fusing_is_refused_on_a_quantized_base(ws: Workspace) -> None:
+    """Merging into nf4 weights re-quantises them: a profile cannot ask for it, and gpu-24gb does not."""
+    assert not ws.profile("gpu-24gb").editor.fuses and not ws.profile("gpu-24gb").editor.fuse_loras
+    path = ws.configs_dir / "profiles" / "gpu-24gb.yaml"
+    path.write_text(path.read_text().replace("fuse_loras: false", "fuse_loras: true"))
+    with pytest.raises(ConfigError, match=r"key 'editor': .*fuse_loras needs an unquantized base.*transformer"):
+        ws.profile("gpu-24gb")
 
 
 def kohya_qwen_lora(transformer, path: Path, rank: int = 4) -> Path:

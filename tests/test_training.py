@@ -126,11 +126,14 @@ def test_train_saves_both_formats_that_load(ws: Workspace, catalog: Catalog, v1:
     pipe.load_lora_weights(str(result.weights), adapter_name="fw")
     assert not np.array_equal(run(), base)
 
-    # the ComfyUI copy uses ComfyUI's FLUX names and converts back to the same tensors
+    # the ComfyUI copy uses ComfyUI's FLUX names (the default targets include both feed-forwards) and converts
+    # back to the same tensors
     comfy = load_file(str(result.comfy_weights))
     names = {k.split(".")[0] for k in comfy}
     assert {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_txt_attn_qkv",
             "lora_unet_double_blocks_0_img_attn_proj", "lora_unet_double_blocks_0_txt_attn_proj",
+            "lora_unet_double_blocks_0_img_mlp_0", "lora_unet_double_blocks_0_img_mlp_2",
+            "lora_unet_double_blocks_0_txt_mlp_0", "lora_unet_double_blocks_0_txt_mlp_2",
             "lora_unet_single_blocks_0_linear1"} == names  # fmt: skip
     assert all(f"{n}.alpha" in comfy for n in names)
     back, alpha = comfy_to_flux(comfy, inner_dim=32, mlp_dim=128)

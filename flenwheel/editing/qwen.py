@@ -48,9 +48,8 @@ class QwenEditor(Editor):
         }
 
     def edit(self, image: Image.Image, job: EditJob, face_box: Box | None) -> EditResult:
-        loaded = self.manager.get("qwen-image-edit")
         stack = self._stack(job.prompt)
-        records = loaded.apply_stack(stack, self.ws, self.catalog)
+        loaded, records = self.manager.stacked("qwen-image-edit", stack, self.catalog)
         sampling = Sampling.for_stack(self.stage, stack)
         steps = job.prompt.steps or sampling.steps
         generator = torch.Generator("cpu").manual_seed(job.seed)

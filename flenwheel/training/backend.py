@@ -5,6 +5,7 @@ The generic loop (:mod:`.trainer`) drives a backend; :mod:`.flux` and :mod:`.qwe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any
 
 import diffusers
 import torch
+from diffusers import BitsAndBytesConfig
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from PIL import Image
 
@@ -32,9 +34,12 @@ class TrainingBackend(ABC):
     transformer_class: str  # diffusers class of the denoiser
     vae_class: str  # diffusers class of the VAE
     base_model_version: str  # kohya's ss_base_model_version in the saved file's metadata
+    cache_format: int = 1  # bumped when what a cached item holds changes, so old caches are not reused
+    default_targets: tuple[str, ...]  # LoRA target modules when the profile names none (docs/training.md)
 
     def __init__(self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str) -> None:
-        self.ws, self.profile, self.settings = ws, profile, settings
+        self.ws, self.profile = ws, profile
+        self.settings = self.with_targets(settings)
         self.device = torch.device("cuda" if profile.device == "cuda" else "cpu")
         self.dtype = torch_dtype(profile)
         self.model = resolve_model(model_spec, self.pipeline_kind, ws)
@@ -66,26 +71,50 @@ class TrainingBackend(ABC):
     def cache_samples(self, prompts: Sequence[str], cache_dir: Path) -> list[dict[str, torch.Tensor]]:
         """Embeddings of the sample prompts (or sample inputs), cached like the examples."""
 
+    @classmethod
+    def with_targets(cls, settings: TrainerSettings) -> TrainerSettings:
+        """``settings`` with the target modules spelled out (the backend's default when none are set), so they
+        enter the run's fingerprint and the saved file's metadata."""
+        if settings.target_modules:
+            return settings
+        return settings.model_copy(update={"target_modules": list(cls.default_targets)})
+
     def load_transformer(self) -> torch.nn.Module:
-        """The base transformer as the profile says (nf4 base for QLoRA), on the training device."""
+        """The frozen base transformer as the profile says (an nf4 base for QLoRA), on the training device.
+
+        The base stays in the profile's compute dtype. peft's ``prepare_model_for_kbit_training``, which the
+        QLoRA recipe used to call, upcasts every weight that is not 4-bit to fp32; diffusers' RMSNorm then
+        returns fp32 activations and Qwen-Image's joint attention runs in fp32 from the first block: about twice
+        the activation memory and no bf16 attention kernel. Only the LoRA weights are fp32
+        (:meth:`LoraTrainer.prepare_model`); the forward runs under :meth:`autocast`, as the reference trainers'
+        mixed precision does.
+        """
         kwargs: dict[str, Any] = {"subfolder": "transformer", "dtype": self.dtype}
         if self.settings.qlora:
             if self.device.type != "cuda":
                 raise TrainingError("QLoRA (nf4 base) needs a CUDA GPU: use a cpu profile without qlora")
-            from diffusers import BitsAndBytesConfig
-
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype
             )
-        cls = getattr(diffusers, self.transformer_class)
-        transformer = cls.from_pretrained(str(self.model.path), **kwargs)
-        if self.settings.qlora:
-            from peft import prepare_model_for_kbit_training
+        transformer = getattr(diffusers, self.transformer_class).from_pretrained(str(self.model.path), **kwargs)
+        return self.prepare_base(transformer)
 
-            transformer = prepare_model_for_kbit_training(transformer, use_gradient_checkpointing=False)
-        else:
+    def prepare_base(self, transformer: torch.nn.Module) -> torch.nn.Module:
+        """Freeze the loaded base and keep it in its compute dtype (see :meth:`load_transformer`)."""
+        transformer.requires_grad_(False)
+        if not self.settings.qlora:  # a quantized model is placed on the GPU by its loader
             transformer.to(self.device)
         return transformer
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for forward passes: half-precision matmuls and attention when the profile computes in
+        bf16/fp16 (LoRA weights stay fp32), nothing in an fp32 profile."""
+        half = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=half)
+
+    def batch_key(self, item: dict[str, torch.Tensor]) -> tuple:
+        """Items with equal keys can share a batch (their tensors stack): the bucket of the target."""
+        return tuple(item["latents"].shape)
 
     def sample_timesteps(self, scheduler: Any, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps and sigmas of a batch, drawn as diffusers' flow-matching examples do (logit-normal)."""
@@ -107,6 +136,19 @@ class TrainingBackend(ABC):
         self, transformer: torch.nn.Module, conds: list[dict[str, torch.Tensor]], seeds: Sequence[int]
     ) -> list[Image.Image]:
         """Images from the current weights, one per (condition, seed)."""
+
+    def check_targets(self, transformer: torch.nn.Module) -> None:
+        """Refuse, before training, target modules the ComfyUI/kohya export could not name (a dry run of it)."""
+        adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in transformer.named_parameters() if ".lora_A." in n}
+        dry = {}
+        for module in adapted:
+            layer = transformer.get_submodule(module).base_layer
+            dry[f"transformer.{module}.lora_A.weight"] = torch.zeros(1, layer.in_features)
+            dry[f"transformer.{module}.lora_B.weight"] = torch.zeros(layer.out_features, 1)
+        try:
+            self.comfy_state_dict(dry, 1.0)
+        except TrainingError as e:
+            raise TrainingError(f"target_modules {list(self.settings.target_modules or [])}: {e}") from None
 
     @abstractmethod
     def comfy_state_dict(self, diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

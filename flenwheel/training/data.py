@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,12 @@ def bucket_size(width: int, height: int, resolution: int, multiple: int = LATENT
     shrink = min(1.0, width / bw, height / bh)  # never upscale
     bw, bh = bw * shrink, bh * shrink
     return max(multiple, int(bw // multiple) * multiple), max(multiple, int(bh // multiple) * multiple)
+
+
+def bucket_resolution(key: str, resolutions: Sequence[int]) -> int:
+    """The bucket base size of one example: a function of the example alone (its cache key), so a resumed or
+    partly cached run puts every example in the same bucket as a fresh run."""
+    return resolutions[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(resolutions)]
 
 
 def fit_to_bucket(img: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -38,7 +38,7 @@ def export(
 ) -> TrainResult:  # fmt: skip
     """Write the chosen checkpoint in both formats, record it, register it, and return the result."""
     adapter = load_file(str(checkpoint_dir(run_dir, step) / "adapter.safetensors"))
-    s = job.settings
+    s = backend.with_targets(job.settings)
     meta = {
         "flenwheel.base_model": backend.model.ref, "flenwheel.dataset_version": job.dataset_version or "",
         "flenwheel.trigger": job.trigger, "flenwheel.steps": str(step), "flenwheel.lora_id": lora_id,

@@ -28,6 +28,7 @@ from flenwheel.training.checkpoints import atomic_save_file
 from flenwheel.training.data import (
     LATENT_MULTIPLE,
     Example,
+    bucket_resolution,
     bucket_size,
     export_version,
     fit_to_bucket,
@@ -47,6 +48,13 @@ class FluxBackend(TrainingBackend):
     transformer_class = "FluxTransformer2DModel"
     vae_class = "AutoencoderKL"
     base_model_version = "flux1"
+    # diffusers' train_dreambooth_lora_flux.py default: attention (image and text streams; the names also match
+    # the single blocks' q/k/v) and both feed-forwards of the double blocks.
+    default_targets = (
+        "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+        "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+        "ff_context.net.2",
+    )  # fmt: skip
 
     @property
     def vae_scale_factor(self) -> int:
@@ -82,7 +90,7 @@ class FluxBackend(TrainingBackend):
             processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
             for i, text in zip(missing, texts, strict=True):
                 img = open_rgb(examples[i].images[0])
-                resolution = self.settings.resolutions[i % len(self.settings.resolutions)]
+                resolution = bucket_resolution(examples[i].key, self.settings.resolutions)
                 size = bucket_size(img.width, img.height, resolution)
                 pixels = processor.preprocess(fit_to_bucket(img, size)).to(self.device, self.dtype)
                 with torch.no_grad():
@@ -180,7 +188,7 @@ def train_flux(
     settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
     export_version(ws, catalog, version_id)
     backend = FluxBackend(ws, profile, settings, settings.model or profile.generator.model)
-    job = TrainJob(character.name, version_id, version_examples(ws, catalog, version_id), settings, character.trigger,
-                   base_model_ref=backend.model.ref)  # fmt: skip
+    job = TrainJob(character.name, version_id, version_examples(ws, catalog, version_id), backend.settings,
+                   character.trigger, base_model_ref=backend.model.ref)  # fmt: skip
     trainer = LoraTrainer(ws, catalog, backend, run_id)
     return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)

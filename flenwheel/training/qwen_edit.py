@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import QwenImageEditPlusPipeline
-from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import CONDITION_IMAGE_SIZE, calculate_dimensions
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -30,14 +30,24 @@ from flenwheel.models import check_device
 from flenwheel.store import open_rgb
 from flenwheel.training.backend import TrainingBackend, free_memory
 from flenwheel.training.checkpoints import TrainingError, atomic_save_file
-from flenwheel.training.data import Example, bucket_size, fit_to_bucket
+from flenwheel.training.data import Example, bucket_resolution, bucket_size, fit_to_bucket
 from flenwheel.training.job import ProgressFn, TrainJob, TrainResult
 from flenwheel.training.lora_formats import qwen_to_comfy
 from flenwheel.training.trainer import LoraTrainer, identity_scorer
 from flenwheel.training.triplets import approved_triplets, export_triplets, split_held_out
 from flenwheel.workspace import Workspace
 
-CONDITION_AREA = 384 * 384  # what the pipeline shows the VL encoder (pipeline_qwenimage_edit_plus)
+
+def condition_inputs(pipe: Any, condition: Image.Image, area: int) -> tuple[Image.Image, torch.Tensor]:
+    """The condition exactly as ``QwenImageEditPlusPipeline`` prepares it: a copy of ~384² pixels for the VL
+    encoder, and pixels of ``area`` (the pipeline's ~1 MP by default) at the image's aspect, resized the way the
+    pipeline resizes them, for the VAE. Training on another condition size would teach the LoRA a condition
+    token count it never sees in use."""
+    ratio = condition.width / condition.height
+    vl_w, vl_h = calculate_dimensions(CONDITION_IMAGE_SIZE, ratio)
+    vae_w, vae_h = calculate_dimensions(area, ratio)
+    vl_image = pipe.image_processor.resize(condition, vl_h, vl_w)
+    return vl_image, pipe.image_processor.preprocess(condition, vae_h, vae_w).unsqueeze(2)
 
 
 def _pad(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +70,14 @@ class QwenEditBackend(TrainingBackend):
     transformer_class = "QwenImageTransformer2DModel"
     vae_class = "AutoencoderKLQwenImage"
     base_model_version = "qwen_image_edit"
+    cache_format = 2  # 2: the condition at the pipeline's size, buckets chosen per example
+    # musubi-tuner's default for Qwen-Image: every Linear of the transformer blocks except the modulation
+    # (img_mod / txt_mod), i.e. both attention streams and both MLPs; diffusers' Qwen example trains only
+    # to_q/k/v/out, which leaves the text stream and the MLPs, where an edit's look lives, untouched.
+    default_targets = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+    )  # fmt: skip
 
     def __init__(
         self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str,
@@ -70,32 +88,29 @@ class QwenEditBackend(TrainingBackend):
 
     # ---- caching
 
-    def _encode(self, pipe: Any, pairs: Sequence[tuple[Image.Image, Image.Image | None, str]]) -> list[dict]:
-        """(condition image, target image or None, instruction) -> cached tensors, with the pipeline's encoders."""
+    def _encode(self, pipe: Any, items: Sequence[tuple[str, Image.Image, Image.Image | None, str]]) -> list[dict]:
+        """(key, condition image, target image or None, instruction) -> cached tensors, with the pipeline's
+        encoders: the instruction embedded given the condition as the VL encoder sees it, the condition's VAE
+        latents at the size the pipeline gives the transformer, and the target's latents at its bucket."""
         out = []
-        resolution = self.settings.resolutions[0]
         with torch.no_grad():
-            for i, (condition, target, text) in enumerate(pairs):
-                res = self.settings.resolutions[i % len(self.settings.resolutions)] if target else resolution
-                ref = target or condition
-                size = bucket_size(ref.width, ref.height, res if target else self.settings.sample_size)
-                cw, ch = calculate_dimensions(CONDITION_AREA, condition.width / condition.height)
-                vl_image = pipe.image_processor.resize(condition, ch, cw)
+            for key, condition, target, text in items:
+                vl_image, pixels = condition_inputs(pipe, condition, self.settings.control_area)
                 embeds, mask = pipe.encode_prompt(prompt=[text], image=[vl_image], device=self.device)
                 item: dict[str, torch.Tensor] = {"prompt_embeds": embeds[0].float().cpu()}
                 if mask is not None:
                     item["prompt_embeds"] = item["prompt_embeds"][: int(mask[0].sum())]
-
-                item["control"] = self._latents(pipe, condition, size)
-                if target is not None:
-                    item["latents"] = self._latents(pipe, target, size)
+                if target is not None:  # sample conditions need no latents: the pipeline encodes its input itself
+                    item["control"] = self._latents(pipe, pixels)
+                    size = bucket_size(target.width, target.height, bucket_resolution(key, self.settings.resolutions))
+                    item["latents"] = self._latents(pipe, pipe.image_processor.preprocess(fit_to_bucket(target, size)))
                 out.append(item)
         return out
 
-    def _latents(self, pipe: Any, img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-        """Normalised VAE latents [C, h, w] of ``img`` fitted to the bucket ``size``."""
-        pixels = pipe.image_processor.preprocess(fit_to_bucket(img, size)).unsqueeze(2)  # one video frame
-        return pipe._encode_vae_image(pixels.to(self.device, self.dtype), None)[:, :, 0][0].float().cpu()
+    def _latents(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised VAE latents [C, h, w] of preprocessed pixels [1, 3, H, W]."""
+        frames = (pixels if pixels.dim() == 5 else pixels.unsqueeze(2)).to(self.device, self.dtype)  # one video frame
+        return pipe._encode_vae_image(frames, None)[:, :, 0][0].float().cpu()
 
     def cache(self, examples: Sequence[Example], cache_dir: Path) -> list[dict[str, torch.Tensor]]:
         files = [cache_dir / f"{e.key}.safetensors" for e in examples]
@@ -103,11 +118,11 @@ class QwenEditBackend(TrainingBackend):
         if missing:
             pipe = self._pipeline_without_transformer()
             pipe.to(self.device)
-            pairs = []
+            items = []
             for i in missing:
                 before, after = (open_rgb(p) for p in examples[i].images)
-                pairs.append((before, after, examples[i].text))
-            for i, item in zip(missing, self._encode(pipe, pairs), strict=True):
+                items.append((examples[i].key, before, after, examples[i].text))
+            for i, item in zip(missing, self._encode(pipe, items), strict=True):
                 atomic_save_file(item, files[i])
             del pipe  # the VL encoder leaves memory before training starts
             free_memory()
@@ -118,14 +133,13 @@ class QwenEditBackend(TrainingBackend):
         if not self.sample_sources:
             return []
         combos = [(src, p) for src in self.sample_sources for p in prompts]
-        keys = [hashlib.sha256(f"{src.name}|{p}|{self.settings.sample_size}".encode()).hexdigest()[:16]
-                for src, p in combos]  # fmt: skip
+        keys = [hashlib.sha256(f"{src.name}|{p}".encode()).hexdigest()[:16] for src, p in combos]
         files = [cache_dir / f"sample-{k}.safetensors" for k in keys]
         todo = [i for i, f in enumerate(files) if not f.exists()]
         if todo:
             pipe = self._pipeline_without_transformer()
             pipe.to(self.device)
-            encoded = self._encode(pipe, [(open_rgb(combos[i][0]), None, combos[i][1]) for i in todo])
+            encoded = self._encode(pipe, [(keys[i], open_rgb(combos[i][0]), None, combos[i][1]) for i in todo])
             for i, item in zip(todo, encoded, strict=True):
                 atomic_save_file(item, files[i])
             del pipe
@@ -133,6 +147,10 @@ class QwenEditBackend(TrainingBackend):
         return [{**load_file(str(f)), "source": str(src)} for f, (src, _) in zip(files, combos, strict=True)]
 
     # ---- training
+
+    def batch_key(self, item: dict[str, torch.Tensor]) -> tuple:
+        """The target's bucket and the condition's size (conditions keep their own aspect)."""
+        return tuple(item["latents"].shape), tuple(item["control"].shape)
 
     def loss(
         self, transformer: torch.nn.Module, batch: list[dict[str, torch.Tensor]], gen: torch.Generator
@@ -172,12 +190,13 @@ class QwenEditBackend(TrainingBackend):
         with torch.no_grad():
             for cond in conds:
                 source = open_rgb(Path(cond["source"]))
-                h, w = cond["control"].shape[1:]
+                w, h = bucket_size(source.width, source.height, self.settings.sample_size)
                 for seed in seeds:
+                    # the pipeline prepares the condition from the source itself, as in use
                     out = pipe(
                         image=[source], prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
                         prompt_embeds_mask=torch.ones(1, cond["prompt_embeds"].shape[0], dtype=torch.long),
-                        true_cfg_scale=1.0, height=h * pipe.vae_scale_factor, width=w * pipe.vae_scale_factor,
+                        true_cfg_scale=1.0, height=h, width=w,
                         num_inference_steps=self.settings.sample_steps,
                         generator=torch.Generator("cpu").manual_seed(seed),
                     )  # fmt: skip
@@ -220,7 +239,7 @@ def train_edit_lora(
     examples = [Example(f"{t.before_id[:16]}-{t.after_id[:16]}", (ws.root / t.before_path, ws.root / t.after_path),
                         t.instruction) for t in triplets]  # fmt: skip
     job = TrainJob(
-        character.name, f"{character.name}@triplets-{digest}", examples, settings, character.trigger,
+        character.name, f"{character.name}@triplets-{digest}", examples, backend.settings, character.trigger,
         base_model_ref=backend.model.ref, extra={"held_out_sources": held_out, "ops": list(ops)},
     )  # fmt: skip
     trainer = LoraTrainer(ws, catalog, backend, run_id)

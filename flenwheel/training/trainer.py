@@ -72,7 +72,7 @@ class LoraTrainer:
         ``stop_after`` ends the run after that many steps as if the process had been killed there (used to
         show that a resumed run reaches the same weights).
         """
-        s = job.settings
+        s = self.backend.with_targets(job.settings)
         lora_id = self.lora_id(job)
         run_dir = self.ws.root / "loras" / lora_id
         done = finished_result(lora_id, run_dir)
@@ -83,7 +83,8 @@ class LoraTrainer:
             shutil.rmtree(run_dir)
         if not job.examples:
             raise TrainingError("nothing to train on: the dataset version has no images")
-        key = hashlib.sha256(f"{self.backend.model.ref}|{job.fingerprint(self.backend.kind)}".encode()).hexdigest()[:16]
+        cache_id = f"{self.backend.model.ref}|{job.fingerprint(self.backend.kind)}|{self.backend.cache_format}"
+        key = hashlib.sha256(cache_id.encode()).hexdigest()[:16]
         cache_dir = self.ws.root / "cache" / self.backend.kind / key
         data = self.backend.cache(job.examples, cache_dir)
         prompts = [p.replace("{trigger}", job.trigger) for p in s.sample_prompts]
@@ -105,7 +106,7 @@ class LoraTrainer:
             step, losses, resumed_from = state["step"], list(state["losses"]), state["step"]
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
-        order = self._order(data, s)
+        order = self._order([self.backend.batch_key(d) for d in data], s)
         scores = scores_from_disk(run_dir)
         started, done_here = time.perf_counter(), 0
         transformer.train()
@@ -118,7 +119,8 @@ class LoraTrainer:
                 on_progress(step, s.steps, accumulated, (time.perf_counter() - started) / done_here)
             if step % s.checkpoint_every == 0 or step == s.steps:
                 transformer.eval()
-                samples = self.backend.sample(transformer, sample_conds, s.sample_seeds) if sample_conds else []
+                with self.backend.autocast():
+                    samples = self.backend.sample(transformer, sample_conds, s.sample_seeds) if sample_conds else []
                 transformer.train()
                 score, labels = self._score(step, lora_id, samples, score_fn)
                 scores = [*(x for x in scores if x.step != step), score]
@@ -153,12 +155,17 @@ class LoraTrainer:
     def prepare_model(self, s: TrainerSettings) -> tuple[torch.nn.Module, list[torch.nn.Parameter], float]:
         """The frozen base with a fresh LoRA adapter; only the adapter's (fp32) parameters train."""
         torch.manual_seed(s.seed)  # the adapter's initialisation is part of what a seed reproduces
-        transformer = self.backend.load_transformer()
-        transformer.requires_grad_(False)
+        return self.add_lora(self.backend.load_transformer(), s)
+
+    def add_lora(
+        self, transformer: torch.nn.Module, s: TrainerSettings
+    ) -> tuple[torch.nn.Module, list[torch.nn.Parameter], float]:
+        """A fresh LoRA adapter on the prepared base; its parameters are fp32 master weights (mixed precision)."""
         alpha = s.alpha or float(s.rank)
-        transformer.add_adapter(
-            LoraConfig(r=s.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(s.target_modules))
-        )
+        targets = list(self.backend.with_targets(s).target_modules or [])
+        transformer.add_adapter(LoraConfig(r=s.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                           target_modules=targets))  # fmt: skip
+        self.backend.check_targets(transformer)  # an export that would fail fails now, not after the run
         if s.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         params = [p for p in transformer.parameters() if p.requires_grad]
@@ -175,7 +182,8 @@ class LoraTrainer:
         accumulated = 0.0
         for micro in range(s.grad_accum):
             batch_idx = order(step * s.grad_accum + micro)
-            loss = self.backend.loss(transformer, [data[i] for i in batch_idx], gen) / s.grad_accum
+            with self.backend.autocast():
+                loss = self.backend.loss(transformer, [data[i] for i in batch_idx], gen) / s.grad_accum
             loss.backward()
             accumulated += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
@@ -194,11 +202,11 @@ class LoraTrainer:
         return torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
 
     @staticmethod
-    def _order(data: list[dict[str, torch.Tensor]], s: TrainerSettings) -> Callable[[int], list[int]]:
-        """Batch ``k`` of the run: examples shuffled per epoch (seeded), grouped by bucket shape."""
+    def _order(keys: list[tuple], s: TrainerSettings) -> Callable[[int], list[int]]:
+        """Batch ``k`` of the run: examples shuffled per epoch (seeded), grouped by their batch key (bucket)."""
         shapes: dict[tuple, list[int]] = {}
-        for i, d in enumerate(data):
-            shapes.setdefault(tuple(d["latents"].shape), []).append(i)
+        for i, key in enumerate(keys):
+            shapes.setdefault(key, []).append(i)
         cache: dict[int, list[list[int]]] = {}
 
         def epoch_batches(epoch: int) -> list[list[int]]:

@@ -252,11 +252,19 @@ def _nf4(model: Any, scratch: Path) -> Any:
         return type(model).from_pretrained(src, quantization_config=quant, dtype=torch.bfloat16, use_safetensors=True)
 
 
+def lora_target(name: str, targets: Sequence[str] | None) -> bool:
+    """Whether a Linear gets a LoRA: peft's suffix rule for ``targets``; None: every Linear inside a block."""
+    if targets is None:
+        return "transformer_blocks." in name
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def write_lora(
     kind: str, size: str, path: Path, rank: int, targets: Sequence[str] | None, seed: int
 ) -> tuple[Path, int]:
-    """A LoRA file of the real module shapes with random weights (``targets``: peft name suffixes; None: every
-    Linear of the transformer blocks), saved with the pipeline's save_lora_weights; returns it and its modules."""
+    """A LoRA file of the real module shapes with random weights (``targets``: peft name suffixes, matched as peft
+    matches them; None: every Linear of the transformer blocks), saved with the pipeline's save_lora_weights;
+    returns the file and the number of adapted modules."""
     import diffusers
     import torch
 
@@ -265,13 +273,10 @@ def write_lora(
     dtype = torch.bfloat16 if size == "real" else torch.float32
     layers: dict[str, torch.Tensor] = {}
     for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear) or ".transformer_blocks." not in f".{name}":
-            continue
-        if targets is not None and not any(name == t or name.endswith("." + t) for t in targets):
-            continue
-        a = torch.randn(rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
-        b = torch.randn(module.out_features, rank, generator=gen) * 0.01
-        layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"] = a.to(dtype), b.to(dtype)
+        if isinstance(module, torch.nn.Linear) and lora_target(name, targets):
+            a = torch.randn(rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
+            b = torch.randn(module.out_features, rank, generator=gen) * 0.01
+            layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"] = a.to(dtype), b.to(dtype)
     getattr(diffusers, PIPELINES[kind]).save_lora_weights(path.parent, transformer_lora_layers=layers,
                                                           weight_name=path.name)  # fmt: skip
     return path, len(layers) // 2
@@ -816,7 +821,8 @@ def measure(name: str, size: str, models: Path, work: Path, out: Path, steps: in
     except Exception as e:
         kind = "out of GPU memory" if isinstance(e, torch.cuda.OutOfMemoryError) else type(e).__name__
         mem = ctx.meter.stop()
-        ctx.emit(f"{name}-failed", f"{name} FAILED ({kind}): {str(e).splitlines()[0][:200]}", None, mem)
+        message = (str(e).splitlines() or [""])[0][:200]
+        ctx.emit(f"{name}-failed", f"{name} FAILED ({kind}): {message}", None, mem)
         raise
 
 
@@ -828,6 +834,10 @@ def child(args: list[str]) -> int:
     return subprocess.run([sys.executable, __file__, *args], check=False).returncode
 
 
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
 def run_stages(names: Sequence[str], size: str, models: Path, out: Path, keep: bool, steps: int) -> int:
     """Build what each stage loads, measure it, and delete a pipeline after the last stage that loads it."""
     failures = 0
@@ -837,19 +847,22 @@ def run_stages(names: Sequence[str], size: str, models: Path, out: Path, keep: b
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         t0 = now()
-        code = 0
+        code, phase = 0, "build"
         if stage.kind:
             folder = models / size / stage.kind
             missing = [p for p in stage.parts if not built(folder, p)]
             if missing:
                 code = child(["--build-parts", stage.kind, *missing, "--size", size, "--models", str(models)])
         if code == 0:
+            rows_before, phase = len(_lines(out)), "measurement"
             code = child(["--measure", name, "--size", size, "--models", str(models), "--out", str(out),
                           "--steps", str(steps)])  # fmt: skip
         if code != 0:
             failures += 1
-            if code < 0:  # killed (the kernel's OOM killer, say): the process could not write its own row
-                row = {"key": f"{name}-failed", "stage": name, "what": f"{name} FAILED (exit {code})", "size": size}
+            if phase == "build" or not any(f'"{name}-failed"' in line for line in _lines(out)[rows_before:]):
+                # a failed build, or a process that could not write its own row (killed by the OOM killer, say)
+                row = {"key": f"{name}-failed", "stage": name, "size": size,
+                       "what": f"{name} FAILED: the {phase} process exited with {code} (its log says why)"}  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
         shutil.rmtree(work, ignore_errors=True)
@@ -857,6 +870,9 @@ def run_stages(names: Sequence[str], size: str, models: Path, out: Path, keep: b
         if stage.kind and not keep and stage.kind not in later:
             shutil.rmtree(models / size / stage.kind, ignore_errors=True)
         print(f"stage {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {now() - t0:.0f} s", flush=True)
+    for empty in (models / "work", models / size):
+        with contextlib.suppress(OSError):
+            empty.rmdir()  # only if nothing was kept there
     return failures
 
 
@@ -1008,7 +1024,7 @@ def criteria(rows: list[dict[str, Any]], profile: Any, budget: float, cpu: bool)
 DISK_WRITE_GBS, DISK_READ_GBS, HOST_DEVICE_GBS = 0.5, 1.0, 10.0  # conservative: virtual disks, pageable copies
 TFLOPS = 300.0  # effective for nf4 layers (dequantise + bf16 GEMM) and attention; a bare bf16 GEMM ran at 790
 START_S = 25.0  # one Python process importing torch, diffusers, transformers and flenwheel
-SEQUENCE = (("identity", "flux-infer", "flux-train"), ("qwen-encode",), ("qwen-infer",), ("qwen-train", "qwen-sample"))
+SEQUENCE = (("flux-infer", "flux-train"), ("identity", "qwen-encode"), ("qwen-infer",), ("qwen-train", "qwen-sample"))
 
 
 def sizes() -> dict[tuple[str, str], tuple[float, float, int, int]]:
@@ -1033,9 +1049,8 @@ def lora_gb(rank: int, targets: Sequence[str] | None) -> float:
 
     total = 0
     for name, m in meta_pipeline("qwen-image-edit", "real").transformer.named_modules():
-        if isinstance(m, torch.nn.Linear) and ".transformer_blocks." in f".{name}":
-            if targets is None or any(name == t or name.endswith("." + t) for t in targets):
-                total += rank * (m.in_features + m.out_features)
+        if isinstance(m, torch.nn.Linear) and lora_target(name, targets):
+            total += rank * (m.in_features + m.out_features)
     return 2 * total / 1e9
 
 
@@ -1069,12 +1084,12 @@ def estimate(name: str, have: set[str], sz: dict) -> tuple[float, float, str]:
         "flux-infer": passes(flux_tokens[1024], 30) + 2 * 8,
         "flux-train": sum(passes(flux_tokens[r], 4 * 4) for r in (512, 768, 1024)) + passes(flux_tokens[768], 20) + 10,
         "qwen-encode": sz[kind, "text_encoder"][1] / DISK_READ_GBS + 6 * 3,  # a second load for the samples
-        "qwen-infer": passes(qwen_tokens[1024], 1 + 4 + 2 * 4)
+        "qwen-infer": passes(qwen_tokens[1024], 1 + 4 + 2 * 5)  # warm-up, Lightning's 4, 5 CFG steps
         + 3 * 10
         + 20
-        + (lora_gb(64, None) * 1 + lora_gb(16, QwenEditBackend.default_targets) * 3) / DISK_WRITE_GBS,
+        + (lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)) / DISK_WRITE_GBS,
         "qwen-train": sum(passes(qwen_tokens[r], 4 * 4) for r in (512, 1024)),
-        "qwen-sample": passes(qwen_tokens[512], 4 + 20) + 10,
+        "qwen-sample": passes(qwen_tokens[512], 2 * 4 + 20) + 10,  # two training steps, then 20 sampling steps
     }[name]
     if name == "qwen-infer":
         disk += lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)
@@ -1097,8 +1112,8 @@ def plan() -> str:
     ]
     have: dict[str | None, set[str]] = {}
     calls = []
-    for i, group in enumerate(SEQUENCE):
-        later = {STAGES[n].kind for g in SEQUENCE[i + 1 :] for n in g}
+    for i, group in enumerate(SEQUENCE, 1):
+        later = {STAGES[n].kind for g in SEQUENCE[i:] for n in g}
         minutes = 0.0
         for name in group:
             stage, kind = STAGES[name], STAGES[name].kind
@@ -1116,7 +1131,7 @@ def plan() -> str:
         keep = any(STAGES[n].kind in later for n in group if STAGES[n].kind)
         have = {k: v for k, v in have.items() if keep and k in later}
         calls.append((f"python bench/gpu_memory.py --stage {' '.join(group)}{' --keep' if keep else ''} "
-                      f"--out $OUT/rows.jsonl", minutes))  # fmt: skip
+                      f"--out $OUT/rows-{i}.jsonl", minutes))  # fmt: skip
     lines += ["", "Device calls (each under 10 minutes; stages of one call share their models, --keep hands them on):"]
     lines += [f"{n}. `{cmd}`  ≈ {m:.1f} min" for n, (cmd, m) in enumerate(calls, 1)]
     lines.append(f"Total ≈ {sum(m for _, m in calls):.1f} min of commands, plus the machine's start and the carried "

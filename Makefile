@@ -34,5 +34,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest
 
+# The whole fault-injection suite (docs/reliability.md): every fault test, then 10 seeded SIGKILLs per command;
+# about an hour and a half here.
+faults: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest tests/test_faults.py -m ''
+	$(BIN)/python -m tests.faults --kills 10
+
 clean-venv:
 	rm -rf $(VENV)

@@ -47,9 +47,11 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO / "build" / "gpu-bench"  # /build/ is git-ignored, and a lent machine keeps it between calls
-PIPELINES = {"qwen-image-edit": "QwenImageEditPlusPipeline", "flux": "FluxPipeline"}
+PIPELINES = {"qwen-image-edit": "QwenImageEditPlusPipeline", "flux": "FluxPipeline", "vibe": "VibePipeline"}
 MODEL_PARTS = {"qwen-image-edit": ("transformer", "vae", "text_encoder"),
-               "flux": ("transformer", "vae", "text_encoder", "text_encoder_2")}  # fmt: skip
+               "flux": ("transformer", "vae", "text_encoder", "text_encoder_2"),
+               "vibe": ("transformer", "vae", "text_encoder")}  # fmt: skip
+QUANTISED = {"qwen-image-edit", "flux"}  # gpu-24gb loads these transformers in nf4; VIBE runs in bf16
 # GPU memory "GB" are GiB, as on the cards: a "24 GB" RTX 4090 has 24564 MiB; the seed's editor limit is "20 GB"
 CARD_GIB = 24564 / 1024
 EDITOR_LIMIT_GIB = 20.0
@@ -81,6 +83,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "edit LoRA steps: target at the profile bucket (and 1024), condition at the pipeline's ~1 MP"),
     Stage("qwen-sample", "qwen-image-edit", ("base", "transformer", "vae"),
           "a checkpoint sample with the training state resident (condition at the pipeline's size)"),
+    Stage("vibe-infer", "vibe", ("base", "transformer", "vae", "text_encoder"),
+          "the vibe editor as the gpu-24gb profile loads it (bf16, no quantisation): one 1024² and one 2048² edit "
+          "at the profile's steps and guidance"),
 )}  # fmt: skip
 
 
@@ -164,13 +169,13 @@ def meta_pipeline(kind: str, size: str) -> Any:
     """The pipeline of ``kind`` as ``flenwheel.tiny`` builds it, on the meta device: its components' configs and
     module shapes, without a byte of weights. The builder is reused (its save_pretrained caught) so that the bench
     can never drift from the configs the tests and the tiny twins use."""
-    import diffusers
     import torch
 
     from flenwheel import tiny
+    from flenwheel.models import pipeline_class
 
     captured: dict[str, Any] = {}
-    cls = getattr(diffusers, PIPELINES[kind])
+    cls = pipeline_class(kind)
     with mock.patch.object(cls, "save_pretrained", lambda p, *_a, **_k: captured.update(pipe=p)), torch.device("meta"):
         tiny.BUILDERS[kind](Path(os.devnull), 0, size)
     return captured["pipe"]
@@ -230,7 +235,7 @@ def _build_model(kind: str, part: str, size: str, out: Path) -> None:
             model = type(meta).from_config(meta.config) if isinstance(meta, ModelMixin) else type(meta)(meta.config)
     finally:
         torch.set_default_dtype(default)
-    if real and part == "transformer":
+    if real and part == "transformer" and kind in QUANTISED:
         model = _nf4(model, out.parent)
     model.save_pretrained(out)
 
@@ -794,10 +799,45 @@ def measure_qwen_encode(ctx: Ctx) -> None:
                           f"{s.resolutions}; s/image per item, the load not included")  # fmt: skip
 
 
+def measure_vibe_infer(ctx: Ctx) -> None:
+    """The vibe editor through the model manager, as the enrichment runs it: a 1024² and a 2048² edit."""
+    from flenwheel.editing.vibe import VibeSampling
+    from flenwheel.models import ModelManager
+
+    stage = ctx.profile.vibe_editor
+    sampling = VibeSampling.for_stage(stage)
+    manager = ModelManager(ctx.ws, ctx.profile)
+    ctx.meter.start()
+    t0 = now()
+    loaded, _ = manager.stacked("vibe", [])
+    load_s = now() - t0
+    prompt = "Relight with soft even studio lighting; keep the person unchanged."
+    kwargs = {"prompt": prompt, "guidance_scale": sampling.guidance_scale,
+              "image_guidance_scale": sampling.image_guidance_scale,
+              "resolution_binning": sampling.resolution_binning, "revert_resize": sampling.revert_resize}  # fmt: skip
+    for i, px in enumerate((1024, 2048) if ctx.real else (64, 128)):
+        if i:
+            ctx.meter.start()  # the weights stay resident: this row's peak is the larger edit's
+        source = image(px, i)
+        if i == 0:
+            timed_call(loaded.pipe, image=source, num_inference_steps=1, **kwargs)  # warm-up
+        run = min(sampling.steps, ctx.steps + 2)
+        s_step, wall = timed_call(loaded.pipe, image=source, num_inference_steps=run, **kwargs)
+        s_image = wall + (sampling.steps - run) * (s_step or 0.0)
+        passes = 3 if sampling.guidance_scale > 1 and sampling.image_guidance_scale >= 1 else 2
+        timing = "" if run == sampling.steps else f"; {run} of {sampling.steps} steps run, s/image adds the rest"
+        what = f"vibe editor, one {px}² edit ({ctx.profile.dtype}, unquantised)"
+        ctx.emit(f"vibe-infer-{px}", what, px, ctx.meter.stop(),
+                 s_step=s_step, s_image=s_image, load_s=load_s if i == 0 else None, steps=sampling.steps,
+                 settings=f"{stage_settings(stage)}, {sampling.steps} steps × {passes} branch(es) (guidance "
+                 f"{sampling.guidance_scale}, image guidance {sampling.image_guidance_scale}){timing}")  # fmt: skip
+    manager.release()
+
+
 MEASURES: dict[str, Callable[[Ctx], None]] = {
     "identity": measure_identity, "flux-infer": measure_flux_infer, "flux-train": measure_flux_train,
     "qwen-encode": measure_qwen_encode, "qwen-infer": measure_qwen_infer, "qwen-train": measure_qwen_train,
-    "qwen-sample": lambda ctx: measure_qwen_train(ctx, sample=True),
+    "qwen-sample": lambda ctx: measure_qwen_train(ctx, sample=True), "vibe-infer": measure_vibe_infer,
 }  # fmt: skip
 
 
@@ -812,7 +852,7 @@ def measure(name: str, size: str, models: Path, work: Path, out: Path, steps: in
     ws = Workspace(root=work / "root", configs=REPO / "configs")
     profile = ws.profile("gpu-24gb" if size == "real" else "cpu-tiny")
     if folder is not None:
-        key = "generator" if stage.kind == "flux" else "editor"
+        key = {"flux": "generator", "qwen-image-edit": "editor", "vibe": "vibe_editor"}[stage.kind]
         staged = getattr(profile, key).model_copy(update={"model": str(folder), "loras": {}})
         profile = profile.model_copy(update={key: staged})
     ctx = Ctx(stage, size, folder, work, steps, out, ws, profile, Meter())
@@ -1024,7 +1064,13 @@ def criteria(rows: list[dict[str, Any]], profile: Any, budget: float, cpu: bool)
 DISK_WRITE_GBS, DISK_READ_GBS, HOST_DEVICE_GBS = 0.5, 1.0, 10.0  # conservative: virtual disks, pageable copies
 TFLOPS = 300.0  # effective for nf4 layers (dequantise + bf16 GEMM) and attention; a bare bf16 GEMM ran at 790
 START_S = 25.0  # one Python process importing torch, diffusers, transformers and flenwheel
-SEQUENCE = (("flux-infer", "flux-train"), ("identity", "qwen-encode"), ("qwen-infer",), ("qwen-train", "qwen-sample"))
+SEQUENCE = (
+    ("flux-infer", "flux-train"),
+    ("identity", "qwen-encode"),
+    ("qwen-infer",),
+    ("qwen-train", "qwen-sample"),
+    ("vibe-infer",),
+)
 
 
 def sizes() -> dict[tuple[str, str], tuple[float, float, int, int]]:
@@ -1039,7 +1085,7 @@ def sizes() -> dict[tuple[str, str], tuple[float, float, int, int]]:
             n = sum(p.numel() for p in m.parameters())
             lin = sum(x.weight.numel() for x in m.modules() if isinstance(x, torch.nn.Linear))
             # nf4: half a byte per weight + one fp32 absmax per 64 (no double quantisation), the rest bf16
-            disk = (lin * (0.5 + 4 / 64) + 2 * (n - lin)) if part == "transformer" else 2 * n
+            disk = (lin * (0.5 + 4 / 64) + 2 * (n - lin)) if part == "transformer" and kind in QUANTISED else 2 * n
             out[kind, part] = (disk / 1e9, 2 * n / 1e9, n, lin)
     return out
 
@@ -1073,7 +1119,7 @@ def estimate(name: str, have: set[str], sz: dict) -> tuple[float, float, str]:
     read = sum(sz[kind, p][0] for p in stage.parts if p != "base" and (name != "qwen-encode" or p != "transformer"))
     quantise_at_load = {"flux-infer": sz["flux", "text_encoder_2"][1], "qwen-infer": sz[kind, "text_encoder"][1]}
     load = read / DISK_READ_GBS + quantise_at_load.get(name, 0.0) / HOST_DEVICE_GBS
-    lin, layers = sz[kind, "transformer"][3], (60 if kind == "qwen-image-edit" else 57)
+    lin, layers = sz[kind, "transformer"][3], {"qwen-image-edit": 60, "flux": 57, "vibe": 20}[kind]
 
     def passes(tokens: float, count: float) -> float:  # seconds of ``count`` transformer forwards
         return count * (2 * lin * tokens + 4 * layers * tokens**2 * 3072) / (TFLOPS * 1e12)
@@ -1090,6 +1136,9 @@ def estimate(name: str, have: set[str], sz: dict) -> tuple[float, float, str]:
         + (lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)) / DISK_WRITE_GBS,
         "qwen-train": sum(passes(qwen_tokens[r], 4 * 4) for r in (512, 1024)),
         "qwen-sample": passes(qwen_tokens[512], 2 * 4 + 20) + 10,  # two training steps, then 20 sampling steps
+        # DC-AE f32 latents, patch 1: (px/32)² tokens + 224 meta tokens; 3 guidance branches; Sana's attention is
+        # linear, so the quadratic term overestimates: an upper bound
+        "vibe-infer": sum(passes((r / 32) ** 2 + 224, 3 * 22) for r in (1024, 2048)) + 2 * 10,
     }[name]
     if name == "qwen-infer":
         disk += lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)
@@ -1117,8 +1166,9 @@ def plan() -> str:
         minutes = 0.0
         for name in group:
             stage, kind = STAGES[name], STAGES[name].kind
+            nf4 = kind in QUANTISED
             parts = ", ".join(
-                "base" if p == "base" else f"{p} ({sz[kind, p][0]:.1f} GB {'nf4' if p == 'transformer' else 'bf16'})"
+                "base" if p == "base" else f"{p} ({sz[kind, p][0]:.1f} GB {'nf4' if nf4 and p == 'transformer' else 'bf16'})"  # noqa: E501
                 for p in stage.parts
             ) if kind else "2 ONNX files (0.2 GB)"  # fmt: skip
             disk, alone, _ = estimate(name, set(), sz)

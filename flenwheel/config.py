@@ -13,7 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flenwheel.errors import FlenwheelError
-from flenwheel.types import CHARACTER_PATTERN, EditorName, IdentityBackendName, ProfileName, PromptId, ReviewMode
+from flenwheel.quality import Check, VerifierSpec
+from flenwheel.types import (
+    CHARACTER_PATTERN,
+    EditorChoice,
+    EditorName,
+    IdentityBackendName,
+    ProfileName,
+    PromptId,
+    ReviewMode,
+)
 
 CHARACTER_NAME = re.compile(CHARACTER_PATTERN)
 
@@ -88,7 +97,7 @@ class NightlySettings(Strict):
 
     cron: str = Field("0 3 * * *", description="when it runs (cron syntax)")
     timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
-    editor: EditorName = "qwen"
+    editor: EditorChoice = Field("configured", description="configured: each character's own editors")
     review: ReviewMode = "fiftyone"
 
     @field_validator("cron")
@@ -111,6 +120,26 @@ class NightlySettings(Strict):
         return v
 
 
+class VerifySettings(Strict):
+    """Every edit verified before review (docs/verification.md): retries of a failed edit."""
+
+    enabled: bool = Field(True, description="check every edit (masks, preservation, change, face count)")
+    retries: int = Field(2, ge=0, le=8, description="attempts after a failed edit, at most")
+    seed_retries: int = Field(1, ge=0, le=8, description="of those, how many only change the seed")
+    strength_factor: float = Field(
+        0.7, gt=0.0, le=1.0, description="later retries scale the prompt's strength by this per attempt"
+    )
+    critic: str | None = Field(
+        None,
+        description="VLM critic for yes/no checks: 'editor' (the profile's Qwen-Image-Edit text encoder, "
+        "or Qwen/Qwen2.5-VL-7B-Instruct when it lacks its output layer), a folder or hub id; null: none",
+    )
+    critic_checks: list[Check] = Field(
+        default_factory=lambda: [Check(id="one-person", question="Is there exactly one person in the image?")],
+        description="questions asked about every edit, beside each prompt's own checks",
+    )
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -121,6 +150,7 @@ class Settings(Strict):
     identity: IdentityBackendSettings = IdentityBackendSettings()
     review: ReviewSettings = ReviewSettings()
     nightly: NightlySettings = NightlySettings()
+    verify: VerifySettings = VerifySettings()
 
 
 # --------------------------------------------------------------------------- prompt libraries
@@ -153,6 +183,10 @@ class PromptEntry(Strict):
     strength: float = Field(1.0, ge=0.0, le=2.0, description="augment: how strongly the transform applies")
     steps: int | None = Field(None, ge=1, description="sampling steps; None = the profile's")
     augment: AugmentSpec | None = None
+    verify: VerifierSpec | None = Field(
+        None, description="what an edit must keep and change; default: the category's (docs/verification.md)"
+    )
+    checks: list[Check] = Field(default_factory=list, description="yes/no questions the VLM critic asks of an edit")
 
 
 class PromptLibrary(Strict):
@@ -180,6 +214,19 @@ class IdentitySettings(Strict):
     decide_by: Literal["max", "mean"] = "max"
 
 
+class EditorRouting(Strict):
+    """Which editor carries out each prompt category for a character (runs with ``--editor configured``).
+
+    E.g. VIBE for lighting, background and expression edits (fast, strongest where the input must be kept) and
+    Qwen-Image-Edit with the multiple-angles LoRA for camera angles (docs/editing.md).
+    """
+
+    default: EditorName = Field("qwen", description="the editor of every category not named below")
+    categories: dict[str, EditorName] = Field(
+        default_factory=dict, description="prompt category -> editor, e.g. {lighting: vibe, angles: qwen}"
+    )
+
+
 class Character(Strict):
     """configs/characters/<name>.yaml."""
 
@@ -195,6 +242,9 @@ class Character(Strict):
         None, description="the qwen editor adds this editor LoRA of the catalog (a lora_id, or 'latest')"
     )
     editor_lora_scale: float = Field(1.0, ge=0.0, le=2.0)
+    editors: EditorRouting = Field(
+        default_factory=EditorRouting, description="editor per prompt category (runs with --editor configured)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -214,7 +264,7 @@ class Character(Strict):
 
 # --------------------------------------------------------------------------- profiles and LoRAs
 
-PipelineKind = Literal["qwen-image-edit", "flux"]
+PipelineKind = Literal["qwen-image-edit", "flux", "vibe"]
 
 
 class LoraSpec(Strict):
@@ -251,6 +301,11 @@ class StageSettings(Strict):
     height: int | None = Field(None, ge=16, le=4096, description="output height; None: the pipeline's own choice")
     true_cfg_scale: float | None = Field(None, ge=1.0, description="editor: classifier-free guidance")
     guidance: float | None = Field(None, ge=0.0, description="generator: FLUX distilled guidance")
+    image_guidance_scale: float | None = Field(
+        None, ge=0.0, description="vibe editor: image guidance (>= 1: three-branch CFG); None = VIBE's 1.2"
+    )
+    resolution_binning: bool = Field(True, description="vibe editor: fit the input into Sana's closest size bin")
+    revert_resize: bool = Field(True, description="vibe editor: resize the output back to the input's size")
     negative_prompt: str = " "
     fuse_loras: bool = Field(
         False, description="fuse the stack into the weights (faster sampling); only for an unquantized base"
@@ -317,7 +372,9 @@ class TrainerSettings(Strict):
     gradient_checkpointing: bool = False
     max_sequence_length: int = Field(512, ge=16, le=512, description="T5 tokens kept for captions")
     control_area: int = Field(
-        1024 * 1024, ge=64 * 64, le=2048 * 2048,
+        1024 * 1024,
+        ge=64 * 64,
+        le=2048 * 2048,
         description="edit trainer: pixels of the condition image the transformer sees; the default is what "
         "QwenImageEditPlusPipeline gives it at inference (about 1 MP whatever the output size)",
     )
@@ -336,6 +393,9 @@ class Profile(Strict):
     peak_budget_gib: float | None = Field(None, gt=0, description="the stage peak this profile is built to stay under")
     editor: StageSettings
     generator: StageSettings
+    vibe_editor: StageSettings | None = Field(
+        None, description="the vibe editor (VIBE: Sana1.5 + Qwen3-VL, docs/editing.md); None: not available"
+    )
     trainer: TrainerSettings = TrainerSettings()
     edit_trainer: TrainerSettings = Field(
         default_factory=lambda: TrainerSettings(rank=16, steps=1000, sample_prompts=[], sample_size=1024),

@@ -41,7 +41,7 @@ class EnrichSummary:
     character: str
     jobs: int
     images: int
-    status: str = "completed"  # or awaiting_review
+    status: str = "completed"  # or awaiting_review, or busy (another run holds the character)
     message: str = ""
     gate: GateStatus | None = None
 
@@ -59,7 +59,7 @@ class IterationOutcome:
 
 @dataclass
 class FlywheelResult:
-    """What a flywheel run did; ``status`` is completed, awaiting_review or stopped (``message`` says why)."""
+    """What a flywheel run did; ``status`` is completed, awaiting_review, stopped or busy (``message`` says why)."""
 
     character: str
     status: str = "completed"

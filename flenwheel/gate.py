@@ -81,7 +81,8 @@ def auto_review(
     catalog: Catalog, character: str, stage: str, margin: float, run_id: str | None,
     only: Collection[str] | None = None, context: str = "auto",
 ) -> tuple[int, int]:  # fmt: skip
-    """Approve identity passes at least ``margin`` above their threshold; reject the other scored candidates.
+    """Approve identity passes at least ``margin`` above their threshold whose edit checks all passed (or that
+    were not checked); reject the other scored candidates.
 
     Only undecided candidates are touched (a human decision is never overridden), only those in ``only`` when
     given; unscored ones wait. ``context`` starts each note (e.g. who let the policy decide on resume).
@@ -92,13 +93,15 @@ def auto_review(
     for c in candidates(catalog, character, stage):
         if c["decision"] is not None or c["verdict"] is None or (only is not None and c["image_id"] not in only):
             continue
-        ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin
+        failed = c.get("failed_checks") or []
+        ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin and not failed
         detail = (
             f", similarity {c['similarity']:.3f} vs threshold {c['threshold']:.3f} + {margin}"
             if c["similarity"] is not None
             else ""
         )
-        note = f"{context}: {c['verdict']}{detail}"
+        checks = f"; failed checks: {', '.join(failed)}" if failed else ""
+        note = f"{context}: {c['verdict']}{detail}{checks}"
         rows.append({"image_id": c["image_id"], "gate_id": gate, "decision": "approved" if ok else "rejected",
                      "source": "auto", "reviewer": "auto", "note": note})  # fmt: skip
     catalog.add_reviews(rows, run_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib
 import os
 import re
 import resource
@@ -30,16 +31,28 @@ from huggingface_hub import constants, hf_hub_download
 
 from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings
 from flenwheel.errors import FlenwheelError
+from flenwheel.store import file_sha256
 from flenwheel.tiny import TINY_KINDS, ensure_tiny_models
 from flenwheel.workspace import Workspace
 
-PIPELINE_CLASSES: dict[str, str] = {"qwen-image-edit": "QwenImageEditPlusPipeline", "flux": "FluxPipeline"}
-STAGE_OF_KIND: dict[str, str] = {"qwen-image-edit": "editor", "flux": "generator"}
+# A diffusers class by name, or "module:Class" for a pipeline of ours (VIBE is not in diffusers).
+PIPELINE_CLASSES: dict[str, str] = {
+    "qwen-image-edit": "QwenImageEditPlusPipeline",
+    "flux": "FluxPipeline",
+    "vibe": "flenwheel.vibe_pipeline:VibePipeline",
+}
+STAGE_OF_KIND: dict[str, str] = {"qwen-image-edit": "editor", "flux": "generator", "vibe": "vibe_editor"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelError(FlenwheelError, RuntimeError):
     """A model cannot be loaded as asked; the message says how to fix it."""
+
+
+def pipeline_class(kind: PipelineKind) -> type:
+    """The pipeline class of ``kind`` (see PIPELINE_CLASSES)."""
+    module, _, name = PIPELINE_CLASSES[kind].rpartition(":")
+    return getattr(importlib.import_module(module) if module else diffusers, name)
 
 
 # --------------------------------------------------------------------------- refs
@@ -77,7 +90,7 @@ def hub_snapshot(repo_id: str, kind: PipelineKind, revision: str | None = None) 
     components' folders, safetensors over pickles), not the whole repo: FLUX.1-dev also keeps a 24 GB
     single-file checkpoint beside its diffusers folders, which would double the disk a user needs.
     """
-    cls = getattr(diffusers, PIPELINE_CLASSES[kind])
+    cls = pipeline_class(kind)
     try:
         return Path(cls.download(repo_id, revision=revision, local_files_only=True))
     except Exception:
@@ -171,7 +184,7 @@ def load_pipeline(
     """Load the pipeline of ``kind`` as ``stage`` and ``profile`` say."""
     check_device(profile)
     resolved = resolve_model(stage.model, kind, ws)
-    cls = getattr(diffusers, PIPELINE_CLASSES[kind])
+    cls = pipeline_class(kind)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(profile)}
     quant = quantization_config(stage, profile)
     if quant is not None:
@@ -236,15 +249,6 @@ def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None)
     if not spec.weight_name:
         raise ModelError(f"LoRA {ref}: a hub LoRA needs weight_name (the .safetensors file inside the repo)")
     return _hub_file(repo_id, spec.weight_name, revision or spec.revision)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB chunks (weights are gigabytes)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _hub_file(repo_id: str, filename: str, revision: str | None) -> tuple[Path, str]:
@@ -397,11 +401,15 @@ class ModelManager:
         if self.current is None:
             return
         kind = self.current.kind
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else _rss_gib()
-        self.peaks[kind] = peak
+        if torch.cuda.is_available():
+            # allocated leaves out the caching allocator's reserve; a budget check needs the reserved peak too
+            peaks = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+                     "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}  # fmt: skip
+        else:
+            peaks = {"peak_rss_gib": _rss_gib()}
+        self.peaks[kind] = max(peaks.values())
         if self.catalog is not None and self.run_id is not None:
-            name = "peak_gpu_gib" if torch.cuda.is_available() else "peak_rss_gib"
-            self.catalog.add_metrics(self.run_id, "stage", kind, {name: peak})
+            self.catalog.add_metrics(self.run_id, "stage", kind, peaks)
         self.current = None
         gc.collect()
         if torch.cuda.is_available():

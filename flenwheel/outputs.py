@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -19,11 +20,13 @@ def store_outputs(
     origin: str,
     outputs: Iterable[tuple[Image.Image, DerivationRecord]],
     run_id: str | None,
+    record: Callable[[Any, Sequence[str]], None] | None = None,
 ) -> list[str]:
     """Store each output image and record all images + derivations in one transaction (editors, generators).
 
     ``child_id`` of each derivation is filled in from the stored bytes. If making an output or the catalog
     write fails, the files this call stored are removed again, so a failed batch leaves nothing behind.
+    ``record(connection, image_ids)`` writes rows about the outputs in the same transaction.
     """
     images, derivations, stored = [], [], []
     try:
@@ -33,7 +36,8 @@ def store_outputs(
             images.append(ImageRecord(s.image_id, character, origin, s.relpath, s.width, s.height))
             derivations.append(dataclasses.replace(derivation, child_id=s.image_id))
         if images:
-            catalog.add_images(images, run_id, derivations)
+            ids = [im.image_id for im in images]
+            catalog.add_images(images, run_id, derivations, None if record is None else lambda con: record(con, ids))
     except BaseException:
         for s in stored:
             remove_if_unreferenced(ws.root, s)

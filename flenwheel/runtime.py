@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from flenwheel.workspace import Workspace
 
 if TYPE_CHECKING:
+    from flenwheel.critic import Critic
     from flenwheel.models import ModelManager
 
 T = TypeVar("T")
@@ -49,6 +50,24 @@ def release_models() -> None:
     for manager in _MANAGERS.values():
         manager.release()
     _MANAGERS.clear()
+    _CRITICS.clear()
+
+
+_CRITICS: dict[tuple[str, str, str], Critic] = {}
+
+
+def critic(ws: Workspace, profile: str | None) -> Critic:
+    """The process's VLM critic for ``verify.critic`` (loaded once; ``editor``: the profile's editor snapshot)."""
+    from flenwheel.critic import Critic
+    from flenwheel.models import resolve_model
+
+    prof = ws.profile(profile)
+    ref = ws.settings.verify.critic or ""
+    key = (str(ws.root), prof.name, ref)
+    if key not in _CRITICS:
+        source = str(resolve_model(prof.editor.model, "qwen-image-edit", ws).path) if ref == "editor" else ref
+        _CRITICS[key] = Critic.from_pretrained(source, device=prof.device)
+    return _CRITICS[key]
 
 
 def batches(items: Sequence[T], size: int) -> list[list[T]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,10 +27,52 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flenwheel.config import StoreSettings
-from flenwheel.errors import FlenwheelError
+from flenwheel.errors import FlenwheelError, writing
 
 # zlib level 1: deterministic like any level, several times faster than 6 for ~10% more bytes on photos.
 PNG_COMPRESS_LEVEL = 1
+OBJECTS = "objects"  # the store's folder under the data root
+# A temporary file or folder of an atomic write is named ".<final name>.tmp-<pid>-<random>": a later write of
+# the same name removes the leftovers of writers that are gone (killed), and doctor finds any others.
+TEMP_MARK = ".tmp-"
+
+
+def temp_prefix(final_name: str) -> str:
+    """The name prefix of this process's temporary sibling for an atomic write of ``final_name``."""
+    return f".{final_name}{TEMP_MARK}{os.getpid()}-"
+
+
+def is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and TEMP_MARK in path.name
+
+
+def writer_gone(path: Path) -> bool:
+    """Whether the process that made the temporary ``path`` has ended (it can no longer finish the write)."""
+    try:
+        pid = int(path.name.split(TEMP_MARK, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return True  # not ours, or from before pids were in the name
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, under another user
+    return False
+
+
+def clear_leftovers(final: Path) -> None:
+    """Remove temporary siblings of ``final`` whose writers are gone (a killed command's half-written copy)."""
+    for stale in final.parent.glob(f".{glob_escape(final.name)}{TEMP_MARK}*"):
+        if writer_gone(stale):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 class ImageRejected(FlenwheelError, ValueError):
@@ -46,7 +89,7 @@ class StoredImage:
 
 
 def object_relpath(image_id: str) -> str:
-    return f"objects/{image_id[:2]}/{image_id}.png"
+    return f"{OBJECTS}/{image_id[:2]}/{image_id}.png"
 
 
 def object_path(root: Path, image_id: str) -> Path:
@@ -144,16 +187,27 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary sibling, flush it to disk, then rename: readers see the old file or the new
     one, never part of it, and a kill or a full disk leaves no partial file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    clear_leftovers(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (weights are gigabytes)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def put_image(root: Path, img: Image.Image) -> StoredImage:

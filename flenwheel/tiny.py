@@ -17,7 +17,6 @@ import os
 import shutil
 import string
 import tempfile
-import uuid
 from pathlib import Path
 
 import torch
@@ -47,7 +46,9 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-TINY_KINDS = ("flux", "qwen-image-edit")
+from flenwheel.store import clear_leftovers, temp_prefix
+
+TINY_KINDS = ("flux", "qwen-image-edit", "vibe")
 
 # Scheduler settings of the real models (FLUX.1-dev and Qwen-Image), so sampling code sees the real shapes.
 FLUX_SCHEDULER = {
@@ -75,7 +76,8 @@ QWEN_SCHEDULER = {
     "use_exponential_sigmas": False,
     "use_karras_sigmas": False,
 }
-QWEN_SPECIAL_TOKENS = (
+
+QWEN_SPECIAL_TOKENS = (  # the same set as flenwheel.vibe_tiny's, which sits below this module and loads lazily
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -247,7 +249,14 @@ def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0, size: str = "tiny")
     return out_dir
 
 
-BUILDERS = {"flux": build_tiny_flux, "qwen-image-edit": build_tiny_qwen_image_edit}
+def build_tiny_vibe(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """The VIBE editor's twin (flenwheel.vibe_tiny), imported when built: Qwen3-VL and Sana only when asked."""
+    from flenwheel.vibe_tiny import build_tiny_vibe as build
+
+    return build(out_dir, seed, size)
+
+
+BUILDERS = {"flux": build_tiny_flux, "qwen-image-edit": build_tiny_qwen_image_edit, "vibe": build_tiny_vibe}
 
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
@@ -272,7 +281,8 @@ def ensure_models(
     for kind in kinds:
         target = models_dir / kind
         if not (target / "model_index.json").is_file():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-{uuid.uuid4().hex[:6]}-", dir=models_dir))
+            clear_leftovers(target)
+            tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(kind), dir=models_dir))
             try:
                 default_dtype = torch.get_default_dtype()
                 torch.set_default_dtype(torch.bfloat16 if size == "real" else default_dtype)

@@ -21,7 +21,10 @@ CharacterName = Annotated[
 ProfileName = Annotated[str, StringConstraints(pattern=PROFILE_PATTERN), Field(description="configs/profiles/<name>")]
 PromptId = Annotated[str, StringConstraints(pattern=PROMPT_ID_PATTERN)]
 
-EditorName = Literal["augment", "qwen"]
+EditorName = Literal["augment", "qwen", "vibe"]
+# What a run is told to use: one editor for every prompt, or "configured": each prompt category's editor from the
+# character's ``editors`` (configs/characters/<name>.yaml).
+EditorChoice = Literal["configured", "augment", "qwen", "vibe"]
 EditOp = Literal["edit", "augment"]  # the derivation op: qwen edits record "edit", the CPU editor "augment"
 ReviewMode = Literal["auto", "fiftyone", "cli"]
 ReviewStage = Literal["enrich", "synthetic"]
@@ -30,6 +33,7 @@ Origin = Literal["source", "edit", "augment", "generate"]
 IdentityBackendName = Literal["dlib", "insightface"]
 
 EDITORS: tuple[str, ...] = get_args(EditorName)
+EDITOR_CHOICES: tuple[str, ...] = get_args(EditorChoice)
 EDIT_OPS: tuple[str, ...] = get_args(EditOp)
 REVIEW_MODES: tuple[str, ...] = get_args(ReviewMode)
 REVIEW_STAGES: tuple[str, ...] = get_args(ReviewStage)

@@ -1,8 +1,9 @@
 """Prefect flows: they orchestrate tasks, read the catalog to skip what is done, and tell their story in the logs.
 
 Importing this package sets Prefect defaults that suit a local, private tool (an explicit environment setting
-wins): no usage analytics from the server, the UI or the client, and the engine's ``flenwheel`` loggers sent
-to the run's logs in the Prefect UI at INFO level.
+wins): no usage analytics from the server, the UI or the client; the engine's ``flenwheel`` loggers sent to the
+run's logs in the Prefect UI at INFO level; and in the terminal, an error the user can act on stays the CLI's
+one line (Prefect's traceback of it still goes to the run's logs).
 """
 
 import logging
@@ -13,6 +14,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side analytics
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "flenwheel")
 
 import prefect.main  # noqa: F401 - sets up Prefect's logging with the settings above
+from prefect.logging.handlers import PrefectConsoleHandler
+
+from flenwheel.errors import FlenwheelError
 
 
 def _engine_logs_to_runs() -> None:
@@ -25,4 +29,37 @@ def _engine_logs_to_runs() -> None:
             engine.addHandler(handler)
 
 
+class _OneLineUserErrors(logging.Filter):
+    """Drop terminal records that only repeat a flenwheel error (its traceback, the failed state naming it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FlenwheelError):
+            return False
+        if record.levelno >= logging.ERROR:
+            message = record.getMessage()
+            return not any(name in message for name in _user_error_names())
+        return True
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [FlenwheelError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def _quiet_user_errors_in_the_terminal() -> None:
+    # Prefect's logging config puts its console handler on the root logger (3.x) or on "prefect" (older).
+    loggers = [logging.getLogger(), logging.getLogger("prefect")]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OneLineUserErrors) for f in handler.filters
+        ):
+            handler.addFilter(_OneLineUserErrors())
+
+
 _engine_logs_to_runs()
+_quiet_user_errors_in_the_terminal()

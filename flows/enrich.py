@@ -20,13 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from flenwheel import gate, runtime
 from flenwheel.catalog import AwaitingReview
 from flenwheel.config import ConfigError
-from flenwheel.editing import make_editor, pending_jobs
+from flenwheel.editing import MODEL_EDITORS, editor_plan, make_editor, pending_jobs
 from flenwheel.flywheel import EnrichSummary
 from flenwheel.ingest import ingest_paths
 from flenwheel.locks import CharacterBusy, character_lock
 from flenwheel.models import ModelManager
 from flenwheel.store import expand_paths
-from flenwheel.types import CharacterName, EditorName, ProfileName, PromptId, ReviewMode
+from flenwheel.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
 from flenwheel.workspace import Workspace
 
 log = logging.getLogger("flenwheel.flows.enrich")
@@ -38,7 +38,11 @@ class EnrichParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     character: CharacterName
-    editor: EditorName = "augment"
+    editor: EditorChoice = Field(
+        "augment",
+        description="configured: each prompt category's editor from the "
+        "character's config; else one editor for every prompt",
+    )
     profile: ProfileName | None = Field(None, description="default: configs/flenwheel.yaml")
     prompts: list[PromptId] | None = Field(None, description="prompt ids; default: the whole library")
     seeds: int = Field(2, ge=1, le=64, description="seeds 0..N-1 per source and prompt")
@@ -60,28 +64,43 @@ def enrich_work(ws: Workspace, params: EnrichParams, run_id: str) -> EnrichSumma
     if unknown:
         raise ConfigError(f"unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
     prompts = [library[p] for p in params.prompts] if params.prompts else list(library.values())
-    # qwen job keys depend on the profile's settings, not on a loaded model
-    planner = ModelManager(ws, ws.profile(params.profile)) if params.editor == "qwen" else None
-    editor = make_editor(params.editor, ws, planner, catalog, character)
-    jobs = pending_jobs(catalog, character.name, editor, prompts, list(range(params.seeds)), params.sources)
-    log.info(f"enrichment of {character.name} with the {params.editor} editor: {len(jobs)} job(s) to do")
+    plan = editor_plan(params.editor, character, prompts, list(library.values()))
+    work = []
+    for name, routed in plan.items():
+        # model editors' job keys depend on the profile's settings, not on a loaded model
+        planner = ModelManager(ws, ws.profile(params.profile)) if name in MODEL_EDITORS else None
+        editor = make_editor(name, ws, planner, catalog, character)
+        refused = [p.category for p in routed if not editor.supports(p)]
+        if params.editor == "configured" and refused:  # a named editor skips what it cannot do; a route must not
+            raise ConfigError(f"characters/{character.name}.yaml: editors: the {name} editor cannot carry out "
+                              f"{', '.join(sorted(set(refused)))} prompts; route them to another editor")  # fmt: skip
+        jobs = pending_jobs(catalog, character.name, editor, routed, list(range(params.seeds)), params.sources)
+        log.info(f"enrichment of {character.name} with the {name} editor: {len(jobs)} job(s) to do "
+                 f"({', '.join(sorted({p.category for p in routed}))})")  # fmt: skip
+        work.append((name, jobs))
     made: list[str] = []
     try:
-        for batch in runtime.batches(jobs, params.batch_size):
-            ids = edit_batch(
-                root, configs, character.name, params.editor, params.profile,
-                [(j.parent_id, j.prompt.id, j.seed) for j in batch], run_id,
-            )  # fmt: skip
-            score_images(root, configs, character.name, ids, run_id)
-            made.extend(ids)
+        for name, jobs in work:
+            for batch in runtime.batches(jobs, params.batch_size):
+                ids = edit_batch(
+                    root, configs, character.name, name, params.profile,
+                    [(j.parent_id, j.prompt.id, j.seed) for j in batch], run_id,
+                )  # fmt: skip
+                score_images(root, configs, character.name, ids, run_id)
+                made.extend(ids)
+            runtime.release_models()  # the next editor's pipeline must not share the GPU with this one
     finally:
         runtime.release_models()
-    return EnrichSummary(character.name, len(jobs), len(made))
+    return EnrichSummary(character.name, sum(len(j) for _, j in work), len(made))
 
 
-def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str) -> EnrichSummary:
-    """The enrichment work, then the review gate."""
-    summary = enrich_work(ws, params, run_id)
+def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str, holder: str) -> EnrichSummary:
+    """The enrichment work (under the character's lock), then the review gate."""
+    try:
+        with character_lock(ws, params.character, holder):
+            summary = enrich_work(ws, params, run_id)
+    except CharacterBusy as e:  # not a failure of this run: another one is working on the character
+        return EnrichSummary(params.character, 0, 0, status="busy", message=str(e))
     try:
         summary.gate = run_gate(ws, ws.catalog(), params.character, "enrich", params.review, run_id, params.wait)
     except AwaitingReview as e:
@@ -98,7 +117,7 @@ def enrich(params: EnrichParams, root: str | None = None, configs: str | None = 
     flow_run_id = str(get_run_context().flow_run.id)
     config = {"params": params.model_dump(), "root": str(ws.root)}
     with catalog.run("flow:enrich", config, prefect_flow_run_id=flow_run_id) as run_id:
-        result = enrich_stage(ws, params, run_id)
+        result = enrich_stage(ws, params, run_id, holder=f"enrich flow run {flow_run_id}")
         if result.status == "awaiting_review":
             catalog.mark_awaiting_review(run_id)
     return result
@@ -110,7 +129,7 @@ class NightlyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     characters: list[CharacterName] | None = Field(None, description="default: every character in configs")
-    editor: EditorName = "qwen"
+    editor: EditorChoice = "configured"
     profile: ProfileName | None = None
     prompts: list[PromptId] | None = None
     seeds: int = Field(2, ge=1, le=64)

@@ -28,9 +28,9 @@ from flenwheel.catalog import AwaitingReview, Catalog, now
 from flenwheel.flywheel import FlywheelResult, FlywheelStopped, IterationOutcome, IterationPolicy
 from flenwheel.flywheel import freeze_iteration_version as freeze_version
 from flenwheel.generation import SyntheticGenerator, pending_generation, synthetic_prompts
-from flenwheel.locks import character_lock
+from flenwheel.locks import CharacterBusy, character_lock
 from flenwheel.models import ModelManager
-from flenwheel.types import CharacterName, EditorName, ProfileName, PromptId, ReviewMode
+from flenwheel.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
 from flenwheel.workspace import Workspace
 
 log = logging.getLogger("flenwheel.flows.flywheel")
@@ -44,7 +44,11 @@ class FlywheelParams(BaseModel):
     character: CharacterName
     iterations: int = Field(2, ge=1, le=20, description="iterations the character should have (done ones are skipped)")
     profile: ProfileName | None = Field(None, description="default: configs/flenwheel.yaml")
-    editor: EditorName = "qwen"
+    editor: EditorChoice = Field(
+        "configured",
+        description="configured: each prompt category's editor from the "
+        "character's config (qwen unless it says otherwise); else one editor for all",
+    )
     review: ReviewMode = "fiftyone"
     wait: bool = Field(False, description="a local run pauses at review gates instead of stopping")
     enrich_prompts: list[PromptId] | None = Field(None, description="enrichment prompt ids; default: all")
@@ -91,6 +95,8 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
         result.status, result.message = "awaiting_review", str(e)
     except FlywheelStopped as e:
         result.status, result.message = "stopped", str(e)
+    except CharacterBusy as e:  # not a failure of this run: another one is working on the character
+        result.status, result.message = "busy", str(e)
     if result.message:
         log.info(f"{result.status}: {result.message}")
     return result
@@ -118,7 +124,7 @@ def _iteration(
         create_table_artifact(report.table, key=f"{key}-identity", description=f"identity by group, iteration {number}")
         create_markdown_artifact(report.markdown, key=key, description=f"flywheel iteration {number}")
         catalog.update_iteration(character.name, number, run_id, status="completed", completed_at=now(),
-                                 report_path=str(report.path))  # fmt: skip
+                                 report_path=str(report.path.relative_to(ws.root)))  # fmt: skip
     return IterationOutcome(number, "completed", version, lora.lora_id, made, str(report.path), report.target_met)
 
 

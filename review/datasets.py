@@ -3,8 +3,10 @@
 Each sample is one stored image (``filepath`` is the store file) and carries ``image_id``, ``source_id``
 (the source photo it derives from), ``parent_id``, ``gate``, ``origin``, ``editor``, ``prompt_id``, ``seed``,
 ``verdict``, ``similarity``, ``threshold`` and the identity ``embedding`` (for FiftyOne's similarity and
-uniqueness tools). Source photos are in the dataset too, so the saved view ``by-source`` groups every source
-with its variants. Candidates that failed the identity filter are tagged ``auto_rejected`` and stay visible.
+uniqueness tools), and the edit checks: ``verified``, ``failed_checks``, ``attempts`` (docs/verification.md), each
+failed check also as a tag ``check:<name>`` to filter on. Source photos are in the dataset too, so the saved
+view ``by-source`` groups every source with its variants. Candidates that failed the identity filter are
+tagged ``auto_rejected`` and stay visible; an edit's attempts that were not chosen are not in the dataset.
 Reviewers tag ``approved`` or ``rejected``; :func:`read_decisions` turns those tags into catalog reviews.
 """
 
@@ -47,6 +49,11 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
     """
     fo = fiftyone(ws)
     ds = open_dataset(ws, character)
+    # Declared, not inferred: a dataset whose candidates were never checked holds only None in them.
+    for name, kind, sub in (("verified", fo.BooleanField, None), ("attempts", fo.IntField, None),
+                            ("failed_checks", fo.ListField, fo.StringField)):  # fmt: skip
+        if not ds.has_sample_field(name):
+            ds.add_sample_field(name, kind, **({"subfield": sub} if sub else {}))
     known = dict(zip(ds.values("image_id"), ds.values("id"), strict=True)) if len(ds) else {}
     gates = {origin: stage for stage, origins in gate.STAGE_ORIGINS.items() for origin in origins}
     new, updates = [], {}
@@ -64,11 +71,15 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             "similarity": r["similarity"],
             "threshold": r["threshold"],
             "embedding": list(r["embedding"]) if r["embedding"] is not None else None,
+            "verified": r["verified"],
+            "failed_checks": list(r["failed_checks"]),
+            "attempts": r["attempts"] or None,
         }
         if r["image_id"] in known:
             updates[known[r["image_id"]]] = fields
             continue
         tags = [AUTO_REJECTED] if r["origin"] != "source" and r["verdict"] not in (None, "pass") else []
+        tags += [f"check:{name}" for name in r["failed_checks"]]
         new.append(fo.Sample(filepath=str(ws.root / r["path"]), tags=tags, **fields))
     if new:
         ds.add_samples(new, progress=False)

@@ -8,8 +8,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from flenwheel import runtime
-from flenwheel.editing import EditJob, make_editor, run_edit_batch
-from flenwheel.identity import filter_images
+from flenwheel.editing import MODEL_EDITORS, EditJob, make_editor, run_edit_batch
+from flenwheel.editing.checks import EditChecker
+from flenwheel.identity import filter_images, load_backend
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,17 @@ def edit_batch(
     cat = ws.catalog()
     char = ws.character(character)
     prompts = ws.prompt_library(char)
-    manager = runtime.model_manager(ws, profile, run_id) if editor == "qwen" else None
+    manager = runtime.model_manager(ws, profile, run_id) if editor in MODEL_EDITORS else None
     ed = make_editor(editor, ws, manager, cat, char)
-    made = run_edit_batch(ws, cat, character, ed, [EditJob(p, prompts[q], s) for p, q, s in jobs], run_id)
-    log.info(f"{editor} editor made {len(made)} image(s) of {character}")
+    checker = None
+    if ws.settings.verify.enabled:  # every edit verified; a failed one retried (docs/verification.md)
+        backend = load_backend(char.identity.backend, ws.settings.identity)
+        critic = runtime.critic(ws, profile) if ws.settings.verify.critic else None
+        checker = EditChecker(ws.root, backend, ws.settings.verify, critic)
+    made = run_edit_batch(ws, cat, character, ed, [EditJob(p, prompts[q], s) for p, q, s in jobs], run_id, checker)
+    retried = len(made) - len(jobs)
+    log.info(f"{editor} editor made {len(made)} image(s) of {character}"
+             + (f" ({retried} retries of edits that failed a check)" if retried else ""))  # fmt: skip
     return made
 
 

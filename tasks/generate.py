@@ -34,7 +34,7 @@ def make_report(root: str, configs: str, character: str, number: int, run_id: st
     ws = runtime.workspace(root, configs)
     cat = ws.catalog()
     report = iteration_report(ws.root, cat, character, number)
-    cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics)
+    cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics, once=True)
     rate = report.metrics.get("pass_rate")
     log.info(f"iteration {number} of {character}: synthetic identity pass rate "
              f"{'-' if rate is None else f'{rate:.0%}'} (target 70% {'met' if report.target_met else 'not met'}); "

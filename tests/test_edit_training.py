@@ -207,12 +207,12 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
         assert metrics[(f"{lora_id}:{arm}", "n")] == 1
         assert metrics[(f"{lora_id}:{arm}", "pass_rate")] == 0.0  # tiny weights: noise, no face
     report = Path(ev.stdout.split("report: ")[1].split()[0])
-    assert report.is_file() and "base editor" in report.read_text() and (report.parent / "base_vs_lora.png").is_file()
+    assert report.is_file() and "base editor" in report.read_text() and any(report.parent.glob("side_by_side_*.png"))
 
     from flenwheel.report import iteration_report  # the flywheel report carries the comparison too
 
     page = iteration_report(ws.root, catalog, "obama", 1).path.read_text()
-    assert "Editor LoRA (flywheel 2)" in page and f"../edit-eval-{lora_id}/base_vs_lora.png" in page
+    assert "Editor LoRA (flywheel 2)" in page and f"../edit-eval-{lora_id}/side_by_side_" in page
 
     bad = cli("eval-edit", "obama", "--lora", "nope")
     assert bad.exit_code == 2 and "not a Qwen-Image-Edit LoRA" in bad.stderr
@@ -225,7 +225,7 @@ def test_editor_flywheel_flow_trains_evaluates_and_resumes(prefect_harness, ws: 
     params = EditorParams(character="obama", profile="cpu-tiny", steps=4, ops=["edit", "augment"],
                           eval_prompts=["angle-left-45"])  # fmt: skip
     first = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
-    assert first.lora.trained and first.evaluation.held_out and set(first.evaluation.metrics) == {"base", "lora"}
+    assert first.lora.trained and first.evaluation.held_out and {"base", "lora"} <= set(first.evaluation.metrics)
     assert all(m["n"] == 1 for m in first.evaluation.metrics.values()) and first.evaluation.report.is_file()
     again = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
     assert not again.lora.trained and again.lora.lora_id == first.lora.lora_id  # found, not trained twice

@@ -238,7 +238,7 @@ def test_ui_run_suspends_keeps_the_reviewers_word_and_completes(
                     json={"run_input": {"approve_rest": True, "reviewer": "bob"}}).raise_for_status()  # fmt: skip
     server.wait_state(run_id, "COMPLETED")
     [iteration] = catalog.iterations("obama")
-    assert iteration["status"] == "completed" and Path(iteration["report_path"]).is_file()
+    assert iteration["status"] == "completed" and (ws.root / iteration["report_path"]).is_file()
     synthetic = catalog.rows("SELECT * FROM review_state WHERE gate_id = 'obama:synthetic'")
     assert (
         synthetic and {r["source"] for r in synthetic} == {"prefect"} and {r["reviewer"] for r in synthetic} == {"bob"}

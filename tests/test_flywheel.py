@@ -98,10 +98,10 @@ def test_two_iterations_make_two_versions_two_loras_metrics_and_reports(two_iter
             )
         }
         assert metrics["n"] == 2 and metrics["pass_rate"] == 0.0 and metrics["target_met"] == 0.0
-        report = Path(it["report_path"])
+        report = ws.root / it["report_path"]
         assert report.is_file() and "flywheel iteration" in report.read_text()
         assert {p.name for p in report.parent.glob("*.png")} >= {"pass_rates.png", "similarity.png", "training.png"}
-    page = Path(its[1]["report_path"]).read_text()
+    page = (ws.root / its[1]["report_path"]).read_text()
     assert "synthetic v1 0% → synthetic v2 0%" in page and "not met" in page
 
 
@@ -136,10 +136,10 @@ def test_rerunning_the_flywheel_adds_nothing(two_iterations) -> None:
 
 def test_report_renders_in_headless_chromium(two_iterations) -> None:
     """Debian's chromium opens the page: every chart and grid decodes, and the screenshot is not blank."""
-    _ws, catalog, _ = two_iterations
+    ws, catalog, _ = two_iterations
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
-    page = Path(catalog.iterations("obama")[1]["report_path"])
+    page = ws.root / catalog.iterations("obama")[1]["report_path"]
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip

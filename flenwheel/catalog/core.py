@@ -12,6 +12,7 @@ Rules that keep several processes safe:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -30,7 +31,7 @@ import pandas as pd
 
 import flenwheel
 from flenwheel.catalog.schema import MIGRATIONS, SCHEMA_VERSION
-from flenwheel.errors import FlenwheelError
+from flenwheel.errors import DiskFull, FlenwheelError
 
 T = TypeVar("T")
 
@@ -128,6 +129,22 @@ class CatalogCore:
             return self._transact(fn)
 
     def _transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        full = False
+        try:
+            return self._run_transaction(fn)
+        except duckdb.Error as e:
+            if "no space left" not in str(e).lower():
+                raise
+            full = True
+        # Raised outside the handler, so the DiskFull carries no chained DuckDB error and no frame holding a
+        # connection (the Python binding warns at exit about objects kept alive by a stored traceback).
+        assert full
+        raise DiskFull(
+            f"no space left on the device: could not write the catalog {self.path} (nothing of this step was "
+            "recorded); free space and run again"
+        )
+
+    def _run_transaction(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         con = self._connect(read_only=False)
         try:
             con.execute("BEGIN TRANSACTION")
@@ -135,11 +152,14 @@ class CatalogCore:
                 result = fn(con)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.Error):  # a failed commit has already ended the transaction
+                    con.execute("ROLLBACK")
                 raise
             return result
         finally:
-            con.close()
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+            del con
 
     def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn`` on a read-only connection."""
@@ -258,12 +278,26 @@ class CatalogCore:
 
     # ------------------------------------------------------------------ metrics
 
-    def add_metrics(self, run_id: str, scope: str, scope_id: str, values: dict[str, float], step: int = 0) -> None:
+    def add_metrics(
+        self, run_id: str, scope: str, scope_id: str, values: dict[str, float], step: int = 0, once: bool = False
+    ) -> None:
+        """Record measurements. ``once``: the value is a fact about the scope (a checkpoint's pass rate, an
+        iteration's), recorded by whichever run gets there first, so a run re-doing work after a kill does
+        not record it twice."""
         if not values:
             return
         stamp = now()
         rows = [(run_id, scope, scope_id, k, float(v), step, stamp) for k, v in values.items()]
-        self.write(lambda con: con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+        if not once:
+            self.write(lambda con: con.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows))
+            return
+        self.write(
+            lambda con: con.executemany(
+                "INSERT INTO metrics SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM metrics"
+                " WHERE scope = ? AND scope_id = ? AND name = ? AND step = ?)",
+                [(*r, r[1], r[2], r[3], r[5]) for r in rows],
+            )
+        )
 
     # ------------------------------------------------------------------ user SQL
 

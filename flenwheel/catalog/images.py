@@ -11,7 +11,7 @@ operation flenwheel performs (edits take one source image).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -31,8 +31,10 @@ class ImagesMixin(CatalogCore):
         images: Sequence[ImageRecord],
         run_id: str | None,
         derivations: Sequence[DerivationRecord] = (),
+        extra: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
     ) -> dict[str, bool]:
-        """Insert images (and the derivations that made them) in one transaction.
+        """Insert images (and the derivations that made them) in one transaction; ``extra`` writes rows that
+        belong with them (an edit's checks and attempts) in the same transaction.
 
         Returns ``{image_id: inserted}``; ``False`` means the image was already catalogued. An image already
         catalogued for another character raises :class:`CatalogError` and nothing of the batch is written.
@@ -79,6 +81,8 @@ class ImagesMixin(CatalogCore):
                 con.unregister("new_images")
             if derivations:
                 self._insert_derivations(con, derivations, roots, run_id, stamp)
+            if extra is not None:
+                extra(con)
             return {im.image_id: im.image_id not in existing for im in images}
 
         return self.write(write)

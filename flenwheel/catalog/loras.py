@@ -68,7 +68,8 @@ class LorasMixin(CatalogCore):
         """Metrics of every evaluated editor LoRA of the character: (lora_id, arm, name, value)."""
         return self.rows(
             """SELECT l.lora_id, split_part(m.scope_id, ':', -1) AS arm, m.name, m.value
-               FROM loras l JOIN metrics m ON m.scope = 'edit_eval' AND m.scope_id LIKE l.lora_id || ':%'
+               FROM loras l JOIN metrics m ON m.scope = 'edit_eval'
+                    AND m.scope_id IN (l.lora_id || ':base', l.lora_id || ':lora')
                WHERE l.character = ? AND l.kind = 'qwen_edit' ORDER BY l.created_at, m.recorded_at""",
             [character],
         )

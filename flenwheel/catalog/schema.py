@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flenwheel.types import ORIGINS, VERDICTS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _IN = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - CHECK lists from the shared types
 
@@ -165,7 +165,7 @@ _SCHEMA_V2 = [
         dataset_version VARCHAR,
         lora_id         VARCHAR,
         status          VARCHAR NOT NULL CHECK (status IN ('running','awaiting_review','completed')),
-        report_path     VARCHAR,
+        report_path     VARCHAR,        -- relative to the workspace root, like images.path
         run_id          VARCHAR,
         started_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
         completed_at    TIMESTAMPTZ,
@@ -223,4 +223,54 @@ _SCHEMA_V3 = [
         SELECT DISTINCT ON (child_id) * FROM derivations WHERE parent_rank = 0 ORDER BY child_id, created_at""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
+# v4: every edit verified (docs/verification.md): the edit region of each (source, category) as a stored mask,
+# one row per check of each checked image, and the attempts of each edit job (retries) with the one chosen.
+_SCHEMA_V4 = [
+    """CREATE TABLE masks (
+        image_id   VARCHAR NOT NULL,            -- the image the region was proposed on (the edit's source)
+        category   VARCHAR NOT NULL,            -- prompt category the region is for
+        mask_id    VARCHAR NOT NULL,            -- sha256 of the PNG under masks/ (255 = may change)
+        kind       VARCHAR NOT NULL,            -- whole | face | person | background | person_minus_face
+        confidence DOUBLE NOT NULL,             -- how far the region can be trusted (0..1)
+        fraction   DOUBLE NOT NULL,             -- share of the image inside the region
+        path       VARCHAR NOT NULL,
+        params     JSON,                        -- how it was made (face box, landmarks or ellipse, GrabCut)
+        run_id     VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (image_id, category))""",
+    """CREATE TABLE verifications (
+        image_id    VARCHAR NOT NULL,
+        name        VARCHAR NOT NULL,           -- preserve_ssim | preserve_psnr | change | faces
+        score       DOUBLE,
+        threshold   DOUBLE,
+        passed      BOOLEAN NOT NULL,
+        mask_id     VARCHAR,
+        params      JSON,
+        run_id      VARCHAR,
+        verified_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (image_id, name))""",
+    """CREATE TABLE edit_attempts (
+        job_key    VARCHAR NOT NULL,            -- the job's key (attempt 0's derivation)
+        attempt    INTEGER NOT NULL,            -- 0 the job as asked; k > 0 its k-th retry
+        image_id   VARCHAR NOT NULL,
+        character  VARCHAR NOT NULL,
+        prompt_id  VARCHAR,
+        category   VARCHAR,
+        seed       BIGINT,
+        strength   DOUBLE,
+        passed     BOOLEAN NOT NULL,            -- every verifier check passed
+        chosen     BOOLEAN NOT NULL,            -- the attempt that is the job's review candidate
+        failures   VARCHAR[],
+        run_id     VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        PRIMARY KEY (job_key, attempt))""",
+    "CREATE INDEX edit_attempts_image ON edit_attempts(image_id)",
+    # Which prompts need retries: attempts per job and the share of jobs that found a passing edit.
+    """CREATE VIEW attempts_per_prompt AS
+        SELECT character, prompt_id, count(DISTINCT job_key) AS jobs, count(*) AS attempts,
+               round(count(*) / count(DISTINCT job_key), 3) AS attempts_per_job,
+               count(DISTINCT job_key) FILTER (WHERE passed) AS jobs_passed
+        FROM edit_attempts GROUP BY character, prompt_id""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}

@@ -10,16 +10,21 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from flenwheel import doctor as health
 from flenwheel.catalog import Lineage
-from flenwheel.cli.common import CharacterArg, UserError, err, out, progress_bar, workspace
+from flenwheel.cli.common import CharacterArg, UserError, err, group, out, progress_bar, workspace
 from flenwheel.ingest import IngestOutcome, ingest_paths
 from flenwheel.store import expand_paths
 from flenwheel.workspace import write_starter_configs
 
 
 def register(app: typer.Typer) -> None:
-    for command in (ingest, sql, lineage, characters, init):
+    for command in (ingest, sql, lineage, characters, init, doctor):
         app.command()(command)
+    app.add_typer(catalog_app, name="catalog")
+
+
+catalog_app = group("The catalog file itself: backups and restores.")
 
 
 def ingest(
@@ -150,3 +155,59 @@ def init(
     """Write a starter configs/ (profiles, prompt libraries, LoRA library, example characters) to edit."""
     written = write_starter_configs(folder.resolve())
     out.print(f"wrote {len(written)} file(s) to {folder}; add a character in {folder}/characters/<name>.yaml")
+
+
+def doctor(
+    ctx: typer.Context,
+    fix: Annotated[bool, typer.Option("--fix", help="remove orphans and leftovers of interrupted writes")] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            help="--fix spares files younger than this (seconds): a running "
+            "command may be between writing a file and recording it"
+        ),
+    ] = 600.0,
+) -> None:
+    """Check that the store holds what the catalog says (files, hashes, lineage, versions, LoRAs) and nothing else.
+
+    Exit status 0 when nothing is wrong (after --fix: when nothing is left), 1 otherwise.
+    """
+    ws = workspace(ctx)
+    with progress_bar() as bar:
+        task = bar.add_task("checking images", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = health.examine(ws, ws.catalog(), fix=fix, grace_s=grace, on_progress=progress)
+    for finding in report.findings:
+        mark = "FIXED" if finding.what in report.fixed else finding.kind.upper()
+        out.print(f"{mark:20s} {finding.what}", markup=False)
+    left = [f for f in report.problems if f.what not in report.fixed]
+    checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+    out.print(f"checked {checked or 'nothing (no catalog yet)'}: {len(left)} problem(s)"
+              + (f", {len(report.fixed)} fixed" if report.fixed else ""))  # fmt: skip
+    if left and not fix and any(f.fixable for f in left):
+        out.print("run `flenwheel doctor --fix` to remove the orphans and leftovers")
+    raise typer.Exit(1 if left else 0)
+
+
+@catalog_app.command("backup")
+def catalog_backup(
+    ctx: typer.Context, folder: Annotated[Path, typer.Argument(help="a new folder for the backup")]
+) -> None:
+    """Back up the catalog (DuckDB's EXPORT DATABASE: schema and data), consistent while other commands run."""
+    target = workspace(ctx).catalog().backup(folder.resolve())
+    out.print(f"catalog backed up to {target} (restore: flenwheel catalog restore {target})")
+
+
+@catalog_app.command("restore")
+def catalog_restore(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="a folder written by `flenwheel catalog backup`")],
+    replace: Annotated[bool, typer.Option("--replace", help="overwrite an existing catalog")] = False,
+) -> None:
+    """Restore the catalog from a backup (stop running flows first); the store's files are not touched."""
+    ws = workspace(ctx)
+    ws.catalog().restore(folder.resolve(), replace=replace)
+    out.print(f"catalog {ws.catalog_path} restored from {folder}; check it with `flenwheel doctor`")

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from flenwheel.errors import FlenwheelError
-from flenwheel.types import EditorName, ReviewMode, ReviewStage
+from flenwheel.errors import DISK_FULL_ERRNOS, FlenwheelError
+from flenwheel.types import EditorChoice, ReviewMode, ReviewStage
 from flenwheel.workspace import Workspace
 
 EXIT_AWAITING_REVIEW = 3
@@ -33,14 +33,21 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class OneLineErrors(TyperGroup):
-    """Turn the errors a user can fix into one ``error:`` line on stderr and exit status 2."""
+    """Turn the errors a user can fix into one ``error:`` line on stderr: exit status 2 for a usage or
+    configuration problem, 1 for a full disk (the same command finishes once space is freed)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except FlenwheelError as e:
             err.print(f"error: {e}", markup=False)
-            raise typer.Exit(2) from None
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            err.print(f"error: no space left on the device{where}; free space and run again", markup=False)
+            raise typer.Exit(1) from None
 
 
 def group(help_text: str) -> typer.Typer:
@@ -96,6 +103,12 @@ CharacterArg = Annotated[str, typer.Argument(help=f"a character of configs/chara
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", help=f"a profile of configs/profiles{_configured('profiles')}")
 ]
-EditorOpt = Annotated[EditorName, typer.Option(help="qwen (Qwen-Image-Edit-2509) or augment (CPU transforms)")]
+EditorOpt = Annotated[
+    EditorChoice,
+    typer.Option(
+        help="qwen (Qwen-Image-Edit-2509), vibe (VIBE), augment (CPU), or configured: the character's "
+        "editor per prompt category (editors: in its YAML)"
+    ),
+]
 ReviewOpt = Annotated[ReviewMode, typer.Option(help="who decides at review gates")]
 StageOpt = Annotated[ReviewStage, typer.Option("--stage", help="which review gate")]

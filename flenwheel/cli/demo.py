@@ -73,7 +73,7 @@ def demo(
         out.print(f"\n[bold]flenwheel lineage {first[0][:12]}[/bold]")
         print_lineage(catalog.lineage(first[0]))
     reports = result.reports
-    reports = reports or [r["report_path"] for r in catalog.iterations(DEMO_CHARACTER) if r["report_path"]]
+    reports = reports or [ws.root / r["report_path"] for r in catalog.iterations(DEMO_CHARACTER) if r["report_path"]]
     out.print(f"\n[bold]report[/bold]: {reports[-1] if reports else '-'}")
     out.print(f"[bold]review in FiftyOne[/bold]: flenwheel --root {ws.root} review serve {DEMO_CHARACTER}  "
               f"(then open http://{ws.settings.review.app_address}:{ws.settings.review.app_port})")  # fmt: skip

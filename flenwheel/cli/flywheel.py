@@ -23,13 +23,15 @@ from flenwheel.cli.common import (
     params,
     workspace,
 )
+from flenwheel.locks import CharacterBusy
+from flenwheel.types import EditorChoice, ReviewMode
 
 if TYPE_CHECKING:
     from flenwheel.flywheel import FlywheelResult
 
 
 def register(app: typer.Typer) -> None:
-    for command in (enrich, flywheel, report, serve):
+    for command in (enrich, flywheel, nightly, report, serve):
         app.command()(command)
 
 
@@ -53,13 +55,18 @@ def enrich(
     from flenwheel.flows.local_api import prefect_api
 
     ws = workspace(ctx)
-    ws.character(character)
+    library = ws.prompt_library(ws.character(character))
+    unknown = sorted(set(id_list(prompts)) - set(library))
+    if unknown:  # refused before a flow run starts, in one line
+        raise UserError(f"--prompts: unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
     chosen = params(
         EnrichParams, character=character, editor=editor, profile=profile, prompts=id_list(prompts) or None,
         seeds=seeds, review=review, wait=wait, batch_size=batch_size,
     )  # fmt: skip
     with prefect_api(notify=err.print):
         result = enrich_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    if result.status == "busy":
+        raise CharacterBusy(result.message)
     out.print(f"{result.images} new image(s) from {result.jobs} job(s)")
     if result.status == "awaiting_review":
         out.print(result.message, markup=False)
@@ -74,7 +81,7 @@ def flywheel(
     character: CharacterArg,
     iterations: Annotated[int, typer.Option(help="iterations the character should have (done ones are skipped)")] = 2,
     profile: ProfileOpt = None,
-    editor: EditorOpt = "qwen",
+    editor: EditorOpt = "configured",
     review: ReviewOpt = "fiftyone",
     wait: Annotated[bool, typer.Option("--wait", help="pause at review gates instead of exiting")] = False,
     enrich_seeds: Annotated[int, typer.Option(help="seeds per source and enrichment prompt")] = 2,
@@ -102,9 +109,44 @@ def flywheel(
     )  # fmt: skip
     with prefect_api(notify=err.print):
         result = flywheel_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    if result.status == "busy":
+        raise CharacterBusy(result.message)
     print_flywheel(result)
     if result.status == "awaiting_review":
         raise typer.Exit(EXIT_AWAITING_REVIEW)
+
+
+def nightly(
+    ctx: typer.Context,
+    characters: Annotated[list[str] | None, typer.Option(help="characters (comma-separated); default: all")] = None,
+    editor: Annotated[
+        EditorChoice | None, typer.Option(help="default: nightly.editor of configs/flenwheel.yaml")
+    ] = None,
+    review: Annotated[ReviewMode | None, typer.Option(help="default: nightly.review of configs/flenwheel.yaml")] = None,
+    profile: ProfileOpt = None,
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="seeds per source and prompt")] = 2,
+) -> None:
+    """Run the nightly enrichment now: ingest new photos of each character's source folder, enrich them and queue
+    the candidates for review (never waits at a gate). A character busy with another run is skipped."""
+    from flenwheel.flows.enrich import NightlyParams, nightly_enrich  # prefect, torch
+    from flenwheel.flows.local_api import prefect_api
+
+    ws = workspace(ctx)
+    defaults = ws.settings.nightly
+    chosen = params(
+        NightlyParams, characters=id_list(characters) or None, editor=editor or defaults.editor,
+        review=review or defaults.review, profile=profile, seeds=seeds,
+    )  # fmt: skip
+    with prefect_api(notify=err.print):
+        outcomes = nightly_enrich(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    for o in outcomes:
+        if o.skipped:
+            out.print(f"{o.character}: skipped: {o.skipped}", markup=False)
+            continue
+        made = o.enrichment.images if o.enrichment else 0
+        rejected = f"; rejected {', '.join(o.rejected)}" if o.rejected else ""
+        out.print(f"{o.character}: {o.new_photos} new photo(s), {made} new candidate(s), {o.pending_review} "
+                  f"waiting for review{rejected}", markup=False)  # fmt: skip
 
 
 def print_flywheel(result: FlywheelResult) -> None:

@@ -41,6 +41,9 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
         out.print(f"device    {prof.device}: {e}")
     for kind, stage_name in models.STAGE_OF_KIND.items():
         stage = getattr(prof, stage_name)
+        if stage is None:  # an optional stage (vibe_editor) this profile does not configure
+            out.print(f"{stage_name:9s} not configured")
+            continue
         try:
             resolved = models.resolve_model(stage.model, kind, ws)
             out.print(f"{stage_name:9s} {resolved.ref}")

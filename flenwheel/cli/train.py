@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from flenwheel import versions
 from flenwheel.cli.common import CharacterArg, ProfileOpt, UserError, err, id_list, out, workspace
-from flenwheel.types import EDIT_OPS
+from flenwheel.locks import character_lock
+from flenwheel.types import EDIT_OPS, EditorName
 
 if TYPE_CHECKING:
     from flenwheel.training import TrainResult
 
 
 def register(app: typer.Typer) -> None:
-    for name, command in (("train", train), ("train-edit", train_edit), ("eval-edit", eval_edit)):
+    for name, command in (("train", train), ("train-edit", train_edit), ("eval-edit", eval_edit),
+                          ("eval-editors", eval_editors)):  # fmt: skip
         app.command(name)(command)
 
 
@@ -41,7 +44,11 @@ def train(
     if version is None:
         raise UserError(f"{character} has no frozen dataset version: run `flenwheel dataset freeze {character}`")
     config = {"character": character, "dataset": version, "profile": prof.name, "steps": steps, "resume": resume}
-    with catalog.run("cli:train", config) as run_id, training_progress(steps or prof.trainer.steps) as progress:
+    with (
+        character_lock(ws, character, "flenwheel train"),
+        catalog.run("cli:train", config) as run_id,
+        training_progress(steps or prof.trainer.steps) as progress,
+    ):
         result = train_flux(ws, catalog, char, version, prof, run_id, steps, resume=resume, on_progress=progress)
     _print_training(result, f"dataset {version}")
 
@@ -93,7 +100,11 @@ def train_edit(
         raise UserError(f"--ops: use edit and/or augment (got {ops!r})")
     catalog = ws.catalog()
     config = {"character": character, "profile": prof.name, "steps": steps, "resume": resume, "ops": chosen}
-    with catalog.run("cli:train-edit", config) as run_id, training_progress(steps or prof.edit_trainer.steps) as bar:
+    with (
+        character_lock(ws, character, "flenwheel train-edit"),
+        catalog.run("cli:train-edit", config) as run_id,
+        training_progress(steps or prof.edit_trainer.steps) as bar,
+    ):
         result = train_edit_lora(ws, catalog, char, prof, run_id, steps, chosen, resume=resume, on_progress=bar)
     _print_training(result, "approved triplets")
     out.print(f"evaluate it: flenwheel eval-edit {character} --lora {result.lora_id}")
@@ -126,3 +137,48 @@ def eval_edit(
         sim_s = "-" if sim is None else f"{sim:.3f}"
         out.print(f"{arm:5s}: {int(values['n'])} edit(s), identity pass rate {rate_s}, mean similarity {sim_s}")
     out.print(f"report: {ev.report}")
+
+
+def eval_editors(
+    ctx: typer.Context,
+    character: CharacterArg,
+    editors: Annotated[
+        str, typer.Option(help="editors to compare, comma-separated (qwen, vibe, augment)")
+    ] = "qwen,vibe",
+    profile: ProfileOpt = None,
+    prompts: Annotated[
+        list[str] | None, typer.Option("--prompts", help="enrichment prompt ids (comma-separated)")
+    ] = None,
+    seeds: Annotated[int, typer.Option(min=1, max=16, help="seeds per input and prompt")] = 1,
+    sources: Annotated[
+        list[str] | None, typer.Option("--sources", help="source image ids (default: the held-out sources)")
+    ] = None,
+) -> None:
+    """Edit the same held-out sources with each editor (same prompts, seeds); compare identity, verifier pass
+    rate, seconds per edit and peak memory, per editor and per prompt category."""
+    from flenwheel.editing.compare import evaluate_editors  # torch, diffusers
+
+    ws = workspace(ctx)
+    char = ws.character(character)
+    prof = ws.profile(profile)
+    catalog = ws.catalog()
+    names = id_list([editors])
+    unknown = sorted(set(names) - set(get_args(EditorName)))
+    if unknown:
+        raise UserError(f"unknown editor(s) {', '.join(unknown)}: use {', '.join(get_args(EditorName))}")
+    source_ids = [catalog.resolve_image_id(s) for s in id_list(sources)] or None
+    config = {"character": character, "editors": names, "profile": prof.name, "prompts": prompts, "seeds": seeds,
+              "sources": source_ids}  # fmt: skip
+    with catalog.run("cli:eval-editors", config) as run_id:
+        ev = evaluate_editors(ws, catalog, char, names, prof, run_id, id_list(prompts) or None, range(seeds),
+                              source_ids)  # fmt: skip
+    table = Table("editor", "category", "edits", "identity", "verifier", "s/edit", "peak GiB", title=ev.eval_id)
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    for key, m in ev.comparison.metrics.items():
+        editor, _, category = key.partition(":")
+        peak = m.get("peak_gib")
+        table.add_row(editor, category or "all", str(int(m["n"])), pct(m.get("pass_rate")),
+                      pct(m.get("verifier_pass_rate")), f"{m.get('seconds_per_edit', 0):.2f}",
+                      "-" if peak is None else f"{peak:.2f}")  # fmt: skip
+    out.print(table)
+    out.print(f"{ev.sources_note}; report: {ev.report}")

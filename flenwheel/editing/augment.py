@@ -16,15 +16,7 @@ from PIL import Image, ImageEnhance
 from flenwheel.catalog import code_version
 from flenwheel.config import AugmentSpec, PromptEntry
 from flenwheel.editing.jobs import Box, EditError, EditJob, Editor, EditResult
-
-
-def _face_or_centre(box: Box | None, w: int, h: int) -> tuple[float, float, float]:
-    """Centre and size of the face, or a plausible head region when no face is known."""
-    if box is None:
-        side = min(w, h) * 0.35
-        return w / 2, h * 0.4, side
-    x0, y0, x1, y1 = box
-    return (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+from flenwheel.masks import face_or_centre, person_matte
 
 
 def _affine(
@@ -44,38 +36,6 @@ def _affine(
     m[0, 2] += dx
     m[1, 2] += dy
     return cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-
-
-def person_mask(rgb: np.ndarray, box: Box | None, iterations: int = 4, work_side: int = 384) -> np.ndarray:
-    """Foreground (person) mask in [0, 1] by GrabCut seeded with a body rectangle around the face."""
-    h, w = rgb.shape[:2]
-    scale = min(1.0, work_side / max(h, w))
-    small = cv2.resize(rgb, (max(8, round(w * scale)), max(8, round(h * scale))), interpolation=cv2.INTER_AREA)
-    sh, sw = small.shape[:2]
-    cx, cy, side = _face_or_centre(box, w, h)
-    cx, cy, side = cx * scale, cy * scale, side * scale
-    x0, x1 = max(1, int(cx - 1.6 * side)), min(sw - 2, int(cx + 1.6 * side))
-    y0, y1 = max(1, int(cy - 0.9 * side)), sh - 2
-    mask = np.zeros((sh, sw), np.uint8)
-    if x1 - x0 < 4 or y1 - y0 < 4:
-        return np.ones((h, w), np.float32)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: fix it, or the same job gives new pixels
-    cv2.grabCut(
-        cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
-        mask,
-        (x0, y0, x1 - x0, y1 - y0),
-        bgd,
-        fgd,
-        iterations,
-        cv2.GC_INIT_WITH_RECT,
-    )
-    # The face itself is always foreground.
-    fx0, fy0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
-    mask[fy0 : int(cy + side / 2), fx0 : int(cx + side / 2)] = cv2.GC_FGD
-    fg = np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
-    fg = cv2.GaussianBlur(fg, (0, 0), sigmaX=max(1.0, 0.01 * max(sh, sw)))  # feathered edge
-    return cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 class AugmentEditor(Editor):
@@ -112,7 +72,7 @@ class AugmentEditor(Editor):
         self, rgb: np.ndarray, spec: AugmentSpec, strength: float, rng: np.random.Generator, box: Box | None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         h, w = rgb.shape[:2]
-        cx, cy, side = _face_or_centre(box, w, h)
+        cx, cy, side = face_or_centre(box, w, h)
         jitter = float(rng.uniform(-1, 1))  # one draw per job: seeds give different but reproducible variants
         if spec.op == "mirror":
             out = _affine(rgb[:, ::-1].copy(), (w - cx, cy), 1.0 + 0.03 * abs(jitter), 2.0 * jitter, (0, 0))
@@ -143,14 +103,14 @@ class AugmentEditor(Editor):
             out = np.clip(arr, 0, 255).astype(np.uint8)
             return out, {"op": "light", "brightness": brightness, "contrast": contrast, "warmth": warmth}
         if spec.op == "background":
-            mask = person_mask(rgb, box)[..., None]
+            mask = person_matte(rgb, box)[..., None]
             shade = np.clip(np.array(spec.color, np.float32) * (1 + 0.05 * jitter), 0, 255)
             backdrop = np.broadcast_to(shade, rgb.shape)
             mixed = rgb * mask + backdrop * (1 - mask)
             out = (rgb * (1 - strength) + mixed * strength) if strength < 1 else mixed
             return np.clip(out, 0, 255).astype(np.uint8), {"op": "background", "color": shade.round().tolist()}
         if spec.op == "recolor_body":
-            mask = person_mask(rgb, box)
+            mask = person_matte(rgb, box)
             body = np.zeros((h, w), np.float32)
             body[int(min(h, cy + 0.75 * side)) :, :] = 1.0  # below the chin
             weight = (mask * body * min(strength, 1.0))[..., None]

@@ -4,6 +4,9 @@ An :class:`EditJob` is (source image, prompt entry, seed). Its ``job_key`` hashe
 the output (editor, model ref, prompt, seed, steps, guidance, LoRAs, sizes), so a job is done exactly when a
 derivation with that key exists: re-running an enrichment does nothing new, and changing a setting makes new
 jobs instead of silently reusing old images.
+
+With an :class:`~flenwheel.editing.checks.EditChecker`, every output is verified and a failed edit is retried
+(:func:`retry_jobs`); all attempts are images with lineage, and only the chosen one is a review candidate.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from typing import Any
 from PIL import Image
 
 from flenwheel.catalog import Catalog, DerivationRecord
-from flenwheel.config import PromptEntry
+from flenwheel.config import PromptEntry, VerifySettings
+from flenwheel.editing.checks import AttemptCheck, EditChecker, verification_rows
 from flenwheel.errors import FlenwheelError
 from flenwheel.outputs import store_outputs
 from flenwheel.store import open_rgb
 from flenwheel.workspace import Workspace
 
 Box = tuple[int, int, int, int]
+RETRY_SEED_STRIDE = 1000  # attempt k uses seed + k * stride: clear of the seeds 0..N-1 other jobs use
 
 
 class EditError(FlenwheelError):
@@ -107,17 +112,55 @@ def pending_jobs(
     return [j for j in jobs if editor.key(j) not in done]
 
 
+def retry_jobs(job: EditJob, settings: VerifySettings) -> list[EditJob]:
+    """The attempts after ``job``: ``seed_retries`` next seeds, then the rest at a lower strength as well (where
+    the prompt has a strength; without one the remaining attempts change only the seed)."""
+    out = []
+    for k in range(1, settings.retries + 1):
+        prompt = job.prompt
+        weaker = k - settings.seed_retries
+        if weaker > 0 and prompt.strength is not None:
+            prompt = prompt.model_copy(update={"strength": round(prompt.strength * settings.strength_factor**weaker,
+                                                                  4)})  # fmt: skip
+        out.append(EditJob(job.parent_id, prompt, job.seed + k * RETRY_SEED_STRIDE))
+    return out
+
+
+@dataclass
+class _Attempt:
+    """One output of a batch, in the order the outputs are stored."""
+
+    job: EditJob  # the job as asked (attempt 0)
+    key: str  # its job key
+    attempt: int
+    run: EditJob  # what this attempt ran
+    check: AttemptCheck | None
+    chosen: bool = False
+
+
 def run_edit_batch(
-    ws: Workspace, catalog: Catalog, character: str, editor: Editor, jobs: Sequence[EditJob], run_id: str | None
+    ws: Workspace,
+    catalog: Catalog,
+    character: str,
+    editor: Editor,
+    jobs: Sequence[EditJob],
+    run_id: str | None,
+    checker: EditChecker | None = None,
 ) -> list[str]:
     """Carry out ``jobs``, store the images and record images + derivations in one transaction.
 
-    Returns the image ids made (in job order). Files of a batch whose catalog write fails are removed again.
+    With ``checker`` each output is verified; a failed one is retried (:func:`retry_jobs`) until an attempt
+    passes or the budget is spent. Every attempt is stored with its derivation (attempt ``k > 0`` under the key
+    ``<job key>:retry<k>``), its checks, its mask and an ``edit_attempts`` row; the first passing attempt, or
+    the least bad one when none passes, is the job's review candidate. All of it is one transaction.
+    Returns the image ids made (in order, attempts included). Files of a batch whose catalog write fails are
+    removed again.
     """
     if not jobs:
         return []
     parents = catalog.images_with_face_box([j.parent_id for j in jobs])
     decoded: dict[str, Image.Image] = {}  # a batch usually holds several jobs per source: decode each once
+    attempts: list[_Attempt] = []
 
     def outputs() -> Iterator[tuple[Image.Image, DerivationRecord]]:
         for job in jobs:
@@ -126,26 +169,74 @@ def run_edit_batch(
                 raise EditError(f"source image {job.parent_id[:12]} is not in the catalog")
             if job.parent_id not in decoded:
                 decoded[job.parent_id] = open_rgb(ws.root / parent["path"])
+            original = decoded[job.parent_id]
             box = tuple(parent["face_box"]) if parent["face_box"] else None
-            result = editor.edit(decoded[job.parent_id], job, box)  # type: ignore[arg-type]
-            yield (
-                result.image,
-                DerivationRecord(
-                    child_id="",
-                    parent_id=job.parent_id,
-                    op=result.op,
-                    model_ref=result.model_ref,
-                    loras=result.loras,
-                    prompt=result.prompt,
-                    prompt_id=result.prompt_id,
-                    negative_prompt=result.negative_prompt,
-                    seed=result.seed,
-                    steps=result.steps,
-                    guidance=result.guidance,
-                    strength=result.strength,
-                    params={**result.params, "category": job.prompt.category, "editor": editor.name},
-                    job_key=editor.key(job),
-                ),
-            )
+            key = editor.key(job)
+            tries = [job, *retry_jobs(job, checker.settings)] if checker else [job]
+            mine: list[_Attempt] = []
+            seen: set[bytes] = set()
+            for k, run in enumerate(tries):
+                result = editor.edit(original, run, box)  # type: ignore[arg-type]
+                pixels = result.image.tobytes()
+                if pixels in seen:  # the editor ignored what this retry changed: nothing new to store or check
+                    continue
+                seen.add(pixels)
+                check = checker.check(job.parent_id, original, result.image, job.prompt, box) if checker else None
+                mine.append(_Attempt(job, key, k, run, check))
+                params = {**result.params, "category": job.prompt.category, "editor": editor.name}
+                if checker:
+                    params |= {"attempt": k, "verified": check.passed if check else None}
+                yield (
+                    result.image,
+                    DerivationRecord(
+                        child_id="",
+                        parent_id=job.parent_id,
+                        op=result.op,
+                        model_ref=result.model_ref,
+                        loras=result.loras,
+                        prompt=result.prompt,
+                        prompt_id=result.prompt_id,
+                        negative_prompt=result.negative_prompt,
+                        seed=result.seed,
+                        steps=result.steps,
+                        guidance=result.guidance,
+                        strength=result.strength,
+                        params=params,
+                        job_key=key if k == 0 else f"{key}:retry{k}",
+                    ),
+                )
+                if check is None or check.passed:
+                    break
+            best = next((a for a in mine if a.check is None or a.check.passed), None)
+            (best or min(mine, key=lambda a: a.check.badness if a.check else (0, 0.0))).chosen = True
+            attempts.extend(mine)
 
-    return store_outputs(ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id)
+    def record(con: Any, image_ids: Sequence[str]) -> None:
+        if checker is not None:
+            catalog.record_checks(con, _check_rows(checker, attempts, image_ids, character, run_id))
+
+    try:
+        return store_outputs(ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id,
+                             record)  # fmt: skip
+    except BaseException:
+        for path in checker.new_files() if checker else []:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _check_rows(
+    checker: EditChecker, attempts: Sequence[_Attempt], image_ids: Sequence[str], character: str, run_id: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows of ``masks``, ``verifications`` and ``edit_attempts`` for a batch's attempts and stored ids."""
+    rows: dict[str, list[dict[str, Any]]] = {"masks": [m.row(run_id) for m in checker.masks.values()],
+                                             "verifications": [], "edit_attempts": []}  # fmt: skip
+    for a, image_id in zip(attempts, image_ids, strict=True):
+        assert a.check is not None
+        rows["verifications"] += verification_rows(a.check, image_id, a.job.prompt, run_id)
+        rows["edit_attempts"].append({
+            "job_key": a.key, "attempt": a.attempt, "image_id": image_id, "character": character,
+            "prompt_id": a.job.prompt.id, "category": a.job.prompt.category, "seed": a.run.seed,
+            "strength": a.run.prompt.strength, "passed": a.check.passed, "chosen": a.chosen,
+            "failures": a.check.failures, "run_id": run_id,
+        })  # fmt: skip
+    return rows

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from flenwheel.store import open_rgb
+from flenwheel.store import atomic_write, open_rgb
 
 
 def image_grid(tiles: Sequence[tuple[Path | Image.Image, str]], path: Path, tile: int = 192, columns: int = 6) -> Path:
@@ -27,8 +28,9 @@ def image_grid(tiles: Sequence[tuple[Path | Image.Image, str]], path: Path, tile
             draw.text((x + 3, y + tile + 2 + 12 * n), line, fill="black")
     if not tiles:
         draw.text((10, 10), "no images", fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
     return path
 
 

@@ -182,9 +182,9 @@ def _editor_section(root: Path, catalog: Catalog, character: str) -> Section | N
     table = [{k: v.get(k) for k in columns} for v in values.values()]
     grids = []
     for lora_id in values:
-        grid = root / "reports" / character / f"edit-eval-{lora_id}" / "base_vs_lora.png"
-        if grid.exists():
-            grids.append((grid, f"{lora_id}: base (left) vs LoRA (right), same input, prompt and seed"))
+        for grid in sorted((root / "reports" / character / f"edit-eval-{lora_id}").glob("side_by_side_*.png")):
+            category = grid.stem.removeprefix("side_by_side_")
+            grids.append((grid, f"{lora_id}, {category}: input, base, base + LoRA (same prompt and seed)"))
     return Section(
         "Editor LoRA (flywheel 2): base editor vs base + LoRA on held-out photos",
         ["Pass rate and mean similarity of the same edits with and without the character's editor LoRA."],

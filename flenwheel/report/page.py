@@ -11,6 +11,8 @@ from typing import Any
 
 import jinja2
 
+from flenwheel.store import atomic_write
+
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,  # titles, paragraphs, captions and cells are text; only summary lines carry markup
@@ -54,6 +56,5 @@ def render_html(title: str, summary: list[str], sections: Sequence[Section], pat
         for s in sections
     ]
     page = _TEMPLATES.get_template("page.html.j2").render(title=title, summary=summary, sections=rendered)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    atomic_write(path, page.encode("utf-8"))
     return path

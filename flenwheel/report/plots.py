@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: reports are made by flows and CI
 import matplotlib.pyplot as plt
+
+from flenwheel.store import atomic_write
 
 TARGET_PASS_RATE = 0.70  # the product's consistency target: share of outputs that keep the identity
 
@@ -55,9 +58,11 @@ def arm_stats(name: str, scores: Sequence[dict[str, Any]]) -> ArmStats:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    """Write the figure as PNG atomically (a kill or a full disk leaves the old file or none, never half)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
     return path
 
 

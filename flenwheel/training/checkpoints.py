@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +20,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
-from flenwheel.errors import FlenwheelError
+from flenwheel.errors import FlenwheelError, writing
 from flenwheel.report.grids import image_grid
 from flenwheel.report.plots import training_curves
-from flenwheel.store import atomic_write
+from flenwheel.store import atomic_write, clear_leftovers, temp_prefix
 
 
 class TrainingError(FlenwheelError):
@@ -34,7 +35,8 @@ class TrainingError(FlenwheelError):
 def atomic_dir(final: Path) -> Path:
     """A temporary sibling of ``final``; :func:`commit_dir` renames it into place (a crash leaves no half dir)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clear_leftovers(final)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), dir=final.parent))
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
@@ -44,16 +46,18 @@ def commit_dir(tmp: Path, final: Path) -> None:
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Save safetensors to a temporary name, then rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Save safetensors atomically, with a canonical header: the same tensors and metadata give the same bytes,
+    so the sha256 recorded in the catalog repeats across runs (the library's header order varies per process)."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write(path, canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (tensor data and offsets unchanged)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format keeps the data 8-byte aligned
+    return struct.pack("<Q", len(header)) + header + data[8 + length :]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -98,20 +102,21 @@ def save_checkpoint(
 ) -> Path:  # fmt: skip
     """Write one checkpoint atomically: adapter, optimizer/RNG ``state``, samples with their grid, curves, score."""
     final = checkpoint_dir(run_dir, step)
-    tmp = atomic_dir(final)
-    try:
-        save_file({k: v.float().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        for i, img in enumerate(samples):
-            img.save(tmp / f"sample-{i:02d}.png")
-        if samples:
-            image_grid(list(zip(samples, labels, strict=True)), tmp / "samples.png", tile=160, columns=4)
-        training_curves({"loss": state["losses"]}, {}, tmp / "loss.png")
-        (tmp / "score.json").write_text(json.dumps(score.__dict__))
-        commit_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(final):
+        tmp = atomic_dir(final)
+        try:
+            save_file({k: v.float().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            for i, img in enumerate(samples):
+                img.save(tmp / f"sample-{i:02d}.png")
+            if samples:
+                image_grid(list(zip(samples, labels, strict=True)), tmp / "samples.png", tile=160, columns=4)
+            training_curves({"loss": state["losses"]}, {}, tmp / "loss.png")
+            (tmp / "score.json").write_text(json.dumps(score.__dict__))
+            commit_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return final
 
 

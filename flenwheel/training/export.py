@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.models import file_sha256
 from flenwheel.report.plots import training_curves
+from flenwheel.store import clear_leftovers, file_sha256, temp_prefix
 from flenwheel.training.backend import TrainingBackend
 from flenwheel.training.checkpoints import CheckpointScore, atomic_save_file, atomic_write_text, checkpoint_dir
 from flenwheel.training.job import TrainJob, TrainResult
@@ -45,14 +45,15 @@ def export(
         "flenwheel.kind": backend.kind, "ss_network_dim": str(s.rank), "ss_network_alpha": str(alpha),
         "ss_base_model_version": backend.base_model_version,
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+    clear_leftovers(run_dir / "export")
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=temp_prefix("export")) as tmp:
         adapter_meta = LoraConfig(r=s.rank, lora_alpha=alpha, target_modules=list(s.target_modules)).to_dict()
         getattr(diffusers, backend.pipeline_class).save_lora_weights(
             tmp, transformer_lora_layers=adapter, transformer_lora_adapter_metadata=adapter_meta
         )
         written = Path(tmp) / WEIGHTS
         with safe_open(str(written), "pt") as f:
-            base_meta = f.metadata() or {}
+            base_meta = canonical_metadata(f.metadata() or {})
         atomic_save_file(load_file(str(written)), run_dir / WEIGHTS, {**base_meta, **meta})
     comfy = backend.comfy_state_dict({f"transformer.{k}": v for k, v in adapter.items()}, alpha)
     atomic_save_file(comfy, comfy_path(run_dir, lora_id), {"format": "pt", **meta})
@@ -68,6 +69,29 @@ def export(
     atomic_write_text(run_dir / "result.json", json.dumps(summary))
     register(ws, catalog, backend, run_id, job, result, alpha)
     return result
+
+
+def canonical_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The same metadata with its JSON values in a canonical form. peft keeps ``target_modules`` as a set, whose
+    order changes with each process's string hashing: without this, two identical runs would write files with
+    different bytes (and different sha256s in the catalog)."""
+    out = {}
+    for key, value in metadata.items():
+        try:
+            decoded = json.loads(value)
+        except (TypeError, ValueError):
+            out[key] = value
+            continue
+        out[key] = json.dumps(_sorted_lists(decoded), sort_keys=True) if isinstance(decoded, dict | list) else value
+    return out
+
+
+def _sorted_lists(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _sorted_lists(v) for k, v in value.items()}
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return value
 
 
 def finished_result(lora_id: str, run_dir: Path) -> TrainResult | None:

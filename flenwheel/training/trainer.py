@@ -52,7 +52,10 @@ def identity_scorer(ws: Workspace, catalog: Catalog, character: Character) -> Sc
 class LoraTrainer:
     """The loop shared by the FLUX and Qwen-Image-Edit trainers (see the module docstring)."""
 
-    def __init__(self, ws: Workspace, catalog: Catalog, backend: TrainingBackend, run_id: str | None = None) -> None:
+    def __init__(
+        self, ws: Workspace, catalog: Catalog | None, backend: TrainingBackend, run_id: str | None = None
+    ) -> None:
+        """``catalog`` may be None where nothing is recorded (benchmarks of a step)."""
         self.ws, self.catalog, self.backend, self.run_id = ws, catalog, backend, run_id
 
     def lora_id(self, job: TrainJob) -> str:
@@ -108,6 +111,8 @@ class LoraTrainer:
 
         order = self._order([self.backend.batch_key(d) for d in data], s)
         scores = scores_from_disk(run_dir)
+        for score in scores:  # a kill between a checkpoint and its catalog rows is completed here
+            self._record(lora_id, score, losses, s.checkpoint_every)
         started, done_here = time.perf_counter(), 0
         transformer.train()
         while step < s.steps:
@@ -122,15 +127,13 @@ class LoraTrainer:
                 with self.backend.autocast():
                     samples = self.backend.sample(transformer, sample_conds, s.sample_seeds) if sample_conds else []
                 transformer.train()
-                score, labels = self._score(step, lora_id, samples, score_fn)
+                score, labels = self._score(step, samples, score_fn)
                 scores = [*(x for x in scores if x.step != step), score]
                 state = {"step": step, "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
                          "losses": losses}  # fmt: skip
                 save_checkpoint(run_dir, step, get_peft_model_state_dict(transformer), state, samples, labels, score)
                 prune_checkpoints(run_dir, s.keep_last, choose_checkpoint(scores).step)
-                if self.run_id:
-                    recent = float(np.mean([v for _, v in losses[-s.checkpoint_every :]]))
-                    self.catalog.add_metrics(self.run_id, "lora_loss", lora_id, {"loss": recent}, step=step)
+                self._record(lora_id, score, losses, s.checkpoint_every)
             if stop_after is not None and done_here >= stop_after:
                 self.backend.release()
                 raise TrainingInterrupted(step)
@@ -228,7 +231,7 @@ class LoraTrainer:
         return batch
 
     def _score(
-        self, step: int, lora_id: str, samples: Sequence[Image.Image], score_fn: ScoreFn | None
+        self, step: int, samples: Sequence[Image.Image], score_fn: ScoreFn | None
     ) -> tuple[CheckpointScore, list[str]]:
         """The checkpoint's identity score and a label per sample (verdict and similarity)."""
         if score_fn is None or not samples:
@@ -238,9 +241,19 @@ class LoraTrainer:
         sims = [s.similarity for s in scores if s.similarity is not None]
         result = CheckpointScore(step, passed / len(scores), float(np.mean(sims)) if sims else None, len(scores))
         labels = [s.verdict if s.similarity is None else f"{s.verdict} {s.similarity:.2f}" for s in scores]
-        values = {"pass_rate": result.pass_rate, "n_samples": float(len(scores))}
-        if result.mean_similarity is not None:
-            values["mean_similarity"] = result.mean_similarity
-        if self.run_id:
-            self.catalog.add_metrics(self.run_id, "checkpoint", lora_id, values, step=step)
         return result, labels
+
+    def _record(self, lora_id: str, score: CheckpointScore, losses: list[tuple[int, float]], every: int) -> None:
+        """A committed checkpoint's identity score and recent loss in ``metrics`` (once per checkpoint, whichever
+        run records it: these are facts about the checkpoint)."""
+        if not self.run_id:
+            return
+        if score.pass_rate is not None:
+            values = {"pass_rate": score.pass_rate, "n_samples": float(score.n_samples)}
+            if score.mean_similarity is not None:
+                values["mean_similarity"] = score.mean_similarity
+            self.catalog.add_metrics(self.run_id, "checkpoint", lora_id, values, step=score.step, once=True)
+        recent = [v for st, v in losses if score.step - every < st <= score.step]
+        if recent:
+            self.catalog.add_metrics(self.run_id, "lora_loss", lora_id, {"loss": float(np.mean(recent))},
+                                     step=score.step, once=True)  # fmt: skip

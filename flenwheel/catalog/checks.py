@@ -1,0 +1,61 @@
+"""Verified edits in the catalog: edit-region masks, verifier checks per image, and the attempts of each job."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from flenwheel.catalog.core import CatalogCore, now
+
+# Column types spelled out: DuckDB infers a frame's types, and an all-NULL or all-empty column has none.
+_COLUMNS = {
+    "masks": {"image_id": "VARCHAR", "category": "VARCHAR", "mask_id": "VARCHAR", "kind": "VARCHAR",
+              "confidence": "DOUBLE", "fraction": "DOUBLE", "path": "VARCHAR", "params": "JSON", "run_id": "VARCHAR"},
+    "verifications": {"image_id": "VARCHAR", "name": "VARCHAR", "score": "DOUBLE", "threshold": "DOUBLE",
+                      "passed": "BOOLEAN", "mask_id": "VARCHAR", "params": "JSON", "run_id": "VARCHAR"},
+    "edit_attempts": {"job_key": "VARCHAR", "attempt": "INTEGER", "image_id": "VARCHAR", "character": "VARCHAR",
+                      "prompt_id": "VARCHAR", "category": "VARCHAR", "seed": "BIGINT", "strength": "DOUBLE",
+                      "passed": "BOOLEAN", "chosen": "BOOLEAN", "failures": "VARCHAR[]", "run_id": "VARCHAR"},
+}  # fmt: skip
+_STAMP = {"masks": "created_at", "verifications": "verified_at", "edit_attempts": "created_at"}
+
+
+class ChecksMixin(CatalogCore):
+    """Writers called inside an image batch's transaction, and the questions people ask of the checks."""
+
+    @staticmethod
+    def record_checks(con: duckdb.DuckDBPyConnection, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Insert a batch's ``masks``, ``verifications`` and ``edit_attempts`` rows on ``con`` (the caller's
+        transaction). A mask already recorded for its (image, category) is kept: one region per pair."""
+        stamp = now()
+        for table, records in rows.items():
+            if not records:
+                continue
+            columns = _COLUMNS[table]
+            frame = pd.DataFrame(
+                [{c: json.dumps(r[c], sort_keys=True, default=str) if t == "JSON" else r[c] for c, t in columns.items()}
+                 for r in records]
+            )  # fmt: skip
+            frame["stamp"] = stamp
+            con.register("check_rows", frame)
+            names = ", ".join((*columns, _STAMP[table]))
+            values = ", ".join([*(f"{c}::{t}" for c, t in columns.items()), "stamp"])
+            verb = "INSERT OR IGNORE" if table == "masks" else "INSERT OR REPLACE"
+            con.execute(f"{verb} INTO {table} ({names}) SELECT {values} FROM check_rows")
+            con.unregister("check_rows")
+
+    def attempts_of(self, image_id: str) -> list[dict[str, Any]]:
+        """Every attempt of the job that made ``image_id`` (its failed tries and the chosen one), in order."""
+        return self.rows(
+            """SELECT a.*, list(v.name ORDER BY v.name) FILTER (WHERE NOT v.passed) AS failed_checks
+               FROM edit_attempts a LEFT JOIN verifications v ON v.image_id = a.image_id
+               WHERE a.job_key IN (SELECT job_key FROM edit_attempts WHERE image_id = ?)
+               GROUP BY ALL ORDER BY a.attempt""",
+            [image_id],
+        )
+
+    def all_masks(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT DISTINCT mask_id, path FROM masks ORDER BY mask_id") if self.path.exists() else []

@@ -1,0 +1,135 @@
+"""Every edit verified before a person sees it: the edit region as a stored mask, the preservation verifier and
+the VLM critic's yes/no checks (docs/verification.md).
+
+:class:`EditChecker` proposes the edit region of a (source, prompt category) once per batch, stores it as a PNG
+under ``<root>/masks/`` (content-addressed, referenced by ``masks.mask_id``), and checks each attempt with
+:func:`flenwheel.verify.verify` (change inside the region, SSIM/PSNR outside it where the category keeps it, one
+face), and, with a critic, asks the prompt's yes/no questions about the edit. ``run_edit_batch``
+(:mod:`.jobs`) retries a failed edit and writes these rows in the same transaction as the images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from flenwheel.config import PromptEntry, VerifySettings
+from flenwheel.critic import Critic, CriticAnswer
+from flenwheel.identity.backends import FaceBackend
+from flenwheel.masks import Mask, mask_png, propose
+from flenwheel.store import atomic_write
+from flenwheel.verify import Verification, count_faces, verifier_for, verify
+
+MASKS = "masks"
+BoxLike = Sequence[float]
+
+
+@dataclass(frozen=True)
+class StoredMask:
+    """A mask written to the store, and the catalog row that links it to its image and category."""
+
+    mask_id: str  # sha256 of the PNG bytes
+    path: str  # relative to the data root
+    image_id: str
+    category: str
+    mask: Mask
+    created: bool  # this process wrote the file (removed again if the batch's catalog write fails)
+
+    def row(self, run_id: str | None) -> dict[str, Any]:
+        return {"image_id": self.image_id, "category": self.category, "mask_id": self.mask_id,
+                "kind": self.mask.kind, "confidence": round(self.mask.confidence, 4),
+                "fraction": round(self.mask.fraction, 4), "path": self.path, "params": self.mask.params,
+                "run_id": run_id}  # fmt: skip
+
+
+@dataclass
+class AttemptCheck:
+    """One attempt's verdict with the mask it was judged against."""
+
+    verification: Verification
+    mask: StoredMask
+    answers: list[CriticAnswer] = field(default_factory=list)
+    critic: str = ""  # the critic's model ref
+
+    @property
+    def failures(self) -> list[str]:
+        return [*self.verification.failures, *(f"critic:{a.check_id}" for a in self.answers if not a.passed)]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def badness(self) -> tuple[int, float]:
+        """Orders attempts when none passes: fewer failed checks first, then more change."""
+        return (len(self.failures), -self.verification.change)
+
+
+def mask_relpath(mask_id: str) -> str:
+    return f"{MASKS}/{mask_id[:2]}/{mask_id}.png"
+
+
+def store_mask(root: Path, image_id: str, category: str, mask: Mask) -> StoredMask:
+    data = mask_png(mask)
+    mask_id = hashlib.sha256(data).hexdigest()
+    path = root / mask_relpath(mask_id)
+    created = not path.exists()
+    if created:
+        atomic_write(path, data)
+    return StoredMask(mask_id, mask_relpath(mask_id), image_id, category, mask, created)
+
+
+@dataclass
+class EditChecker:
+    """Checks edits of one batch; masks are proposed once per (source, category) and kept for the batch."""
+
+    root: Path
+    face_backend: FaceBackend | None  # None: the face count is not checked
+    settings: VerifySettings
+    critic: Critic | None = None  # None: no yes/no checks
+    masks: dict[tuple[str, str], StoredMask] = field(default_factory=dict)
+
+    def mask_for(self, parent_id: str, original: Image.Image, prompt: PromptEntry, box: BoxLike | None) -> StoredMask:
+        key = (parent_id, prompt.category)
+        if key not in self.masks:
+            self.masks[key] = store_mask(self.root, parent_id, prompt.category, propose(original, prompt.category, box))
+        return self.masks[key]
+
+    def check(
+        self, parent_id: str, original: Image.Image, edited: Image.Image, prompt: PromptEntry, box: BoxLike | None
+    ) -> AttemptCheck:
+        spec = verifier_for(prompt.category, prompt.verify)
+        stored = self.mask_for(parent_id, original, prompt, box)
+        faces = None
+        if spec.faces is not None and self.face_backend is not None:
+            faces = count_faces(self.face_backend, np.asarray(edited.convert("RGB")))
+        checked = AttemptCheck(verify(original, edited, stored.mask, spec, faces), stored)
+        if self.critic is not None:
+            checked.answers = self.critic.answer(edited, [*self.settings.critic_checks, *prompt.checks])
+            checked.critic = self.critic.source
+        return checked
+
+    def new_files(self) -> Sequence[Path]:
+        return [self.root / m.path for m in self.masks.values() if m.created]
+
+
+def verification_rows(check: AttemptCheck, image_id: str, prompt: PromptEntry, run_id: str | None) -> list[dict]:
+    """``verifications`` rows of one checked image: one per check, with the threshold it was held to."""
+    spec = verifier_for(prompt.category, prompt.verify)
+    thresholds = {"preserve_ssim": spec.min_ssim, "preserve_psnr": spec.min_psnr, "change": spec.min_change,
+                  "faces": spec.faces}  # fmt: skip
+    rows = [{"image_id": image_id, "name": name, "score": score, "threshold": thresholds.get(name),
+             "passed": passed, "mask_id": check.mask.mask_id, "params": check.verification.params,
+             "run_id": run_id} for name, score, passed in check.verification.rows()]  # fmt: skip
+    # The critic's answers are checks like the others: p(yes) against the check's threshold.
+    rows += [{"image_id": image_id, "name": f"critic:{a.check_id}", "score": a.p_yes, "threshold": a.threshold,
+              "passed": a.passed, "mask_id": None, "run_id": run_id,
+              "params": {"question": a.question, "expect": a.expect, "model": check.critic}}
+             for a in check.answers]  # fmt: skip
+    return rows

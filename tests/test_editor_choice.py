@@ -1,0 +1,130 @@
+"""Editor choice per character and prompt category, enrichment with the vibe editor end to end on cpu-tiny, and
+``flenwheel eval-editors`` comparing qwen and vibe on the same jobs (tiny twins through the production loader)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flenwheel.catalog import Catalog
+from flenwheel.config import ConfigError
+from flenwheel.editing import editor_plan
+from flenwheel.ingest import ingest_paths
+from flenwheel.workspace import Workspace
+
+ROUTED = "editors:\n  default: qwen\n  categories: {lighting: vibe}\n"
+
+
+def obama_yaml(ws: Workspace, extra: str) -> None:
+    (ws.configs_dir / "characters" / "obama.yaml").write_text(
+        f"name: obama\ntrigger: fw_obama\nidentity:\n  backend: dlib\n{extra}"
+    )
+
+
+def test_routing_is_validated_and_names_the_bad_key(ws: Workspace) -> None:
+    obama_yaml(ws, "editors:\n  categories: {lighting: dalle}\n")
+    with pytest.raises(ConfigError, match=r"editors\.categories\.lighting.*'augment', 'qwen' or 'vibe'"):
+        ws.character("obama")
+    obama_yaml(ws, "editors:\n  categories: {lightning: vibe}\n")
+    character = ws.character("obama")
+    library = list(ws.prompt_library(character).values())
+    with pytest.raises(ConfigError, match=r"obama\.yaml: editors\.categories\.lightning: no prompt has this category"):
+        editor_plan("configured", character, library, library)
+
+    obama_yaml(ws, ROUTED)
+    character = ws.character("obama")
+    plan = editor_plan("configured", character, library, library)
+    assert {p.category for p in plan["vibe"]} == {"lighting"}
+    assert "lighting" not in {p.category for p in plan["qwen"]}
+    assert len(plan["qwen"]) + len(plan["vibe"]) == len(library)
+    assert editor_plan("augment", character, library, library) == {"augment": library}  # a named editor: all
+
+
+@pytest.mark.tiny
+def test_configured_enrichment_routes_each_category_and_keys_differ(
+    prefect_harness, ws: Workspace, faces: Path
+) -> None:
+    from flenwheel.flows.enrich import EnrichParams, enrich
+
+    obama_yaml(ws, ROUTED)
+    catalog = Catalog(ws.catalog_path)
+    ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
+    prompts = ["light-studio-soft", "angle-left-45"]
+    params = EnrichParams(character="obama", editor="configured", profile="cpu-tiny", prompts=prompts, seeds=1,
+                          review="auto")  # fmt: skip
+    made = enrich(params, root=str(ws.root), configs=str(ws.configs_dir)).images
+    # tiny random weights paint noise: every attempt fails the face check and is retried (docs/verification.md)
+    assert made == len(catalog.rows("SELECT * FROM derivations")) >= 2
+    rows = {r["prompt_id"]: r for r in catalog.rows("SELECT * FROM derivations WHERE job_key NOT LIKE '%:retry%'")}
+    assert json.loads(rows["light-studio-soft"]["params"])["editor"] == "vibe"
+    assert json.loads(rows["angle-left-45"]["params"])["editor"] == "qwen"
+    assert rows["light-studio-soft"]["model_ref"].startswith("tiny:vibe@sha256:")
+
+    # The same job with a named editor is another job (the editor is part of its key), so it runs too ...
+    vibe_all = params.model_copy(update={"editor": "vibe", "prompts": ["light-studio-soft"]})
+    assert enrich(vibe_all, root=str(ws.root), configs=str(ws.configs_dir)).images == 0  # ... unless it is this one
+    qwen_light = params.model_copy(update={"editor": "qwen", "prompts": ["light-studio-soft"]})
+    assert enrich(qwen_light, root=str(ws.root), configs=str(ws.configs_dir)).images >= 1
+    keys = catalog.rows(
+        "SELECT job_key, params->>'editor' AS editor FROM derivations"
+        " WHERE prompt_id = 'light-studio-soft' AND job_key NOT LIKE '%:retry%'"
+    )
+    assert sorted(r["editor"] for r in keys) == ["qwen", "vibe"] and len({r["job_key"] for r in keys}) == 2
+
+
+@pytest.mark.tiny
+def test_enrich_with_the_vibe_editor_from_the_cli(prefect_harness, cli, ws: Workspace, faces: Path) -> None:
+    catalog = Catalog(ws.catalog_path)
+    ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
+    result = cli("enrich", "obama", "--editor", "vibe", "--profile", "cpu-tiny",
+                 "--prompts", "light-studio-soft,bg-blue", "--seeds", "1", "--review", "auto")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = catalog.rows("SELECT d.*, i.width, i.height FROM derivations d JOIN images i ON i.image_id = d.child_id")
+    assert {r["prompt_id"] for r in rows} == {"bg-blue", "light-studio-soft"}
+    attempts = catalog.rows("SELECT * FROM edit_attempts")  # the vibe editor goes through the same verifier
+    assert {a["prompt_id"] for a in attempts if a["chosen"]} == {"bg-blue", "light-studio-soft"}
+    assert len(attempts) == len(rows)
+    [source] = catalog.rows("SELECT width, height FROM images WHERE origin = 'source'")
+    for r in rows:
+        params = json.loads(r["params"])
+        assert params["editor"] == "vibe" and params["pipeline"] == "VibePipeline" and r["steps"] == 2
+        assert (r["width"], r["height"]) == (source["width"], source["height"])  # revert-resize: the input's size
+    scored = catalog.rows(
+        "SELECT DISTINCT image_id FROM identity_scores WHERE image_id IN (SELECT child_id FROM derivations)"
+    )
+    assert len(scored) == len({r["child_id"] for r in rows})
+
+
+@pytest.mark.tiny
+def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, faces: Path) -> None:
+    catalog = Catalog(ws.catalog_path)
+    ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
+    result = cli("eval-editors", "obama", "--editors", "qwen,vibe", "--profile", "cpu-tiny",
+                 "--prompts", "light-studio-soft,angle-left-45", "--seeds", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = {(r["scope_id"], r["name"]): r["value"] for r in catalog.rows(
+        "SELECT scope_id, name, value FROM metrics WHERE scope = 'editor_eval'")}  # fmt: skip
+    [eval_id] = {k.split(":")[0] for k, _ in metrics}
+    for editor in ("qwen", "vibe"):
+        assert metrics[(f"{eval_id}:{editor}", "n")] == 1  # angles are left out for both: vibe does not do them
+        assert metrics[(f"{eval_id}:{editor}:lighting", "n")] == 1
+        assert metrics[(f"{eval_id}:{editor}", "seconds_per_edit")] > 0
+        assert metrics[(f"{eval_id}:{editor}", "peak_gib")] >= 0
+    assert (f"{eval_id}:qwen:angles", "n") not in metrics
+    report = ws.root / "reports" / "obama" / eval_id / "index.html"
+    page = report.read_text()
+    assert report.is_file() and "side_by_side_lighting.png" in page and "angle-left-45" in page  # named as left out
+    assert (report.parent / "side_by_side_lighting.png").is_file() and (report.parent / "pass_rates.png").is_file()
+    edits = sorted(p.name.split("-")[0] for p in (ws.root / "evals" / eval_id).glob("*.png"))
+    assert edits == ["qwen", "vibe"]
+    rows = json.loads((ws.root / "evals" / eval_id / "evaluation.json").read_text())
+    assert {r["editor"] for r in rows} == {"qwen", "vibe"} and {r["seed"] for r in rows} == {0}
+
+    again = cli("eval-editors", "obama", "--editors", "qwen,vibe", "--profile", "cpu-tiny",
+                "--prompts", "light-studio-soft,angle-left-45", "--seeds", "1")  # fmt: skip
+    assert again.exit_code == 0 and eval_id in again.output  # same jobs, same id; metrics recorded once
+    assert len(catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")) == len(metrics)
+    bad = cli("eval-editors", "obama", "--editors", "qwen,dalle")
+    assert bad.exit_code == 2 and "unknown editor(s) dalle" in bad.stderr

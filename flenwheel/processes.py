@@ -13,7 +13,11 @@ import time
 
 
 def exit_when_orphaned(parent: int | None = None, interval_s: float = 0.5) -> None:
-    """Exit this process (status 0, no clean-up) within ``interval_s`` once ``parent`` is no longer its parent."""
+    """Exit this process (status 0, no clean-up) within ``interval_s`` once ``parent`` is no longer its parent.
+
+    Pass ``parent`` from the parent (its ``os.getpid()``): a child that asks ``os.getppid()`` itself after a slow
+    start-up may already have been handed to another process and would watch that one forever.
+    """
     parent = os.getppid() if parent is None else parent
 
     def watch() -> None:

@@ -162,6 +162,13 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -246,7 +253,8 @@ def kill_trial(
     outcome.orphan_s = time.monotonic() - killed_at if tree else 0.0
     survivors = sorted(p for p in tree if alive(p))
     if survivors:
-        outcome.problems.append(f"processes outlived the killed command by {ORPHAN_GRACE_S:.0f} s: {survivors}")
+        what = [f"{p} {command_line(p)[:160]}" for p in survivors]
+        outcome.problems.append(f"processes outlived the killed command by {ORPHAN_GRACE_S:.0f} s: {what}")
         for p in survivors:
             os.kill(p, signal.SIGKILL)
     again = subprocess.run(lab.argv(ws, command), env=lab.env, capture_output=True, text=True, timeout=1800)

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,10 @@ from tests.faults import (
     Command,
     Lab,
     Reference,
+    alive,
     checkpoint_in_progress,
+    command_line,
+    descendants,
     disk_bytes,
     disk_full_trial,
     health,
@@ -206,3 +210,29 @@ def test_review_decide_while_a_flow_writes(lab: Lab, tmp_path: Path) -> None:
     state = {r["image_id"]: r for r in catalog.rows("SELECT * FROM review_state WHERE reviewer = 'carol'")}
     assert set(state) == set(decided) and {r["decision"] for r in state.values()} == {"rejected"}
     assert not health(ws)
+
+
+def test_scoring_workers_still_starting_when_their_command_dies_exit(tmp_path: Path) -> None:
+    """The race the sweep found: a command killed while its identity workers were still importing. A worker that
+    asked for its parent's pid after the kill watched its new parent and lived on (with the resource tracker)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal\n"
+        "import numpy as np\n"
+        "from flenwheel.config import IdentityBackendSettings\n"
+        "from flenwheel.identity.scoring import Judge, _pool\n"
+        "if __name__ == '__main__':\n"
+        "    judge = Judge('dlib', IdentityBackendSettings(), np.zeros((1, 128), np.float32), 0.5)\n"
+        "    _pool(judge, 2).submit(os.getpid)  # starts the workers\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)  # dies before they have imported anything\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path)
+    tree: set[int] = set()
+    while proc.poll() is None:
+        tree |= descendants(proc.pid)
+        time.sleep(0.01)
+    assert proc.returncode == -9 and tree, "the workers were not started"
+    deadline = time.monotonic() + 60  # imports on a busy machine, then one watch interval
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in tree if alive(p)], [command_line(p) for p in tree if alive(p)]

@@ -116,10 +116,12 @@ ImageSource = tuple[str, str]  # (key, path of an image file)
 _WORKER: tuple[FaceBackend, Judge] | None = None
 
 
-def _init_worker(judge: Judge, watch_parent: bool = False) -> None:
+def _init_worker(judge: Judge, parent: int | None = None) -> None:
     global _WORKER
-    if watch_parent:
-        exit_when_orphaned()  # a killed command must not leave its scoring processes behind
+    if parent is not None:
+        # A killed command must not leave its scoring processes behind. The parent's pid comes from the parent:
+        # one killed while this worker was still starting has already handed it over to another process.
+        exit_when_orphaned(parent)
     _WORKER = (load_backend(judge.backend, judge.settings), judge)
 
 
@@ -164,7 +166,7 @@ def _pool(judge: Judge, workers: int) -> ProcessPoolExecutor:
 
         # spawn: DuckDB and model handles of this process must not leak into the workers.
         executor = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(judge, True)
+            workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(judge, os.getpid())
         )
         _POOL = (key, executor)
     return _POOL[1]

@@ -119,6 +119,7 @@ def test_disk_full_during_edit_and_checkpoint(lab: Lab, references, mount: Path,
 @pytest.mark.faults_full
 def test_disk_full_while_writing_the_report(lab: Lab, references, tmp_path: Path, mount: Path) -> None:
     """The report is rewritten from the catalog of a finished flywheel onto a full disk."""
+    references["flywheel"]  # made when first needed
     done = lab.workspace(lab.base / "ref" / "flywheel")
     report = Command("report", ("report", "obama"), lambda ws: None)
     template = lab.template(report)

@@ -1,11 +1,11 @@
 """The fault-injection suite's pytest half (tests/faults.py holds the machinery and the SIGKILL sweep).
 
-`make test` runs the fast slice, each fault kind once: a SIGKILL at a seeded moment of `enrich` (which also
-shows that the local Prefect API and the identity workers die with the command) and of `dataset freeze`; a
-SIGKILL while `train` writes a checkpoint (resume ends with bitwise the same weights); a full disk while
-checkpoints are written; a reviewer's decisions while a flow writes. `make faults` adds the tests marked
-``faults_full`` (a killed `flywheel`, a full disk during ingest, edit and report, nightly + flywheel of one
-character at once, two characters at once) and the sweep of seeded kills per command.
+`make test` runs the fast slice, each fault kind once: a SIGKILL at a seeded moment of `dataset freeze`; a
+SIGKILL while `train` writes a checkpoint (resume ends with bitwise the same weights; the local Prefect API and
+the identity workers die with the command); identity workers killed while still starting exit too; a full
+disk while checkpoints are written; a reviewer's decisions while a flow writes. `make faults` adds the tests
+marked ``faults_full`` (a killed `enrich` and `flywheel`, a full disk during ingest, edit and report, nightly +
+flywheel of one character at once, two characters at once) and the sweep of seeded kills per command.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def references(lab: Lab) -> References:
     return References(lab)
 
 
-@pytest.mark.parametrize("name", ["enrich", pytest.param("flywheel", marks=pytest.mark.faults_full), "dataset freeze"])
+@pytest.mark.parametrize(
+    "name", [*(pytest.param(n, marks=pytest.mark.faults_full) for n in ("enrich", "flywheel")), "dataset freeze"]
+)
 def test_killed_at_a_seeded_moment_then_rerun(lab: Lab, references, name: str, tmp_path: Path) -> None:
     ref = references[name]
     at = random.Random(f"{SEED}-{name}").uniform(0.3, 0.9) * ref.seconds

@@ -230,3 +230,11 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     lineage = catalog.attempts_of(chosen)
     assert [a["attempt"] for a in lineage] == [0, 1, 2] and sum(a["chosen"] for a in lineage) == 1
     assert [a["seed"] for a in lineage] == [0, 1000, 2000]
+
+    # FiftyOne: one sample per source and per chosen attempt; the failed checks as a field and as tags to filter on
+    from flenwheel.review.datasets import open_dataset, sync_candidates
+
+    assert sync_candidates(ws, catalog, "obama") == 2 + 4
+    sample = open_dataset(ws, "obama").match({"image_id": chosen}).first()
+    assert sample.verified is False and "critic:blue-wall" in sample.failed_checks and sample.attempts == 3
+    assert "check:critic:blue-wall" in sample.tags

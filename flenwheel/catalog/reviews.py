@@ -65,18 +65,14 @@ class ReviewsMixin(CatalogCore):
         return self.rows(
             """SELECT i.image_id, i.origin, i.path, i.created_at, d.parent_id, d.prompt_id, d.seed, d.op,
                       s.verdict, s.similarity, s.threshold, s.matched, r.decision, r.source AS decided_by,
-                      v.verified, v.failed_checks
+                      c.verified, c.failed_checks
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
                LEFT JOIN review_state r ON r.image_id = i.image_id AND r.gate_id = $gate
-               LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
-                                 list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks
-                          FROM verifications GROUP BY image_id) v ON v.image_id = i.image_id
+               LEFT JOIN image_checks c ON c.image_id = i.image_id
                WHERE i.character = $c AND list_contains($origins, i.origin)
-                 -- an edit's attempts that were not chosen (a failed try with a better retry) are no candidates
-                 AND (NOT EXISTS (SELECT 1 FROM edit_attempts a WHERE a.image_id = i.image_id)
-                      OR EXISTS (SELECT 1 FROM edit_attempts a WHERE a.image_id = i.image_id AND a.chosen))
+                 AND c.candidate IS NOT FALSE  -- an attempt that lost to another of its job is no candidate
                ORDER BY i.created_at, i.image_id""",
             {"c": character, "gate": gate_id, "origins": list(origins)},
         )
@@ -86,18 +82,12 @@ class ReviewsMixin(CatalogCore):
         return self.rows(
             """SELECT i.image_id, i.path, i.origin, i.lineage_root AS source_id, d.parent_id, d.prompt_id, d.seed,
                       d.params->>'$.editor' AS editor, s.verdict, s.similarity, s.threshold, s.embedding,
-                      v.verified, coalesce(v.failed_checks, []) AS failed_checks,
-                      (SELECT count(*) FROM edit_attempts a WHERE a.job_key = (SELECT job_key FROM edit_attempts
-                       WHERE image_id = i.image_id AND chosen LIMIT 1)) AS attempts
+                      c.verified, coalesce(c.failed_checks, []) AS failed_checks, c.attempts
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
-               LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
-                                 list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks
-                          FROM verifications GROUP BY image_id) v ON v.image_id = i.image_id
-               WHERE i.character = ?
-                 AND (NOT EXISTS (SELECT 1 FROM edit_attempts a WHERE a.image_id = i.image_id)
-                      OR EXISTS (SELECT 1 FROM edit_attempts a WHERE a.image_id = i.image_id AND a.chosen))
+               LEFT JOIN image_checks c ON c.image_id = i.image_id
+               WHERE i.character = ? AND c.candidate IS NOT FALSE
                ORDER BY i.created_at, i.image_id""",
             [character],
         )

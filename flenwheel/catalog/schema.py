@@ -265,6 +265,18 @@ _SCHEMA_V4 = [
         created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
         PRIMARY KEY (job_key, attempt))""",
     "CREATE INDEX edit_attempts_image ON edit_attempts(image_id)",
+    # Per checked image: did every check pass, which failed, and is it a review candidate (not an attempt that
+    # lost to another of its job). Images never checked have no row here.
+    """CREATE VIEW image_checks AS
+        SELECT i.image_id, v.verified, coalesce(v.failed_checks, []) AS failed_checks,
+               a.image_id IS NULL OR a.chosen AS candidate, a.attempts
+        FROM (SELECT image_id FROM verifications UNION SELECT image_id FROM edit_attempts) i
+        LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
+                          list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks
+                   FROM verifications GROUP BY image_id) v USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_or(chosen) AS chosen,
+                          max((SELECT count(*) FROM edit_attempts b WHERE b.job_key = e.job_key)) AS attempts
+                   FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
     # Which prompts need retries: attempts per job and the share of jobs that found a passing edit.
     """CREATE VIEW attempts_per_prompt AS
         SELECT character, prompt_id, count(DISTINCT job_key) AS jobs, count(*) AS attempts,

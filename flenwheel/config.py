@@ -88,6 +88,15 @@ class IdentityBackendSettings(Strict):
 
 class ReviewSettings(Strict):
     auto_margin: float = Field(0.02, ge=0.0, le=0.5, description="auto review: approve passes this far above")
+    clear_band: float = Field(
+        0.08, gt=0.0, le=0.5, description="identity similarity this far from the threshold is a clear case"
+    )
+    check_band: float = Field(
+        0.1, gt=0.0, le=1.0, description="a check within this share of its threshold is borderline"
+    )
+    auto_clear: bool = Field(
+        False, description="let the policy decide clear cases before people are asked (fiftyone and cli review)"
+    )
     app_address: str = "127.0.0.1"
     app_port: int = Field(5151, ge=1, le=65535)
 
@@ -140,6 +149,31 @@ class VerifySettings(Strict):
     )
 
 
+DEFAULT_CAPTION_INSTRUCTION = (
+    "Describe this photo in one sentence for training an image model: the person's pose and where they look, "
+    "their expression, their clothing, the light and the background. Do not name the person and do not describe "
+    "their face, hair, skin or age."
+)
+
+
+class CaptionSettings(Strict):
+    """Training captions written by a VLM for every dataset member (docs/captions.md)."""
+
+    model: str | None = Field(
+        "editor",
+        description="the VLM that writes captions: 'editor' (the profile's Qwen-Image-Edit text encoder, "
+        "or Qwen/Qwen2.5-VL-7B-Instruct when it lacks its output layer), a folder or hub id; null: template captions",
+    )
+    instruction: str = Field(DEFAULT_CAPTION_INSTRUCTION, min_length=10, description="what the VLM is asked")
+    max_words: int = Field(40, ge=5, le=200, description="a description is cut after this many words")
+    max_new_tokens: int = Field(77, ge=8, le=512, description="tokens the VLM may write")
+    edit_text: Literal["instruction", "instruction+caption"] = Field(
+        "instruction+caption",
+        description="the editor LoRA's training text: the instruction, or the instruction and the caption of the "
+        "approved result (what the edit actually produced)",
+    )
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -151,6 +185,7 @@ class Settings(Strict):
     review: ReviewSettings = ReviewSettings()
     nightly: NightlySettings = NightlySettings()
     verify: VerifySettings = VerifySettings()
+    captions: CaptionSettings = CaptionSettings()
 
 
 # --------------------------------------------------------------------------- prompt libraries

@@ -1,6 +1,7 @@
 """VLM critic: yes/no questions about an edited image, answered from Qwen2.5-VL's next-token logits.
 
-No text is generated. The image and ``"<question> Answer yes or no."`` go through Qwen2.5-VL's chat format up to
+No text is generated for a check (the same model writes training captions with :meth:`Critic.describe`, see
+:mod:`flenwheel.captions`). The image and ``"<question> Answer yes or no."`` go through Qwen2.5-VL's chat format up to
 the start of the assistant's turn; one forward pass gives the logits of the first answer token, and
 
     p_yes = softmax over {yes tokens, no tokens} of those logits, summed over the yes tokens
@@ -220,17 +221,20 @@ def _resolve(ref: str, processor: str | None) -> tuple[str, str, bool]:
             src = critic_source(path)
             return src.model, processor or src.processor, Path(src.model).exists()
         if not (path / "config.json").is_file():
-            raise CriticWeightsMissing(f"critic weights: {path} has no config.json; {_how_to_get()}")
+            raise CriticWeightsMissing(f"VLM weights (critic, captions): {path} has no config.json; {_how_to_get()}")
         if not has_lm_head(path):
             raise CriticWeightsMissing(
-                f"critic weights: {path} has no lm_head.weight (saved as an encoder only), so it cannot answer; "
+                f"VLM weights (critic, captions): {path} has no lm_head.weight (saved as an encoder only), so it "
+                "cannot answer; "
                 f"use {DEFAULT_HUB_ID}: {_how_to_get()}"
             )
         sibling = path.parent / "processor"
         default_proc = str(sibling) if _processor_folder(sibling) else (str(path) if _processor_folder(path) else "")
         return str(path), processor or default_proc or DEFAULT_HUB_ID, True
     if not HUB_ID.match(ref):
-        raise CriticWeightsMissing(f"critic weights: {ref!r} is neither an existing folder nor a hub id (org/name)")
+        raise CriticWeightsMissing(
+            f"VLM weights (critic, captions): {ref!r} is neither an existing folder nor a hub id (org/name)"
+        )
     return ref, processor or ref, False
 
 
@@ -267,7 +271,7 @@ def _fit(image: Image.Image | np.ndarray, max_pixels: int) -> Image.Image:
 
 
 class Critic:
-    """A Qwen2.5-VL model and its processor, answering yes/no checks about images."""
+    """A Qwen2.5-VL model and its processor, answering yes/no checks about images (and describing them)."""
 
     def __init__(self, model: Any, processor: Any, max_pixels: int = MAX_PIXELS, source: str = "") -> None:
         self.model = model.eval()
@@ -275,6 +279,13 @@ class Critic:
         self.max_pixels = max_pixels
         self.source = source  # what was loaded, for the catalog (model ref of the answers)
         self.yes_ids, self.no_ids = answer_token_ids(processor.tokenizer)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, source: str, max_pixels: int = MAX_PIXELS) -> Critic:
+        """The text encoder and processor of a loaded Qwen-Image-Edit pipeline as the critic: the weights already
+        in memory (quantised and offloaded as the editor has them) answer, so checking costs no second copy of the
+        7B model. The caller makes sure the checkpoint has its output layer (:func:`critic_source`)."""
+        return cls(pipe.text_encoder, pipe.processor, max_pixels=max_pixels, source=source)
 
     @classmethod
     def from_pretrained(
@@ -303,18 +314,29 @@ class Critic:
             proc = AutoProcessor.from_pretrained(proc_ref, local_files_only=offline or Path(proc_ref).exists())
         except OSError as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CriticWeightsMissing(f"critic weights {model_ref} not found ({reason}); {_how_to_get()}") from None
+            raise CriticWeightsMissing(
+                f"VLM weights (critic, captions) {model_ref} not found ({reason}); {_how_to_get()}"
+            ) from None
         except (ValueError, KeyError, TypeError) as e:
             raise CriticError(f"cannot load the critic from {model_ref}: {e}") from None
         return cls(model.to(device), proc, max_pixels=max_pixels, source=model_ref)
 
-    def prompt(self, question: str) -> str:
-        """The chat text for one image and ``question`` (with the yes/no instruction), up to the answer."""
-        text = question.strip() + ANSWER_SUFFIX
+    def chat(self, text: str) -> str:
+        """The chat text for one image and ``text``, up to the start of the assistant's answer."""
         if getattr(self.processor, "chat_template", None):
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
             return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return QWEN_CHAT.format(question=text)
+
+    def prompt(self, question: str) -> str:
+        """The chat text for one image and ``question`` (with the yes/no instruction), up to the answer."""
+        return self.chat(question.strip() + ANSWER_SUFFIX)
+
+    def _inputs(self, text: str, image: Image.Image | np.ndarray) -> dict[str, torch.Tensor]:
+        inputs = self.processor(text=[text], images=[_fit(image, self.max_pixels)], return_tensors="pt")
+        device = next(self.model.parameters()).device  # an offloaded model's hooks move inputs on from here
+        dtype = getattr(self.model, "dtype", None) or next(self.model.parameters()).dtype  # float even when 4-bit
+        return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
 
     def p_yes(self, image: Image.Image | np.ndarray, question: str) -> float:
         """Probability of "yes" against "no" as the first answer token (one forward pass, deterministic)."""
@@ -323,16 +345,20 @@ class Critic:
     @torch.inference_mode()
     def yes_no(self, image: Image.Image | np.ndarray, question: str) -> tuple[float, float]:
         """(p_yes, p_no): the softmax over the yes and no tokens' logits at the answer position, summed per side."""
-        inputs = self.processor(
-            text=[self.prompt(question)], images=[_fit(image, self.max_pixels)], return_tensors="pt"
-        )
-        device = next(self.model.parameters()).device
-        dtype = next(self.model.parameters()).dtype
-        inputs = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in inputs.items()}
+        inputs = self._inputs(self.prompt(question), image)
         logits = self.model(**inputs, logits_to_keep=1).logits[0, -1].float()
         probs = torch.softmax(logits[self.yes_ids + self.no_ids], dim=0)
         n_yes = len(self.yes_ids)
         return float(probs[:n_yes].sum()), float(probs[n_yes:].sum())
+
+    @torch.inference_mode()
+    def describe(self, image: Image.Image | np.ndarray, instruction: str, max_new_tokens: int = 77) -> str:
+        """The model's answer to ``instruction`` about ``image`` in its own words (greedy decoding, so the same
+        image and instruction always give the same text); :mod:`flenwheel.captions` writes captions with it."""
+        inputs = self._inputs(self.chat(instruction.strip()), image)
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
+                                  temperature=None)  # fmt: skip
+        return str(self.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
     def answer(self, image: Image.Image | np.ndarray, checks: Sequence[Check]) -> list[CriticAnswer]:
         """Answer each check about ``image`` (one forward pass each)."""

@@ -12,6 +12,12 @@ Prefect re-executes a resumed run from the top; the run finds its open round in 
 answer under the round's key and applies it to exactly the candidates that round waited on — so deciding some
 candidates while the run waits never makes the answer get lost. Only candidates no round of this run has asked
 about yet can stop the run again. Orchestration (suspend, pause) is in ``flows/gate.py``.
+
+**Review where it matters.** :func:`triage` places each scored candidate between clear and uncertain
+(identity near its threshold, failed or borderline edit checks); people get the queue hardest first
+(:func:`review_queue`, the FiftyOne field ``uncertainty``), and with ``review.auto_clear`` the policy decides the
+clear cases before anyone is asked. :func:`review_stats` reports the share the policy decided and how people's
+decisions agreed with what the policy would have said.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flenwheel.catalog import Catalog
+from flenwheel.config import ReviewSettings
 from flenwheel.errors import FlenwheelError
 from flenwheel.types import REVIEW_STAGES
 
@@ -77,35 +84,166 @@ def pending_ids(catalog: Catalog, character: str, stage: str) -> list[str]:
     return [c["image_id"] for c in candidates(catalog, character, stage) if c["decision"] is None]
 
 
+def policy_decision(c: dict[str, Any], margin: float) -> tuple[str, str]:
+    """What the auto policy decides for a scored candidate, and why: approve identity passes at least ``margin``
+    above their threshold whose edit checks all passed (or that were not checked); reject the rest."""
+    failed = c.get("failed_checks") or []
+    ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin and not failed
+    detail = (
+        f", similarity {c['similarity']:.3f} vs threshold {c['threshold']:.3f} + {margin}"
+        if c["similarity"] is not None
+        else ""
+    )
+    checks = f"; failed checks: {', '.join(failed)}" if failed else ""
+    return ("approved" if ok else "rejected"), f"{c['verdict']}{detail}{checks}"
+
+
 def auto_review(
     catalog: Catalog, character: str, stage: str, margin: float, run_id: str | None,
     only: Collection[str] | None = None, context: str = "auto",
 ) -> tuple[int, int]:  # fmt: skip
-    """Approve identity passes at least ``margin`` above their threshold whose edit checks all passed (or that
-    were not checked); reject the other scored candidates.
+    """Let the policy (:func:`policy_decision`) decide the undecided scored candidates.
 
     Only undecided candidates are touched (a human decision is never overridden), only those in ``only`` when
     given; unscored ones wait. ``context`` starts each note (e.g. who let the policy decide on resume).
     Returns the (approved, rejected) counts written now.
     """
-    gate = gate_id(character, stage)
-    rows = []
+    decided = []
     for c in candidates(catalog, character, stage):
         if c["decision"] is not None or c["verdict"] is None or (only is not None and c["image_id"] not in only):
             continue
-        failed = c.get("failed_checks") or []
-        ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin and not failed
-        detail = (
-            f", similarity {c['similarity']:.3f} vs threshold {c['threshold']:.3f} + {margin}"
-            if c["similarity"] is not None
-            else ""
-        )
-        checks = f"; failed checks: {', '.join(failed)}" if failed else ""
-        note = f"{context}: {c['verdict']}{detail}{checks}"
-        rows.append({"image_id": c["image_id"], "gate_id": gate, "decision": "approved" if ok else "rejected",
-                     "source": "auto", "reviewer": "auto", "note": note})  # fmt: skip
-    catalog.add_reviews(rows, run_id)
-    return sum(r["decision"] == "approved" for r in rows), sum(r["decision"] == "rejected" for r in rows)
+        decision, why = policy_decision(c, margin)
+        decided.append((c["image_id"], decision, f"{context}: {why}"))
+    return _record_policy(catalog, gate_id(character, stage), decided, run_id)
+
+
+def _record_policy(
+    catalog: Catalog, gate: str, decided: Sequence[tuple[str, str, str]], run_id: str | None
+) -> tuple[int, int]:
+    """Write the policy's (image id, decision, note) as ``auto`` reviews; returns the (approved, rejected) counts."""
+    catalog.add_reviews([{"image_id": i, "gate_id": gate, "decision": d, "source": "auto", "reviewer": "auto",
+                          "note": note} for i, d, note in decided], run_id)  # fmt: skip
+    return sum(d == "approved" for _, d, _ in decided), sum(d == "rejected" for _, d, _ in decided)
+
+
+# --------------------------------------------------------------------------- review where it matters
+
+
+@dataclass(frozen=True)
+class Triage:
+    """How much a candidate needs a person: ``uncertainty`` 0 (clear) .. 1 (on the fence), and why."""
+
+    image_id: str
+    uncertainty: float
+    clear: str | None  # the policy's decision when the case is clear, else None
+    why: str
+
+
+def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
+    """Place a scored candidate between clear and uncertain (None when it has no identity score yet).
+
+    Identity within ``clear_band`` of its threshold is uncertain, the more the closer; a failed edit check is
+    fully uncertain (the verifier may be wrong about an edit that keeps the person), and a check within
+    ``check_band`` of its threshold is borderline. A clear identity failure is a clear rejection whatever the
+    checks say; a clear case is decided as the policy would decide it.
+    """
+    if c["verdict"] is None:
+        return None
+    sim, thr = c["similarity"], c["threshold"]
+    if c["verdict"] != "pass" and (sim is None or sim <= thr - settings.clear_band):
+        why = "no usable face" if sim is None else f"similarity {sim:.3f} far below threshold {thr:.3f}"
+        return Triage(c["image_id"], 0.0, "rejected", why)
+    u_identity = max(0.0, 1.0 - abs(sim - thr) / settings.clear_band) if sim is not None else 0.0
+    failed = c.get("failed_checks") or []
+    margin = c.get("check_margin")
+    u_checks = 1.0 if failed else (max(0.0, 1.0 - margin / settings.check_band) if margin is not None else 0.0)
+    u = round(max(u_identity, u_checks), 4)
+    reasons = []
+    if u_identity > 0:
+        reasons.append(f"similarity {sim:.3f} near threshold {thr:.3f}")
+    if failed:
+        reasons.append(f"failed checks: {', '.join(failed)}")
+    elif u_checks > 0:
+        reasons.append(f"a check within {margin:.1%} of its threshold")
+    if u > 0:
+        return Triage(c["image_id"], u, None, "; ".join(reasons))
+    decision, why = policy_decision(c, settings.auto_margin)
+    return Triage(c["image_id"], 0.0, decision, f"clear: {why}")
+
+
+def review_queue(catalog: Catalog, character: str, stage: str, settings: ReviewSettings) -> list[dict[str, Any]]:
+    """Pending candidates in the order people should see them: most uncertain first, unscored last."""
+    rows = []
+    for c in candidates(catalog, character, stage):
+        if c["decision"] is not None:
+            continue
+        t = triage(c, settings)
+        rows.append({**c, "uncertainty": None if t is None else t.uncertainty, "why": "not scored yet" if t is None
+                     else t.why})  # fmt: skip
+    return sorted(rows, key=lambda r: (r["uncertainty"] is None, -(r["uncertainty"] or 0.0), r["created_at"]))
+
+
+def auto_decide_clear(
+    catalog: Catalog, character: str, stage: str, settings: ReviewSettings, run_id: str | None
+) -> tuple[int, int]:
+    """The policy decides the clear pending cases (source auto, note ``clear: ...``) so people see only the
+    uncertain ones; returns the (approved, rejected) counts written."""
+    decided = []
+    for c in candidates(catalog, character, stage):
+        t = triage(c, settings) if c["decision"] is None else None
+        if t is not None and t.clear is not None:
+            decided.append((c["image_id"], t.clear, t.why))
+    return _record_policy(catalog, gate_id(character, stage), decided, run_id)
+
+
+@dataclass(frozen=True)
+class ReviewStats:
+    """Who decided a gate's candidates and how people's decisions compare with the policy's."""
+
+    gate_id: str
+    candidates: int
+    by_policy: int  # current decision from the policy (auto review, clear cases, auto on resume)
+    by_people: int  # current decision from a person (FiftyOne, CLI, approve on resume)
+    pending: int
+    compared: int  # people's decisions on scored candidates, compared with what the policy says
+    agreed: int
+    overridden: int  # policy decisions a person changed afterwards
+    confusion: dict[str, int]  # "people/policy" -> count, e.g. "approved/rejected"
+
+    @property
+    def auto_share(self) -> float | None:
+        decided = self.by_policy + self.by_people
+        return self.by_policy / decided if decided else None
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+
+def review_stats(catalog: Catalog, character: str, stage: str, settings: ReviewSettings) -> ReviewStats:
+    rows = candidates(catalog, character, stage)
+    history = catalog.decision_history(gate_id(character, stage))
+    by_policy = by_people = compared = agreed = overridden = 0
+    confusion: dict[str, int] = {}
+    for c in rows:
+        steps = history.get(c["image_id"], [])
+        if not steps:
+            continue
+        source, decision = steps[-1]
+        if source == "auto":
+            by_policy += 1
+            continue
+        by_people += 1
+        overridden += any(s == "auto" for s, _ in steps[:-1])
+        if c["verdict"] is not None:
+            policy, _ = policy_decision(c, settings.auto_margin)
+            compared += 1
+            agreed += policy == decision
+            key = f"{decision}/{policy}"
+            confusion[key] = confusion.get(key, 0) + 1
+    pending = sum(c["decision"] is None for c in rows)
+    return ReviewStats(gate_id(character, stage), len(rows), by_policy, by_people, pending, compared, agreed,
+                       overridden, confusion)  # fmt: skip
 
 
 def read_decisions_csv(path: Path) -> list[tuple[str, str, str | None]]:

@@ -56,18 +56,34 @@ def release_models() -> None:
 _CRITICS: dict[tuple[str, str, str], Critic] = {}
 
 
-def critic(ws: Workspace, profile: str | None) -> Critic:
-    """The process's VLM critic for ``verify.critic`` (loaded once; ``editor``: the profile's editor snapshot)."""
-    from flenwheel.critic import Critic
+def vlm(ws: Workspace, profile: str | None, ref: str) -> Critic:
+    """The process's Qwen2.5-VL for ``ref``, shared by the critic and the captioner.
+
+    ``editor`` is the text encoder of the profile's Qwen-Image-Edit snapshot (:func:`flenwheel.critic.critic_source`):
+    while this process holds that pipeline (enrichment with the qwen editor) its loaded text encoder answers, so
+    no second copy of the 7B model is loaded beside the editor (24 GB hold one, not both); otherwise the model is
+    loaded once and kept until :func:`release_models`.
+    """
+    from flenwheel.critic import Critic, critic_source
     from flenwheel.models import resolve_model
 
     prof = ws.profile(profile)
-    ref = ws.settings.verify.critic or ""
+    manager = _MANAGERS.get((str(ws.root), prof.name))
+    loaded = manager.current if manager is not None else None
+    if ref == "editor" and loaded is not None and loaded.kind == "qwen-image-edit":
+        source = critic_source(loaded.model.path)
+        if source.reused:  # the checkpoint has its output layer: the resident weights can answer
+            return Critic.from_pipeline(loaded.pipe, source.model)
     key = (str(ws.root), prof.name, ref)
     if key not in _CRITICS:
         source = str(resolve_model(prof.editor.model, "qwen-image-edit", ws).path) if ref == "editor" else ref
         _CRITICS[key] = Critic.from_pretrained(source, device=prof.device)
     return _CRITICS[key]
+
+
+def critic(ws: Workspace, profile: str | None) -> Critic:
+    """The VLM critic of ``verify.critic``."""
+    return vlm(ws, profile, ws.settings.verify.critic or "")
 
 
 def batches(items: Sequence[T], size: int) -> list[list[T]]:

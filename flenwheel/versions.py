@@ -1,9 +1,11 @@
 """Frozen dataset versions: which images, with which captions; manifests; diffs.
 
 A version holds the character's source photos that no review rejected and every candidate whose latest
-decision (in any gate) is ``approved``. Captions come from the trigger word and, for candidates, the prompt
-library's caption for the prompt that made them (its category when the entry has none); generated images
-keep the prompt they were generated from, which already carries the trigger word.
+decision (in any gate) is ``approved``. Each member's caption is its current row in ``captions`` (a VLM's
+description or a reviewer's edit, :mod:`flenwheel.captions`); a member without one gets a template: the
+trigger word and, for candidates, the prompt library's caption for the prompt that made them (its category when
+the entry has none), while generated images keep the prompt they were generated from, which already carries the
+trigger word. A version copies the captions it was frozen with, so later edits never change it.
 
 The manifest is canonical JSON (sorted keys, no timestamps), so its sha256 depends only on the members and
 their captions: freezing the same selection twice gives the same hash and no new version. Versions are
@@ -55,13 +57,13 @@ def caption_for(
 
 
 def selected_members(catalog: Catalog, character: Character, prompts: dict[str, PromptEntry]) -> list[Member]:
-    """Sources not rejected plus approved candidates, ordered by image id."""
+    """Sources not rejected plus approved candidates with their current captions, ordered by image id."""
     return [
         Member(
             r["image_id"],
             r["path"],
             r["origin"],
-            caption_for(character.trigger, r["origin"], r["prompt_id"], r["prompt"], prompts),
+            r["caption"] or caption_for(character.trigger, r["origin"], r["prompt_id"], r["prompt"], prompts),
             r["prompt_id"],
         )
         for r in catalog.selectable_members(character.name)

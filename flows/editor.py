@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from flenwheel.flows.flywheel import artifact_key
-from flenwheel.tasks.training import evaluate_edit, train_edit
+from flenwheel.tasks.training import caption_dataset, evaluate_edit, train_edit
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
@@ -51,6 +51,8 @@ def editor_flywheel(params: EditorParams, root: str | None = None, configs: str 
     where = (str(ws.root), str(ws.configs_dir))
     with ws.catalog().run("flow:editor-flywheel", {"params": params.model_dump()}, flow_run_id) as run_id:
         with character_lock(ws, params.character, f"editor flow run {flow_run_id}"):
+            if ws.settings.captions.edit_text == "instruction+caption":  # the approved results' captions
+                caption_dataset(*where, params.character, params.profile, run_id)
             lora = train_edit(*where, params.character, params.profile, params.steps, list(params.ops), run_id)
             ev = evaluate_edit(*where, params.character, lora.lora_id, params.profile, params.eval_prompts,
                                params.eval_seeds, run_id)  # fmt: skip

@@ -174,8 +174,11 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
                 summary = enrich_work(ws, enrich, run_id)
                 if params.review == "auto":
                     gate.auto_review(catalog, name, "enrich", ws.settings.review.auto_margin, run_id)
-                elif params.review == "fiftyone":
-                    sync_review(str(ws.root), str(ws.configs_dir), name, run_id)
+                else:
+                    if ws.settings.review.auto_clear:
+                        gate.auto_decide_clear(catalog, name, "enrich", ws.settings.review, run_id)
+                    if params.review == "fiftyone":
+                        sync_review(str(ws.root), str(ws.configs_dir), name, run_id)
         except CharacterBusy as e:
             results.append(NightlyOutcome(name, skipped=str(e)))
             continue

@@ -1,4 +1,4 @@
-"""Flywheel 1: enrich -> review -> freeze vN -> train LoRA vN -> generate -> review -> freeze vN+1 -> ...
+"""Flywheel 1: enrich -> review -> caption + freeze vN -> train LoRA vN -> generate -> review -> vN+1 -> ...
 
 The flow is resumable from the catalog alone. ``iterations`` is the number of iterations the character should
 have: the ``iterations`` table says which are complete (they are skipped), and every step inside an iteration
@@ -17,7 +17,7 @@ from flenwheel.flows.enrich import EnrichParams, enrich_work
 from flenwheel.flows.gate import run_gate
 from flenwheel.tasks.enrich import score_images
 from flenwheel.tasks.generate import generate_batch, make_report
-from flenwheel.tasks.training import train_lora
+from flenwheel.tasks.training import caption_dataset, train_lora
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
@@ -108,6 +108,7 @@ def _iteration(
     character = ws.character(params.character)
     root, configs = str(ws.root), str(ws.configs_dir)
     with character_lock(ws, character.name, holder):
+        caption_dataset(root, configs, character.name, params.profile, run_id)
         version = freeze_version(ws, catalog, character, number, params.policy(), run_id)
         log.info(f"iteration {number} of {character.name}: dataset version {version}")
         lora = train_lora(root, configs, character.name, version, params.profile, params.train_steps, run_id)

@@ -4,6 +4,8 @@
 * ``fiftyone`` — candidates are pushed to the character's FiftyOne dataset and tags are pulled back.
 * ``cli`` — decisions come from ``flenwheel review decide``.
 
+With ``review.auto_clear`` the policy first decides the clear cases of the last two (:func:`flenwheel.gate.triage`).
+
 When candidates are still undecided: a deployment run **suspends** (no process, no GPU held) under the pause
 key of a new round recorded in the catalog (:mod:`flenwheel.gate`), and is resumed from the Prefect UI; a
 local run with ``wait`` **pauses** in-process; any other local run stops with "awaiting review" and carries on
@@ -71,6 +73,11 @@ def run_gate(
     if mode == "auto":
         gate.auto_review(catalog, character, stage, margin, run_id)
         return _passed(catalog, character, stage)
+    if ws.settings.review.auto_clear:  # people get only the uncertain cases
+        approved, rejected = gate.auto_decide_clear(catalog, character, stage, ws.settings.review, run_id)
+        if approved or rejected:
+            log.info(f"gate {character}:{stage}: clear cases decided by the policy: {approved} approved, "
+                     f"{rejected} rejected")  # fmt: skip
     if mode == "fiftyone":
         sync_review(root, configs, character, run_id)
     ctx = get_run_context()

@@ -3,11 +3,17 @@
 Each sample is one stored image (``filepath`` is the store file) and carries ``image_id``, ``source_id``
 (the source photo it derives from), ``parent_id``, ``gate``, ``origin``, ``editor``, ``prompt_id``, ``seed``,
 ``verdict``, ``similarity``, ``threshold`` and the identity ``embedding`` (for FiftyOne's similarity and
-uniqueness tools), and the edit checks: ``verified``, ``failed_checks``, ``attempts`` (docs/verification.md), each
-failed check also as a tag ``check:<name>`` to filter on. Source photos are in the dataset too, so the saved
-view ``by-source`` groups every source with its variants. Candidates that failed the identity filter are
-tagged ``auto_rejected`` and stay visible; an edit's attempts that were not chosen are not in the dataset.
-Reviewers tag ``approved`` or ``rejected``; :func:`read_decisions` turns those tags into catalog reviews.
+uniqueness tools); the edit checks ``verified``, ``failed_checks``, ``attempts`` (docs/verification.md), each
+failed check also as a tag ``check:<name>`` to filter on; the current ``decision`` and the ``uncertainty`` the
+gate gives the candidate (saved view ``hardest-first``: undecided candidates, the most uncertain first, see
+:func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.captions`).
+
+A reviewer edits a caption by changing that field (in the App's sample panel or from Python); the next sync
+records the edit as a new caption row (``caption_catalog`` holds what the catalog said, so an edit is told apart
+from a caption the catalog changed since). Source photos are in the dataset too, so the saved view
+``by-source`` groups every source with its variants. Candidates that failed the identity filter are tagged
+``auto_rejected`` and stay visible; an edit's attempts that were not chosen are not in the dataset. Reviewers
+tag ``approved`` or ``rejected``; :func:`read_decisions` turns those tags into catalog reviews.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from typing import Any
 from flenwheel.review import fiftyone
 
 from flenwheel import gate
+from flenwheel.captions import with_trigger
 from flenwheel.catalog import Catalog
 from flenwheel.workspace import Workspace
 
 APPROVED, REJECTED, AUTO_REJECTED = "approved", "rejected", "auto_rejected"
 GROUP_VIEW = "by-source"
+QUEUE_VIEW = "hardest-first"
 
 
 def dataset_name(ws: Workspace, character: str) -> str:
@@ -51,11 +59,18 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
     ds = open_dataset(ws, character)
     # Declared, not inferred: a dataset whose candidates were never checked holds only None in them.
     for name, kind, sub in (("verified", fo.BooleanField, None), ("attempts", fo.IntField, None),
-                            ("failed_checks", fo.ListField, fo.StringField)):  # fmt: skip
+                            ("failed_checks", fo.ListField, fo.StringField), ("caption", fo.StringField, None),
+                            ("caption_catalog", fo.StringField, None), ("uncertainty", fo.FloatField, None),
+                            ("decision", fo.StringField, None)):  # fmt: skip
         if not ds.has_sample_field(name):
             ds.add_sample_field(name, kind, **({"subfield": sub} if sub else {}))
     known = dict(zip(ds.values("image_id"), ds.values("id"), strict=True)) if len(ds) else {}
     gates = {origin: stage for stage, origins in gate.STAGE_ORIGINS.items() for origin in origins}
+    review: dict[str, dict[str, Any]] = {}
+    for stage in gate.STAGE_ORIGINS:
+        for c in gate.candidates(catalog, character, stage):
+            t = gate.triage(c, ws.settings.review)
+            review[c["image_id"]] = {"decision": c["decision"], "uncertainty": None if t is None else t.uncertainty}
     new, updates = [], {}
     for r in catalog.review_dataset_rows(character):
         fields = {
@@ -74,22 +89,31 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             "verified": r["verified"],
             "failed_checks": list(r["failed_checks"]),
             "attempts": r["attempts"] or None,
+            "caption_catalog": r["caption"],
+            "decision": review.get(r["image_id"], {}).get("decision"),
+            "uncertainty": review.get(r["image_id"], {}).get("uncertainty"),
         }
         if r["image_id"] in known:
             updates[known[r["image_id"]]] = fields
             continue
         tags = [AUTO_REJECTED] if r["origin"] != "source" and r["verdict"] not in (None, "pass") else []
         tags += [f"check:{name}" for name in r["failed_checks"]]
-        new.append(fo.Sample(filepath=str(ws.root / r["path"]), tags=tags, **fields))
+        new.append(fo.Sample(filepath=str(ws.root / r["path"]), tags=tags, caption=r["caption"], **fields))
     if new:
         ds.add_samples(new, progress=False)
     for sample in ds.select(list(updates)).iter_samples(autosave=True, progress=False):
+        if sample.caption == sample.caption_catalog:  # else a reviewer's edit waits for pull_captions
+            sample["caption"] = updates[sample.id]["caption_catalog"]
         for key, value in updates[sample.id].items():
             sample[key] = value
         if sample.origin != "source" and sample.verdict not in (None, "pass") and AUTO_REJECTED not in sample.tags:
             sample.tags.append(AUTO_REJECTED)
     if GROUP_VIEW not in ds.list_saved_views():
         ds.save_view(GROUP_VIEW, ds.group_by("source_id", order_by="origin"))
+    if QUEUE_VIEW not in ds.list_saved_views():  # undecided candidates, the most uncertain first
+        F = fo.ViewField
+        queue = ds.match((F("gate") != None) & (F("decision") == None))  # noqa: E711 - FiftyOne expressions
+        ds.save_view(QUEUE_VIEW, queue.sort_by("uncertainty", reverse=True))
     return len(new)
 
 
@@ -118,3 +142,26 @@ def read_decisions(ws: Workspace, character: str, reviewer: str | None = None) -
 def pull_decisions(ws: Workspace, catalog: Catalog, character: str, run_id: str | None) -> int:
     """FiftyOne tags into ``reviews``; returns how many decisions changed."""
     return catalog.add_reviews(read_decisions(ws, character), run_id)
+
+
+def pull_captions(
+    ws: Workspace, catalog: Catalog, character: str, run_id: str | None, reviewer: str | None = None
+) -> int:
+    """Captions reviewers changed in FiftyOne into ``captions`` (source fiftyone); returns how many were recorded.
+
+    The trigger word is put in front of an edit that left it out; the sample then shows the caption as stored.
+    """
+    trigger = ws.character(character).trigger
+    ds = open_dataset(ws, character)
+    if not len(ds) or not ds.has_sample_field("caption"):
+        return 0
+    edited = {}
+    for sample in ds.select_fields(["image_id", "caption", "caption_catalog"]).iter_samples(progress=False):
+        if sample.caption and sample.caption != sample.caption_catalog:
+            edited[sample.id] = (sample.image_id, with_trigger(trigger, sample.caption))
+    rows = [{"image_id": image_id, "caption": text, "source": "fiftyone", "author": reviewer,
+             "params": {"edited_in": "fiftyone"}} for image_id, text in edited.values()]  # fmt: skip
+    written = catalog.add_captions(rows, run_id)
+    for sample in ds.select(list(edited)).iter_samples(autosave=True, progress=False):
+        sample["caption"] = sample["caption_catalog"] = edited[sample.id][1]
+    return written

@@ -35,7 +35,7 @@ def edit_batch(
     checker = None
     if ws.settings.verify.enabled:  # every edit verified; a failed one retried (docs/verification.md)
         backend = load_backend(char.identity.backend, ws.settings.identity)
-        critic = runtime.critic(ws, profile) if ws.settings.verify.critic else None
+        critic = (lambda: runtime.critic(ws, profile)) if ws.settings.verify.critic else None
         checker = EditChecker(ws.root, backend, ws.settings.verify, critic)
     made = run_edit_batch(ws, cat, character, ed, [EditJob(p, prompts[q], s) for p, q, s in jobs], run_id, checker)
     retried = len(made) - len(jobs)

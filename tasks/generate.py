@@ -33,7 +33,7 @@ def make_report(root: str, configs: str, character: str, number: int, run_id: st
     """Write the iteration's HTML report and its metrics (scope ``iteration``)."""
     ws = runtime.workspace(root, configs)
     cat = ws.catalog()
-    report = iteration_report(ws.root, cat, character, number)
+    report = iteration_report(ws.root, cat, character, number, ws.settings.review)
     cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics, once=True)
     rate = report.metrics.get("pass_rate")
     log.info(f"iteration {number} of {character}: synthetic identity pass rate "

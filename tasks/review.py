@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flenwheel.review.datasets import pull_decisions, sync_candidates
+from flenwheel.review.datasets import pull_captions, pull_decisions, sync_candidates
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -11,8 +11,9 @@ from flenwheel import runtime
 
 @task(name="review-sync", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def sync_review(root: str, configs: str, character: str, run_id: str) -> dict[str, int]:
-    """Push new candidates to the FiftyOne dataset and pull reviewers' tags into the catalog."""
+    """Push new candidates to the FiftyOne dataset; pull reviewers' tags and caption edits into the catalog."""
     ws = runtime.workspace(root, configs)
     cat = ws.catalog()
-    added = sync_candidates(ws, cat, character)
-    return {"added": added, "decisions": pull_decisions(ws, cat, character, run_id)}
+    captions = pull_captions(ws, cat, character, run_id)
+    decisions = pull_decisions(ws, cat, character, run_id)
+    return {"added": sync_candidates(ws, cat, character), "decisions": decisions, "captions": captions}

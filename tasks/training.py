@@ -1,4 +1,4 @@
-"""Tasks that train (or find) LoRAs and evaluate the editor LoRA."""
+"""Tasks that caption the training data, train (or find) LoRAs and evaluate the editor LoRA."""
 
 from __future__ import annotations
 
@@ -9,10 +9,30 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from flenwheel import runtime
+from flenwheel.captions import caption_members
 from flenwheel.training import TrainResult, evaluate_edit_lora, train_edit_lora, train_flux
 from flenwheel.training.edit_eval import EditEvaluation
 
 log = logging.getLogger(__name__)
+
+
+@task(name="caption-members", cache_policy=NONE)
+def caption_dataset(
+    root: str, configs: str, character: str, profile: str | None, run_id: str, redo: bool = False
+) -> int:
+    """VLM captions for the members a version of ``character`` would hold that have none yet; the VLM is released
+    afterwards, so training gets the whole GPU."""
+    ws = runtime.workspace(root, configs)
+
+    def progress(done: int, total: int) -> None:
+        log.info(f"captions: {done}/{total}")
+
+    try:
+        return caption_members(ws, ws.catalog(), ws.character(character),
+                               lambda: runtime.vlm(ws, profile, ws.settings.captions.model or ""), run_id, redo,
+                               progress=progress)  # fmt: skip
+    finally:
+        runtime.release_models()
 
 
 @task(name="train-flux-lora", cache_policy=NONE)

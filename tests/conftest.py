@@ -143,6 +143,8 @@ SNAPSHOT = {
     "loras": "SELECT lora_id, sha256, dataset_version, chosen_checkpoint FROM loras ORDER BY ALL",
     "iterations": "SELECT character, number, dataset_version, lora_id, status, report_path FROM iterations"
     " ORDER BY ALL",
+    # the VLM's folder (model_ref) lies under each root; what it wrote is compared
+    "captions": "SELECT image_id, caption, source, params FROM captions ORDER BY ALL",
     # stage peaks measure the machine, not the data: they differ between any two runs
     "metrics": "SELECT scope, scope_id, name, value, step FROM metrics WHERE scope <> 'stage' ORDER BY ALL",
 }

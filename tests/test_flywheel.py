@@ -103,6 +103,16 @@ def test_two_iterations_make_two_versions_two_loras_metrics_and_reports(two_iter
         assert {p.name for p in report.parent.glob("*.png")} >= {"pass_rates.png", "similarity.png", "training.png"}
     page = (ws.root / its[1]["report_path"]).read_text()
     assert "synthetic v1 0% → synthetic v2 0%" in page and "not met" in page
+    # enrichment per prompt and who decided the gates are in the report too
+    assert "Enrichment per prompt" in page and "Review: policy and people" in page
+    assert all(p in page for p in ("angle-mirror", "light-golden-hour", "bg-blue"))
+    # every member of each version was captioned by the (tiny) VLM before it was frozen
+    for version in ("obama@v1", "obama@v2"):
+        members = versions.version_members(catalog, version)
+        current = catalog.latest_captions([m["image_id"] for m in members])
+        assert set(current) == {m["image_id"] for m in members}
+        assert all(m["caption"] == current[m["image_id"]]["caption"] for m in members)
+        assert all(current[m["image_id"]]["source"] in ("vlm", "template") for m in members)
 
 
 def test_flywheel_records_prefect_artifacts(two_iterations) -> None:

@@ -238,3 +238,25 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     sample = open_dataset(ws, "obama").match({"image_id": chosen}).first()
     assert sample.verified is False and "critic:blue-wall" in sample.failed_checks and sample.attempts == 3
     assert "check:critic:blue-wall" in sample.tags
+
+
+def test_the_critic_is_the_resident_editors_text_encoder_when_it_is_loaded(ws: Workspace, faces: Path,
+                                                                           tiny_models) -> None:  # fmt: skip
+    """With the qwen editor loaded, checks use its text encoder in memory (no second 7B copy beside it on a 24 GB
+    card); the answers equal those of the critic loaded on its own from the same snapshot."""
+    from flenwheel import runtime
+    from flenwheel.critic import Critic
+
+    image = Image.open(faces / "obama" / "obama_1.jpg")
+    question = "Is there exactly one person in the image?"
+    try:
+        alone = runtime.vlm(ws, "cpu-tiny", "editor")
+        expected = alone.p_yes(image, question)
+        runtime.release_models()
+        loaded = runtime.model_manager(ws, "cpu-tiny").get("qwen-image-edit")
+        shared = runtime.vlm(ws, "cpu-tiny", "editor")
+        assert shared.model is loaded.pipe.text_encoder and shared.source == alone.source
+        assert shared.p_yes(image, question) == expected
+        assert isinstance(alone, Critic) and alone.model is not shared.model
+    finally:
+        runtime.release_models()

@@ -2,11 +2,12 @@
 
 One :class:`Catalog` object per data root, cheap to construct; each method opens the file for one short
 read or write transaction. The class is assembled from one mixin per subject (images and lineage,
-identity, reviews and gates, dataset versions, LoRAs, iterations, verified edits, maintenance) on top of
+identity, reviews and gates, dataset versions, LoRAs, iterations, verified edits, captions, maintenance) on top of
 :mod:`.core` (connections, retries, migrations, runs, metrics, user SQL); :mod:`.schema` holds the tables and
 views.
 """
 
+from flenwheel.catalog.captions import CaptionsMixin
 from flenwheel.catalog.checks import ChecksMixin
 from flenwheel.catalog.core import AwaitingReview, CatalogBusy, CatalogError, code_version, now, sha256_json
 from flenwheel.catalog.identity import IdentityMixin
@@ -28,6 +29,7 @@ class Catalog(
     LorasMixin,
     IterationsMixin,
     ChecksMixin,
+    CaptionsMixin,
     MaintenanceMixin,
 ):
     """The catalog at ``path`` (see the package docstring)."""

@@ -59,3 +59,24 @@ class ChecksMixin(CatalogCore):
 
     def all_masks(self) -> list[dict[str, Any]]:
         return self.rows("SELECT DISTINCT mask_id, path FROM masks ORDER BY mask_id") if self.path.exists() else []
+
+    def edit_outcomes(self, character: str) -> list[dict[str, Any]]:
+        """Every enrichment edit of ``character`` (each attempt, chosen or not) with its prompt, attempt, identity
+        verdict, current decision and checks (a list of {name, passed, score, threshold}), oldest first."""
+        if not self.path.exists():
+            return []
+        return self.rows(
+            """SELECT i.image_id, i.path, d.prompt_id, d.seed, a.job_key, a.attempt, a.chosen,
+                      coalesce(a.category, d.params->>'$.category') AS category,
+                      s.verdict, s.similarity, s.threshold, r.decision,
+                      (SELECT list({'name': v.name, 'passed': v.passed, 'score': v.score, 'threshold': v.threshold}
+                                   ORDER BY v.name) FROM verifications v WHERE v.image_id = i.image_id) AS checks
+               FROM images i
+               JOIN first_derivation d ON d.child_id = i.image_id
+               LEFT JOIN edit_attempts a ON a.image_id = i.image_id
+               LEFT JOIN latest_identity s ON s.image_id = i.image_id
+               LEFT JOIN review_state r ON r.image_id = i.image_id AND r.gate_id = $gate
+               WHERE i.character = $c AND i.origin IN ('edit', 'augment')
+               ORDER BY i.created_at, i.image_id""",
+            {"c": character, "gate": f"{character}:enrich"},
+        )

@@ -53,11 +53,14 @@ class LorasMixin(CatalogCore):
         return rows[0]["lora_id"] if rows else None
 
     def approved_triplets(self, character: str, ops: Sequence[str]) -> list[dict[str, Any]]:
-        """Approved (before, instruction, after) triplets made by ``ops``, with store paths, in a stable order."""
+        """Approved (before, instruction, after) triplets made by ``ops``, with store paths and the after image's
+        current caption, in a stable order."""
         return self.rows(
-            """SELECT t.before_id, b.path AS before_path, t.instruction, t.after_id, a.path AS after_path, t.prompt_id
+            """SELECT t.before_id, b.path AS before_path, t.instruction, t.after_id, a.path AS after_path, t.prompt_id,
+                      c.caption AS after_caption
                FROM (SELECT DISTINCT before_id, instruction, after_id, prompt_id, character, op FROM triplets) t
                JOIN images b ON b.image_id = t.before_id JOIN images a ON a.image_id = t.after_id
+               LEFT JOIN latest_captions c ON c.image_id = t.after_id
                WHERE t.character = ? AND list_contains(?, t.op)
                  AND NOT EXISTS (SELECT 1 FROM review_state r WHERE r.image_id = t.after_id AND r.decision = 'rejected')
                ORDER BY t.after_id, t.before_id""",

@@ -59,13 +59,14 @@ class ReviewsMixin(CatalogCore):
         return self.write(write)
 
     def gate_candidates(self, character: str, gate_id: str, origins: Sequence[str]) -> list[dict[str, Any]]:
-        """The gate's candidates (images of ``origins``) with their latest identity score and current decision."""
+        """The gate's candidates (images of ``origins``) with their latest identity score, edit checks (failed ones,
+        the closest margin, attempts) and current decision."""
         if not self.path.exists():
             return []
         return self.rows(
             """SELECT i.image_id, i.origin, i.path, i.created_at, d.parent_id, d.prompt_id, d.seed, d.op,
                       s.verdict, s.similarity, s.threshold, s.matched, r.decision, r.source AS decided_by,
-                      c.verified, c.failed_checks
+                      c.verified, c.failed_checks, c.check_margin, c.attempts
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
@@ -78,19 +79,32 @@ class ReviewsMixin(CatalogCore):
         )
 
     def review_dataset_rows(self, character: str) -> list[dict[str, Any]]:
-        """Every image of the character with identity fields and derivation details (the review dataset)."""
+        """Every image of the character with identity fields, derivation details, checks and its current caption
+        (the review dataset)."""
         return self.rows(
             """SELECT i.image_id, i.path, i.origin, i.lineage_root AS source_id, d.parent_id, d.prompt_id, d.seed,
                       d.params->>'$.editor' AS editor, s.verdict, s.similarity, s.threshold, s.embedding,
-                      c.verified, coalesce(c.failed_checks, []) AS failed_checks, c.attempts
+                      c.verified, coalesce(c.failed_checks, []) AS failed_checks, c.attempts, lc.caption
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
                LEFT JOIN image_checks c ON c.image_id = i.image_id
+               LEFT JOIN latest_captions lc ON lc.image_id = i.image_id
                WHERE i.character = ? AND c.candidate IS NOT FALSE
                ORDER BY i.created_at, i.image_id""",
             [character],
         )
+
+    def decision_history(self, gate_id: str) -> dict[str, list[tuple[str, str]]]:
+        """Per image of the gate, every (source, decision) it was given, oldest first: who decided, who overrode."""
+        if not self.path.exists():
+            return {}
+        history: dict[str, list[tuple[str, str]]] = {}
+        for r in self.rows(
+            "SELECT image_id, source, decision FROM reviews WHERE gate_id = ? ORDER BY decided_at, seq", [gate_id]
+        ):
+            history.setdefault(r["image_id"], []).append((r["source"], r["decision"]))
+        return history
 
     # ------------------------------------------------------------------ gate rounds
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flenwheel.types import ORIGINS, VERDICTS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _IN = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - CHECK lists from the shared types
 
@@ -285,4 +285,41 @@ _SCHEMA_V4 = [
         FROM edit_attempts GROUP BY character, prompt_id""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}
+_CAPTION_SOURCES = ("template", "vlm", "fiftyone", "cli")
+_SCHEMA_V5 = [
+    # Training captions, history kept: a VLM writes one per dataset member, a reviewer's edit adds a row.
+    "CREATE SEQUENCE captions_seq",
+    f"""CREATE TABLE captions (
+        seq        BIGINT PRIMARY KEY DEFAULT nextval('captions_seq'),
+        image_id   VARCHAR NOT NULL,
+        caption    VARCHAR NOT NULL,             -- the training caption, trigger word included
+        source     VARCHAR NOT NULL CHECK (source IN ({_IN(_CAPTION_SOURCES)})),
+        model_ref  VARCHAR,                      -- the VLM that wrote it (source vlm)
+        params     JSON,                         -- instruction, decoding, the VLM's raw text
+        author     VARCHAR,                      -- who edited it (fiftyone, cli)
+        run_id     VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    "CREATE INDEX captions_image ON captions(image_id)",
+    # The caption an image has now: its latest row (a freeze copies it into dataset_members).
+    """CREATE VIEW latest_captions AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY seq DESC) AS rn FROM captions) WHERE rn = 1""",
+    # image_checks gains check_margin: how close the closest scored check came to its threshold, relative to the
+    # threshold (0.02 = 2 % away), so the gate can put borderline edits in front of people first.
+    "DROP VIEW image_checks",
+    """CREATE VIEW image_checks AS
+        SELECT i.image_id, v.verified, coalesce(v.failed_checks, []) AS failed_checks, v.check_margin,
+               a.image_id IS NULL OR a.chosen AS candidate, a.attempts
+        FROM (SELECT image_id FROM verifications UNION SELECT image_id FROM edit_attempts) i
+        LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
+                          list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks,
+                          min(abs(score - threshold) / greatest(abs(threshold), 1e-6))
+                              FILTER (WHERE score IS NOT NULL AND threshold IS NOT NULL
+                                      AND name <> 'faces') AS check_margin  -- a face count is exact: no margin
+                   FROM verifications GROUP BY image_id) v USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_or(chosen) AS chosen,
+                          max((SELECT count(*) FROM edit_attempts b WHERE b.job_key = e.job_key)) AS attempts
+                   FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}

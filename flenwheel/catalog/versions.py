@@ -63,11 +63,13 @@ class VersionsMixin(CatalogCore):
 
     def selectable_members(self, character: str) -> list[dict[str, Any]]:
         """What a version of the character may hold: sources no review rejected and candidates whose latest
-        decision in some gate is approved and in none rejected; with the prompt that made each, by image id."""
+        decision in some gate is approved and in none rejected; with the prompt that made each and its current
+        caption (None when it has none), by image id."""
         return self.rows(
-            """SELECT i.image_id, i.path, i.origin, d.prompt_id, d.prompt
+            """SELECT i.image_id, i.path, i.origin, d.prompt_id, d.prompt, c.caption
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
+               LEFT JOIN latest_captions c ON c.image_id = i.image_id
                WHERE i.character = $c AND (
                    (i.origin = 'source' AND NOT EXISTS (
                         SELECT 1 FROM review_state r WHERE r.image_id = i.image_id AND r.decision = 'rejected'))

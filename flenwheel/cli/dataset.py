@@ -7,19 +7,66 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flenwheel import versions
-from flenwheel.cli.common import group, out, workspace
+from flenwheel import runtime, versions
+from flenwheel.captions import caption_members
+from flenwheel.catalog import Catalog
+from flenwheel.cli.common import ProfileOpt, group, out, progress_bar, workspace
+from flenwheel.config import Character
+from flenwheel.critic import Critic
+from flenwheel.workspace import Workspace
 
-dataset_app = group("Frozen dataset versions: freeze, list, diff.")
+dataset_app = group("Frozen dataset versions: caption, freeze, list, diff.")
+
+
+def _caption(ws: Workspace, catalog: Catalog, char: Character, profile: str | None, run_id: str, redo: bool) -> int:
+    with progress_bar() as bar:
+        task = bar.add_task("captioning", total=None)
+
+        def vlm() -> Critic:
+            return runtime.vlm(ws, profile, ws.settings.captions.model or "")
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            return caption_members(ws, catalog, char, vlm, run_id, redo, progress=progress)
+        finally:
+            runtime.release_models()
+
+
+@dataset_app.command("caption")
+def dataset_caption(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    profile: ProfileOpt = None,
+    redo: Annotated[bool, typer.Option(help="caption every member again, edited captions too")] = False,
+) -> None:
+    """VLM captions (captions.model in configs/flenwheel.yaml) for the members the next version would hold."""
+    ws = workspace(ctx)
+    char = ws.character(character)
+    catalog = ws.catalog()
+    if ws.settings.captions.model is None:
+        out.print("captions.model is null in configs/flenwheel.yaml: versions use template captions")
+        return
+    with catalog.run("cli:dataset-caption", {"character": character, "redo": redo}) as run_id:
+        n = _caption(ws, catalog, char, profile, run_id, redo)
+    out.print(f"{n} caption(s) written for {character}")
 
 
 @dataset_app.command("freeze")
-def dataset_freeze(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
+def dataset_freeze(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    captions: Annotated[bool, typer.Option(help="caption members that have no caption first (VLM)")] = True,
+    profile: ProfileOpt = None,
+) -> None:
     """Freeze approved sources and candidates as the next immutable version (nothing new if unchanged)."""
     ws = workspace(ctx)
     char = ws.character(character)
     catalog = ws.catalog()
-    with catalog.run("cli:dataset-freeze", {"character": character}) as run_id:
+    with catalog.run("cli:dataset-freeze", {"character": character, "captions": captions}) as run_id:
+        if captions:
+            _caption(ws, catalog, char, profile, run_id, redo=False)
         frozen = versions.freeze(ws, catalog, char, run_id)
     what = "frozen" if frozen.created else "unchanged, still"
     out.print(

@@ -181,7 +181,7 @@ def report(
     number = iteration or numbers[-1]
     if number not in numbers:
         raise UserError(f"iteration {number} of {character} has no LoRA (iterations with one: {numbers})")
-    out.print(str(iteration_report(ws.root, catalog, character, number).path))
+    out.print(str(iteration_report(ws.root, catalog, character, number, ws.settings.review).path))
 
 
 def serve(ctx: typer.Context) -> None:

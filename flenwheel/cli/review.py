@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from flenwheel import gate
 from flenwheel.cli.common import CharacterArg, StageOpt, UserError, group, id_list, out, workspace
@@ -33,16 +34,18 @@ def review_serve(
 
 @review_app.command("sync")
 def review_sync(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
-    """Push new candidates to the character's FiftyOne dataset and pull reviewers' tags into the catalog."""
-    from flenwheel.review.datasets import dataset_name, pull_decisions, sync_candidates  # fiftyone
+    """Push new candidates to the character's FiftyOne dataset; pull reviewers' tags and caption edits back."""
+    from flenwheel.review.datasets import dataset_name, pull_captions, pull_decisions, sync_candidates  # fiftyone
 
     ws = workspace(ctx)
     ws.character(character)
     catalog = ws.catalog()
     with catalog.run("cli:review-sync", {"character": character}) as run_id:
-        added = sync_candidates(ws, catalog, character)
+        captions = pull_captions(ws, catalog, character, run_id)
         changed = pull_decisions(ws, catalog, character, run_id)
-    out.print(f"dataset {dataset_name(ws, character)}: {added} sample(s) added, {changed} decision(s) recorded")
+        added = sync_candidates(ws, catalog, character)
+    out.print(f"dataset {dataset_name(ws, character)}: {added} sample(s) added, {changed} decision(s) and "
+              f"{captions} caption edit(s) recorded")  # fmt: skip
 
 
 @review_app.command("status")
@@ -59,6 +62,33 @@ def review_status(
         f"{st.gate_id}: {st.candidates} candidate(s), {st.approved} approved, {st.rejected} rejected, "
         f"{st.pending} pending ({st.unscored} not yet identity-scored)"
     )
+    stats = gate.review_stats(ws.catalog(), character, stage, ws.settings.review)
+    if stats.by_policy or stats.by_people:
+        share = f"{stats.auto_share:.0%}" if stats.auto_share is not None else "-"
+        agree = f"{stats.agreement:.0%} of {stats.compared}" if stats.agreement is not None else "nothing to compare"
+        out.print(f"decided by the policy {stats.by_policy}, by people {stats.by_people} (policy share {share}); "
+                  f"people agreed with the policy: {agree}; "
+                  f"policy decisions overridden: {stats.overridden}")  # fmt: skip
+
+
+@review_app.command("queue")
+def review_queue(
+    ctx: typer.Context,
+    character: CharacterArg,
+    stage: StageOpt = "enrich",
+    limit: Annotated[int, typer.Option(help="show at most this many")] = 20,
+) -> None:
+    """Undecided candidates, the most uncertain first (identity near its threshold, failed or borderline checks)."""
+    ws = workspace(ctx)
+    ws.character(character)
+    queue = gate.review_queue(ws.catalog(), character, stage, ws.settings.review)
+    table = Table("image", "uncertainty", "prompt", "similarity", "why")
+    for r in queue[:limit]:
+        u = "-" if r["uncertainty"] is None else f"{r['uncertainty']:.2f}"
+        sim = "-" if r["similarity"] is None else f"{r['similarity']:.3f}"
+        table.add_row(r["image_id"][:12], u, r["prompt_id"] or "-", sim, r["why"])
+    out.print(table)
+    out.print(f"{len(queue)} undecided in {gate.gate_id(character, stage)}")
 
 
 @review_app.command("decide")

@@ -11,7 +11,7 @@ face), and, with a critic, asks the prompt's yes/no questions about the edit. ``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,9 @@ class EditChecker:
     root: Path
     face_backend: FaceBackend | None  # None: the face count is not checked
     settings: VerifySettings
-    critic: Critic | None = None  # None: no yes/no checks
+    # None: no yes/no checks; a callable is asked for the critic at each check, so the critic can be the editor's
+    # own text encoder once the editor has loaded it (runtime.vlm)
+    critic: Critic | Callable[[], Critic] | None = None
     masks: dict[tuple[str, str], StoredMask] = field(default_factory=dict)
 
     def mask_for(self, parent_id: str, original: Image.Image, prompt: PromptEntry, box: BoxLike | None) -> StoredMask:
@@ -111,8 +113,9 @@ class EditChecker:
             faces = count_faces(self.face_backend, np.asarray(edited.convert("RGB")))
         checked = AttemptCheck(verify(original, edited, stored.mask, spec, faces), stored)
         if self.critic is not None:
-            checked.answers = self.critic.answer(edited, [*self.settings.critic_checks, *prompt.checks])
-            checked.critic = self.critic.source
+            critic = self.critic if isinstance(self.critic, Critic) else self.critic()
+            checked.answers = critic.answer(edited, [*self.settings.critic_checks, *prompt.checks])
+            checked.critic = critic.source
         return checked
 
     def new_files(self) -> Sequence[Path]:

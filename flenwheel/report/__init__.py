@@ -1,8 +1,8 @@
 """Metrics, plots, image grids and HTML reports, all read from the catalog and the stored images.
 
 :mod:`.plots` (identity statistics and charts), :mod:`.grids` (labelled image grids), :mod:`.page` (the Jinja2
-page), :mod:`.iteration` (a flywheel iteration's report), :mod:`.comparison` (editors or editor LoRAs compared on
-the same jobs).
+page), :mod:`.iteration` (a flywheel iteration's report), :mod:`.checks` (enrichment per prompt, review gates),
+:mod:`.comparison` (editors or editor LoRAs compared on the same jobs).
 Everything is written under ``<root>/reports/<character>/``.
 """
 

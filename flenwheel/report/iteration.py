@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from flenwheel.catalog import Catalog
+from flenwheel.config import ReviewSettings
+from flenwheel.report.checks import enrichment_section, review_section
 from flenwheel.report.grids import image_grid
 from flenwheel.report.page import Section, cell, render_html
 from flenwheel.report.plots import (
@@ -53,11 +55,14 @@ def _grid_tiles(scores: list[dict[str, Any]], best: bool, n: int) -> list[tuple[
     return [(Path(s["abs_path"]), f"{s['verdict']} {cell(s['similarity'])} {s['image_id'][:8]}") for s in ordered[:n]]
 
 
-def iteration_report(root: Path, catalog: Catalog, character: str, number: int) -> IterationReport:
+def iteration_report(
+    root: Path, catalog: Catalog, character: str, number: int, review: ReviewSettings | None = None
+) -> IterationReport:
     """Write ``<root>/reports/<character>/iteration-<number>/index.html`` from the catalog and return its gist.
 
     Compares the identity pass rate of the synthetic images of this iteration's LoRA with the previous
-    iteration's (or with the enrichment candidates for the first one) and says whether the 70% target is met.
+    iteration's (or with the enrichment candidates for the first one) and says whether the 70% target is met;
+    shows enrichment per prompt (checks, retries, failure examples) and who decided the review gates.
     """
     out = root / "reports" / character / f"iteration-{number}"
     iterations = [r for r in catalog.iterations(character) if r["number"] <= number]
@@ -157,9 +162,12 @@ def iteration_report(root: Path, catalog: Catalog, character: str, number: int) 
         Section("Dataset composition", images=figures[2:4]),
         Section("Training", images=figures[4:]),
     ]
-    editor = _editor_section(root, catalog, character)
-    if editor is not None:
-        sections.append(editor)
+    extra = (
+        enrichment_section(root, catalog, character, out),
+        review_section(catalog, character, review or ReviewSettings()),
+        _editor_section(root, catalog, character),
+    )
+    sections += [s for s in extra if s is not None]
     path = render_html(f"{character}: flywheel iteration {number}", summary, sections, out / "index.html")
     markdown = (
         f"## {character}: flywheel iteration {number}\n\n"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from flenwheel.captions import edit_training_text
 from flenwheel.catalog import Catalog
 from flenwheel.training.checkpoints import atomic_dir, commit_dir
 from flenwheel.training.data import link_or_copy
@@ -26,6 +27,11 @@ class Triplet:
     after_id: str
     after_path: str
     prompt_id: str | None
+    after_caption: str | None = None  # the approved result's caption (flenwheel.captions)
+
+    def text(self, mode: str) -> str:
+        """What the editor LoRA is trained on for this triplet (``captions.edit_text``)."""
+        return edit_training_text(self.instruction, self.after_caption, mode)
 
 
 def approved_triplets(catalog: Catalog, character: str, ops: Sequence[str] = ("edit",)) -> list[Triplet]:
@@ -46,7 +52,8 @@ def split_held_out(source_ids: Sequence[str], every: int = 5) -> tuple[list[str]
 def export_triplets(ws: Workspace, triplets: Sequence[Triplet], name: str) -> Path:
     """Write triplets for other trainers under ``<root>/exports/<name>/``:
 
-    * ``musubi.jsonl`` — musubi-tuner's layout: ``image_path`` (after), ``control_path_0`` (before), ``caption``;
+    * ``musubi.jsonl`` — musubi-tuner's layout: ``image_path`` (after), ``control_path_0`` (before), ``caption``
+      (the training text, :meth:`Triplet.text`);
     * ``images/<after>.png`` + ``images/<after>.txt`` and ``control/<after>.png`` (the before image under the
       after image's name, the pairing most folder-based edit trainers expect).
 
@@ -60,14 +67,15 @@ def export_triplets(ws: Workspace, triplets: Sequence[Triplet], name: str) -> Pa
         (tmp / "images").mkdir()
         (tmp / "control").mkdir()
         lines = []
+        mode = ws.settings.captions.edit_text
         for t in triplets:
             after, before = tmp / "images" / f"{t.after_id}.png", tmp / "control" / f"{t.after_id}.png"
             link_or_copy(ws.root / t.after_path, after)
             link_or_copy(ws.root / t.before_path, before)
-            (tmp / "images" / f"{t.after_id}.txt").write_text(t.instruction + "\n", encoding="utf-8")
+            (tmp / "images" / f"{t.after_id}.txt").write_text(t.text(mode) + "\n", encoding="utf-8")
             final_after, final_before = out / "images" / after.name, out / "control" / before.name
             lines.append(json.dumps({"image_path": str(final_after), "control_path_0": str(final_before),
-                                     "caption": t.instruction}, ensure_ascii=False))  # fmt: skip
+                                     "caption": t.text(mode)}, ensure_ascii=False))  # fmt: skip
         (tmp / "musubi.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         commit_dir(tmp, out)
     finally:

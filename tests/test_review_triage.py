@@ -124,3 +124,23 @@ def test_the_report_shows_pass_rates_retries_and_failures_per_prompt(
     kinds = {k for r in outcomes for k in failure_kinds(r)}
     assert len(section.images) == len(kinds) and all(p.exists() for p, _ in section.images)
     assert all(cap.startswith("failed ") for _, cap in section.images)
+
+
+def test_people_see_the_queue_in_the_cli_and_in_fiftyone(ws: Workspace, catalog: Catalog, faces: Path, cli) -> None:
+    _enriched(ws, catalog, faces)
+    queue = gate.review_queue(catalog, "obama", "enrich", ws.settings.review)
+    shown = cli("review", "queue", "obama")
+    assert shown.exit_code == 0 and "6 undecided in obama:enrich" in shown.output
+    assert shown.output.index(queue[0]["image_id"][:12]) < shown.output.index(queue[-1]["image_id"][:12])
+
+    from flenwheel.review.datasets import QUEUE_VIEW, open_dataset, sync_candidates
+
+    sync_candidates(ws, catalog, "obama")
+    view = open_dataset(ws, "obama").load_saved_view(QUEUE_VIEW)
+    assert len(view) == 6  # the candidates, not the two source photos
+    assert view.values("uncertainty") == sorted((r["uncertainty"] for r in queue), reverse=True)
+    gate.decide(catalog, "obama", "enrich", [(queue[0]["image_id"], "approved", None)], "cli", "ann", None)
+    sync_candidates(ws, catalog, "obama")
+    assert queue[0]["image_id"] not in open_dataset(ws, "obama").load_saved_view(QUEUE_VIEW).values("image_id")
+    status = cli("review", "status", "obama")
+    assert "by people 1" in status.output and "people agreed with the policy" in status.output

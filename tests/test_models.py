@@ -257,8 +257,12 @@ def test_clear_errors(ws: Workspace, monkeypatch, tmp_path: Path) -> None:
         resolve_model("tiny:sdxl", "flux", ws)
 
 
-def test_models_check_command_reports_what_is_missing(cli, ws: Workspace, monkeypatch) -> None:
+def test_models_check_command_reports_what_is_missing(cli, ws: Workspace, monkeypatch, tiny_models) -> None:
+    """(``tiny_models``: the workspace links the session's tiny models instead of building its own.)"""
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # what a machine without a GPU sees
+    # no Hub here: offline says so at once instead of ~10 s of failed lookups per model (the message names
+    # HF_HUB_OFFLINE instead of a failed download; the verdict, MISSING with how to get it, is the same)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ok = cli("models", "check", "--profile", "cpu-tiny")
     assert ok.exit_code == 0 and "tiny:flux@sha256:" in ok.stdout
     gpu = cli("models", "check", "--profile", "gpu-24gb")

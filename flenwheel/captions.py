@@ -30,6 +30,7 @@ from PIL import Image
 from flenwheel.catalog import Catalog
 from flenwheel.config import CaptionSettings, Character
 from flenwheel.critic import Critic
+from flenwheel.errors import FlenwheelError
 from flenwheel.versions import selected_members
 from flenwheel.workspace import Workspace
 
@@ -42,6 +43,10 @@ _OPENERS = re.compile(
     re.IGNORECASE,
 )
 _KEEP = re.compile(r"[^\w ,.;:'()/-]+")
+
+
+class CaptionError(FlenwheelError):
+    """Captions cannot be written as configured; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,13 @@ def caption_members(
     settings = ws.settings.captions
     if not todo or settings.model is None:
         return 0
-    model = vlm()
+    try:
+        model = vlm()
+    except FlenwheelError as e:  # the way out is a setting the user may not know about: name it
+        raise CaptionError(
+            f"captions need the VLM (captions.model: {settings.model}): {e}; or set captions.model: null in "
+            "configs/flenwheel.yaml for template captions"
+        ) from None
     written = 0
     for start in range(0, len(todo), batch_size):
         rows = []

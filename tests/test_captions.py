@@ -122,6 +122,7 @@ def test_missing_caption_weights_give_one_line_and_write_nothing(
     assert result.exit_code == 2, result.output  # a configuration the user must fix
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "VLM weights" in lines[0] and "no-such-vlm" in lines[0], result.output
+    assert "captions.model: null" in lines[0]  # the way out
     assert catalog.rows("SELECT count(*) AS n FROM captions")[0]["n"] == 0
     assert versions.latest_version(catalog, "obama") is None
     assert cli("dataset", "freeze", "obama", "--no-captions").exit_code == 0  # templates need no model

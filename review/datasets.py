@@ -8,9 +8,10 @@ failed check also as a tag ``check:<name>`` to filter on; the current ``decision
 gate gives the candidate (saved view ``hardest-first``: undecided candidates, the most uncertain first, see
 :func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.captions`).
 
-A reviewer edits a caption by changing that field (in the App's sample panel or from Python); the next sync
-records the edit as a new caption row (``caption_catalog`` holds what the catalog said, so an edit is told apart
-from a caption the catalog changed since). Source photos are in the dataset too, so the saved view
+A reviewer edits a caption by changing that field — in the App with the built-in *Edit field values* operator
+(select the sample, open the operator browser with the backtick key, field ``caption``) or from Python; the next
+sync records the edit as a new caption row (``caption_catalog`` is flenwheel's copy of what the catalog said, so
+an edit is told apart from a caption the catalog changed since). Source photos are in the dataset too, so the saved view
 ``by-source`` groups every source with its variants. Candidates that failed the identity filter are tagged
 ``auto_rejected`` and stay visible; an edit's attempts that were not chosen are not in the dataset. Reviewers
 tag ``approved`` or ``rejected``; :func:`read_decisions` turns those tags into catalog reviews.

@@ -81,8 +81,11 @@ def test_captions_are_written_frozen_trained_on_and_edited_in_fiftyone(
     edited_id = sorted(frozen)[0]
     sample = open_dataset(ws, "obama").match({"image_id": edited_id}).first()
     assert sample.caption == frozen[edited_id] == sample.caption_catalog
-    sample["caption"] = "smiling, dark suit, blue wall"
-    sample.save()
+    # what the App's built-in "Edit field values" operator runs for the selected sample (plugins/operators)
+    import fiftyone.utils.data as foud
+
+    edit_view = open_dataset(ws, "obama").select(sample.id)
+    foud.map_values(edit_view, "caption", {frozen[edited_id]: "smiling, dark suit, blue wall"})
     sync_candidates(ws, catalog, "obama")  # a sync before the pull keeps the edit
     assert open_dataset(ws, "obama").match({"image_id": edited_id}).first().caption == "smiling, dark suit, blue wall"
     assert pull_captions(ws, catalog, "obama", None, reviewer="ann") == 1

@@ -31,7 +31,7 @@ from flenwheel.catalog import Catalog
 from flenwheel.config import CaptionSettings, Character
 from flenwheel.critic import Critic
 from flenwheel.errors import FlenwheelError
-from flenwheel.versions import selected_members
+from flenwheel.versions import caption_for
 from flenwheel.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ class CaptionError(FlenwheelError):
 
 @dataclass(frozen=True)
 class Caption:
-    image_id: str
     caption: str
     source: str  # vlm | template
     raw: str
@@ -105,16 +104,17 @@ def describe(
     raw = vlm.describe(image, settings.instruction, max_new_tokens=settings.max_new_tokens)
     description = clean_description(raw, names_of(character), settings.max_words)
     if description:
-        return Caption("", training_caption(character.trigger, description), "vlm", raw)
-    return Caption("", fallback, "template", raw)
+        return Caption(training_caption(character.trigger, description), "vlm", raw)
+    return Caption(fallback, "template", raw)
 
 
 def uncaptioned(catalog: Catalog, character: Character, ws: Workspace, redo: bool = False) -> list[dict[str, Any]]:
-    """The members a version would hold now that have no caption yet (all of them with ``redo``)."""
-    members = selected_members(catalog, character, ws.prompt_library(character))
-    have = catalog.latest_captions([m.image_id for m in members])
-    return [{"image_id": m.image_id, "path": m.path, "template": m.caption} for m in members
-            if redo or m.image_id not in have]  # fmt: skip
+    """The members a version would hold now that have no caption yet (all of them with ``redo``), each with the
+    template caption it falls back to."""
+    prompts = ws.prompt_library(character)
+    return [{"image_id": r["image_id"], "path": r["path"],
+             "template": caption_for(character.trigger, r["origin"], r["prompt_id"], r["prompt"], prompts)}
+            for r in catalog.selectable_members(character.name) if redo or r["caption"] is None]  # fmt: skip
 
 
 def caption_members(

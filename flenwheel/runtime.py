@@ -6,9 +6,10 @@ runs many batches loads each model and parses each config once.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flenwheel.workspace import Workspace
 
@@ -54,6 +55,9 @@ def release_models() -> None:
 
 
 _CRITICS: dict[tuple[str, str, str], Critic] = {}
+# Critics wrapping a resident editor's text encoder, by pipeline: weak keys, so a released pipeline takes its entry
+# (and the last reference to its text encoder) with it.
+_SHARED_CRITICS: weakref.WeakKeyDictionary[Any, Critic | None] = weakref.WeakKeyDictionary()
 
 
 def vlm(ws: Workspace, profile: str | None, ref: str) -> Critic:
@@ -71,9 +75,13 @@ def vlm(ws: Workspace, profile: str | None, ref: str) -> Critic:
     manager = _MANAGERS.get((str(ws.root), prof.name))
     loaded = manager.current if manager is not None else None
     if ref == "editor" and loaded is not None and loaded.kind == "qwen-image-edit":
-        source = critic_source(loaded.model.path)
-        if source.reused:  # the checkpoint has its output layer: the resident weights can answer
-            return Critic.from_pipeline(loaded.pipe, source.model)
+        if loaded.pipe not in _SHARED_CRITICS:  # once per resident pipeline, not once per check
+            source = critic_source(loaded.model.path)
+            # the checkpoint must have its output layer for the resident weights to answer
+            _SHARED_CRITICS[loaded.pipe] = Critic.from_pipeline(loaded.pipe, source.model) if source.reused else None
+        shared = _SHARED_CRITICS[loaded.pipe]
+        if shared is not None:
+            return shared
     key = (str(ws.root), prof.name, ref)
     if key not in _CRITICS:
         source = str(resolve_model(prof.editor.model, "qwen-image-edit", ws).path) if ref == "editor" else ref

@@ -166,3 +166,14 @@ def pull_captions(
     for sample in ds.select(list(edited)).iter_samples(autosave=True, progress=False):
         sample["caption"] = sample["caption_catalog"] = edited[sample.id][1]
     return written
+
+
+def sync_both_ways(ws: Workspace, catalog: Catalog, character: str, run_id: str | None) -> dict[str, int]:
+    """Reviewers' caption edits and tags into the catalog, then new candidates and fresh fields out to FiftyOne.
+
+    In this order: the pull reads what reviewers changed before the push refreshes the fields they changed.
+    Returns how many caption edits and decisions were recorded and samples added.
+    """
+    captions = pull_captions(ws, catalog, character, run_id)
+    decisions = pull_decisions(ws, catalog, character, run_id)
+    return {"captions": captions, "decisions": decisions, "added": sync_candidates(ws, catalog, character)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flenwheel.review.datasets import pull_captions, pull_decisions, sync_candidates
+from flenwheel.review.datasets import sync_both_ways
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -13,7 +13,4 @@ from flenwheel import runtime
 def sync_review(root: str, configs: str, character: str, run_id: str) -> dict[str, int]:
     """Push new candidates to the FiftyOne dataset; pull reviewers' tags and caption edits into the catalog."""
     ws = runtime.workspace(root, configs)
-    cat = ws.catalog()
-    captions = pull_captions(ws, cat, character, run_id)
-    decisions = pull_decisions(ws, cat, character, run_id)
-    return {"added": sync_candidates(ws, cat, character), "decisions": decisions, "captions": captions}
+    return sync_both_ways(ws, ws.catalog(), character, run_id)

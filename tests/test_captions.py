@@ -90,6 +90,8 @@ def test_captions_are_written_frozen_trained_on_and_edited_in_fiftyone(
     assert open_dataset(ws, "obama").match({"image_id": edited_id}).first().caption == "smiling, dark suit, blue wall"
     assert pull_captions(ws, catalog, "obama", None, reviewer="ann") == 1
     assert pull_captions(ws, catalog, "obama", None) == 0  # synced once
+    synced = cli("review", "sync", "obama")  # the CLI's sync: the same pull, then the push
+    assert synced.exit_code == 0 and "0 sample(s) added, 0 decision(s) and 0 caption edit(s)" in synced.output
     history = catalog.caption_history(edited_id)
     assert [h["source"] for h in history][-1] == "fiftyone" and history[-1]["author"] == "ann"
     assert history[-1]["caption"] == "fw_obama, smiling, dark suit, blue wall"

@@ -256,6 +256,7 @@ def test_the_critic_is_the_resident_editors_text_encoder_when_it_is_loaded(ws: W
         loaded = runtime.model_manager(ws, "cpu-tiny").get("qwen-image-edit")
         shared = runtime.vlm(ws, "cpu-tiny", "editor")
         assert shared.model is loaded.pipe.text_encoder and shared.source == alone.source
+        assert runtime.vlm(ws, "cpu-tiny", "editor") is shared  # built once per resident pipeline, not per check
         assert shared.p_yes(image, question) == expected
         assert isinstance(alone, Critic) and alone.model is not shared.model
     finally:

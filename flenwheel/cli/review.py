@@ -35,17 +35,15 @@ def review_serve(
 @review_app.command("sync")
 def review_sync(ctx: typer.Context, character: Annotated[str, typer.Argument(help="character name")]) -> None:
     """Push new candidates to the character's FiftyOne dataset; pull reviewers' tags and caption edits back."""
-    from flenwheel.review.datasets import dataset_name, pull_captions, pull_decisions, sync_candidates  # fiftyone
+    from flenwheel.review.datasets import dataset_name, sync_both_ways  # fiftyone
 
     ws = workspace(ctx)
     ws.character(character)
     catalog = ws.catalog()
     with catalog.run("cli:review-sync", {"character": character}) as run_id:
-        captions = pull_captions(ws, catalog, character, run_id)
-        changed = pull_decisions(ws, catalog, character, run_id)
-        added = sync_candidates(ws, catalog, character)
-    out.print(f"dataset {dataset_name(ws, character)}: {added} sample(s) added, {changed} decision(s) and "
-              f"{captions} caption edit(s) recorded")  # fmt: skip
+        n = sync_both_ways(ws, catalog, character, run_id)
+    out.print(f"dataset {dataset_name(ws, character)}: {n['added']} sample(s) added, {n['decisions']} decision(s) "
+              f"and {n['captions']} caption edit(s) recorded")  # fmt: skip
 
 
 @review_app.command("status")

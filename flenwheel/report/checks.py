@@ -56,11 +56,10 @@ def per_prompt(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "identity pass": sum(r["verdict"] == "pass" for r in scored) / len(scored) if scored else None,
         }
         for kind in kinds:
-            results = [c["passed"] for r in rows for c in r["checks"] or [] if check_kind(c["name"]) == kind]
             # an attempt with two preservation measures counts once: passed when both did
             per_image = [all(c["passed"] for c in r["checks"] if check_kind(c["name"]) == kind) for r in rows
                          if any(check_kind(c["name"]) == kind for c in r["checks"] or [])]  # fmt: skip
-            entry[f"{kind} pass"] = sum(per_image) / len(per_image) if results else None
+            entry[f"{kind} pass"] = sum(per_image) / len(per_image) if per_image else None
         entry["approved"] = len(approved)
         entry["retries per approved"] = sum((r["attempt"] or 0) for r in approved) / len(approved) if approved else None
         table.append(entry)

@@ -231,16 +231,17 @@ def train_edit_lora(
             f"no approved triplets of {character.name} made by {', '.join(ops)} outside the held-out sources: "
             "enrich with the qwen editor and approve results first (or include --ops augment)"
         )
-    mode = ws.settings.captions.edit_text
+    texts = [t.text(ws.settings.captions.edit_text) for t in triplets]
     # a text other than the bare instruction is part of the set's name (an export is kept by name)
-    key = "".join(t.after_id + t.before_id + ("" if t.text(mode) == t.instruction else t.text(mode)) for t in triplets)
+    pairs = zip(triplets, texts, strict=True)
+    key = "".join(t.after_id + t.before_id + ("" if text == t.instruction else text) for t, text in pairs)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     export_triplets(ws, triplets, f"{character.name}_triplets_{digest}")
     held_paths = [ws.root / r["path"] for r in catalog.source_images(character.name) if r["image_id"] in held_out]
     sample_sources = held_paths[:1] or [ws.root / triplets[0].before_path]
     backend = QwenEditBackend(ws, profile, settings, settings.model or profile.editor.model, sample_sources)
     examples = [Example(f"{t.before_id[:16]}-{t.after_id[:16]}", (ws.root / t.before_path, ws.root / t.after_path),
-                        t.text(mode)) for t in triplets]  # fmt: skip
+                        text) for t, text in zip(triplets, texts, strict=True)]  # fmt: skip
     job = TrainJob(
         character.name, f"{character.name}@triplets-{digest}", examples, backend.settings, character.trigger,
         base_model_ref=backend.model.ref, extra={"held_out_sources": held_out, "ops": list(ops)},

@@ -36,12 +36,43 @@ from flenwheel.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-# Phrases a VLM opens a description with that say nothing about the photo.
+# How a VLM opens a description without saying anything about the photo: "The image shows", "In this picture, we
+# can see", "This is a photo of", "Here we see", "A photo of", "Sure, here is a description:". Anchored at the start,
+# tried in order (the longer forms first), removed once; what follows is the description. Framing ("a close-up of",
+# "a close-up photo of") is content, not an opener: it is kept without its article and medium (_FRAMING).
+_MEDIUM = r"(?:photo(?:graph)?|image|picture|pic|snapshot|shot|scene|frame)"
+_VERB = (r"(?:is\s+of|is\s+showing|shows?|depicts?|features?|captures?|displays?|presents?|portrays?|illustrates?|"
+         r"contains?|showcases?|highlights?)")  # fmt: skip
+_FRAME = (r"(?:extreme\s+)?(?:close[\s-]?up|portrait|headshot|head[\s-]and[\s-]shoulders(?:\s+shot)?|"
+          r"(?:half|upper|full)[\s-](?:body|length)(?:\s+shot)?|medium(?:\s+close[\s-]?up)?\s+shot|"
+          r"wide[\s-]angle\s+shot|wide\s+shot|profile\s+view|side\s+view|selfie)")  # fmt: skip
+_IS = r"(?:is|appears\s+to\s+be|seems\s+to\s+be|looks\s+like)"
 _OPENERS = re.compile(
-    r"^(?:(?:in )?(?:this|the) (?:image|photo(?:graph)?|picture)(?: shows| depicts| features)?|"
-    r"(?:this|the) (?:image|photo(?:graph)?|picture) (?:is of|shows|depicts|features))[\s,:]*",
+    r"^(?:(?:sure|certainly)(?:[,.]\s*|\s+))?"  # a chat preamble
+    r"(?:here(?:'s|\s+is)\s+(?:a|the)\s+(?:\w+\s+)?description(?:\s+of\s+(?:this|the)\s+" + _MEDIUM + r")?"
+    r"\s*[:,.-]\s*)?"
+    r"(?:"
+    # "In this image, we can see ...", "In the photo, there is ...", "In this picture ..."
+    r"(?:in|within|on)\s+(?:this|the)\s+" + _MEDIUM + r"\b(?!')\s*[,:]?\s*"
+    r"(?:(?:we|you|one)\s+(?:can\s+)?see\b|there\s+(?:is|are)\b|(?:it\s+)?" + _VERB + r"\b)?"
+    # "Here we see ...", "We can see ...", "Here is ..."
+    r"|(?:here\s*,?\s*)?(?:we|you|one)\s+(?:can\s+)?see\b|here\s+(?:is|are)\b"
+    # "This is a photo of ...", "It appears to be an image showing ...", "This is a close-up ..." (framing kept)
+    r"|(?:this|it|that)\s+" + _IS + r"\s+(?:an?|the)\s+(?:" + _MEDIUM
+    + r"\s+(?:of|showing|depicting|featuring|that\s+shows|in\s+which)\b|(?=" + _FRAME + r"))"
+    # "The image is a photo of ...", "The image is a close-up of ..." (framing kept)
+    r"|(?:this|the)\s+" + _MEDIUM + r"\s+" + _IS + r"\s+(?:an?|the)\s+(?:" + _MEDIUM + r"\s+of\b|(?=" + _FRAME + r"))"
+    # "The picture is of ...", "This picture features ...", "The photograph depicts ..."
+    r"|(?:this|the)\s+" + _MEDIUM + r"\s+" + _VERB + r"\b"
+    # "A photo of ...", "An image showing ...", "Photo of ..."
+    r"|(?:an?\s+)?" + _MEDIUM + r"\s+(?:of|showing|depicting|featuring)\b"
+    # "Pictured is ...", "Pictured: ..."
+    r"|pictured\b\s*(?:here\s+)?(?:is\b|are\b|:)"
+    r")?",
     re.IGNORECASE,
-)
+)  # fmt: skip
+# "A close-up photo of a man" / "a close-up of a man" -> "close-up of a man": the framing is what the photo shows.
+_FRAMING = re.compile(r"^(?:an?\s+|the\s+)?(" + _FRAME + r")\s+(?:" + _MEDIUM + r"\s+)?(?=of\b)", re.IGNORECASE)
 _KEEP = re.compile(r"[^\w ,.;:'()/-]+")
 
 
@@ -67,7 +98,8 @@ def clean_description(text: str, names: Sequence[str], max_words: int) -> str:
         # "barack_obama" also matches "Barack Obama" and "barack-obama"
         pattern = r"[\s_-]+".join(re.escape(part) for part in re.split(r"[\s_-]+", name))
         line = re.sub(rf"\b{pattern}\b", "the person", line, flags=re.IGNORECASE)
-    line = _OPENERS.sub("", line).strip(" ,.;:-")
+    line = _OPENERS.sub("", line, count=1).strip(" ,.;:-")
+    line = _FRAMING.sub(r"\1 ", line, count=1)
     words = line.split()
     if len(words) > max_words:
         cut = " ".join(words[:max_words])
@@ -77,7 +109,9 @@ def clean_description(text: str, names: Sequence[str], max_words: int) -> str:
     line = line.strip(" ,.;:-")
     if sum(any(ch.isalpha() for ch in w) for w in line.split()) < 2:
         return ""
-    return line[0].lower() + line[1:] if not line[:2].isupper() else line
+    first = line.split()[0]
+    # sentence case off ("A man" -> "a man"), acronyms kept ("TV studio")
+    return line if len(first) > 1 and first.isupper() else line[0].lower() + line[1:]
 
 
 def training_caption(trigger: str, description: str) -> str:

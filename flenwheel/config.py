@@ -366,6 +366,15 @@ class StageSettings(Strict):
         return self.fuse_loras and not self.quantize
 
 
+class VlmSettings(Strict):
+    """How the VLM of the critic and the captions (Qwen2.5-VL) is loaded when it is not the resident editor's own
+    text encoder (docs/verification.md: memory)."""
+
+    quantize: bool = Field(
+        False, description="nf4 weights (bitsandbytes), vision tower included; the output layer stays in the dtype"
+    )
+
+
 class TrainerSettings(Strict):
     """A LoRA training recipe. The defaults are a sound FLUX.1-dev character LoRA (see docs/training.md)."""
 
@@ -426,6 +435,11 @@ class Profile(Strict):
     identity_backend: IdentityBackendName = "dlib"
     min_gpu_memory_gib: float | None = Field(None, gt=0, description="refuse cards with less memory")
     peak_budget_gib: float | None = Field(None, gt=0, description="the stage peak this profile is built to stay under")
+    headroom_gib: float = Field(
+        3.0, ge=0, description="beside the weights: activations, the CUDA context and the allocator's reserve, "
+        "counted when two models would sit on the device together",
+    )
+    vlm: VlmSettings = Field(default_factory=VlmSettings, description="the critic's and captions' VLM")
     editor: StageSettings
     generator: StageSettings
     vibe_editor: StageSettings | None = Field(

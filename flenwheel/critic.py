@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flenwheel import weights
 from flenwheel.errors import FlenwheelError
+from flenwheel.memory import Footprint, footprint, precision_tag, with_precision
 from flenwheel.quality import Check
 
 __all__ = [
@@ -127,32 +128,10 @@ def _how_to_get(hub_id: str = DEFAULT_HUB_ID) -> str:
     )
 
 
-def _safetensors_keys(path: Path) -> set[str]:
-    """Tensor names in a .safetensors file, from its header alone (8-byte length, then JSON)."""
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise CriticError(f"{path} is not a safetensors file (shorter than its header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100 << 20:
-            raise CriticError(f"{path} is not a safetensors file (header length {n})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CriticError(f"{path} has a corrupt safetensors header") from None
-    return {k for k in header if k != "__metadata__"}
-
-
 def checkpoint_keys(folder: Path) -> set[str] | None:
     """Tensor names of the transformers checkpoint in ``folder`` (sharded index or single file); None if absent."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            return set(json.loads(index.read_text())["weight_map"])
-        except (ValueError, KeyError, TypeError):
-            raise CriticError(f"{index} is not a safetensors index (no weight_map)") from None
-    single = folder / "model.safetensors"
-    return _safetensors_keys(single) if single.is_file() else None
+    found = weights.checkpoint_keys(folder, weights.TRANSFORMERS_FILES)
+    return None if found is None else found[0]
 
 
 def _tied(config: dict[str, Any]) -> bool:
@@ -198,7 +177,7 @@ def critic_source(editor_snapshot_dir: Path | str, hub_id: str = DEFAULT_HUB_ID)
         return CriticSource(hub_id, hub_id, False, f"{encoder} is not a Qwen2_5_VLForConditionalGeneration")
     try:
         keys = checkpoint_keys(encoder)
-    except CriticError as e:
+    except weights.CheckpointMismatch as e:
         return CriticSource(hub_id, hub_id, False, str(e))
     if keys is None:
         return CriticSource(hub_id, hub_id, False, f"{encoder} has no safetensors weights")
@@ -236,6 +215,21 @@ def _resolve(ref: str, processor: str | None) -> tuple[str, str, bool]:
             f"VLM weights (critic, captions): {ref!r} is neither an existing folder nor a hub id (org/name)"
         )
     return ref, processor or ref, False
+
+
+def planned_footprint(ref: str | Path, dtype: str, quantize: bool) -> Footprint | None:
+    """The weights :meth:`Critic.from_pretrained` would put on the device for ``ref``, from its config alone (built
+    on the meta device); None when the config cannot be read here (loading then says what is missing)."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    try:
+        model_ref, _, local = _resolve(str(ref), None)
+        config = AutoConfig.from_pretrained(model_ref, local_files_only=local or _offline())
+    except (CriticError, OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+    return footprint("critic/caption VLM", {"model": model}, dtype, ["model"] if quantize else [])
 
 
 # --------------------------------------------------------------------------- critic
@@ -284,7 +278,8 @@ class Critic:
     def from_pipeline(cls, pipe: Any, source: str, max_pixels: int = MAX_PIXELS) -> Critic:
         """The text encoder and processor of a loaded Qwen-Image-Edit pipeline as the critic: the weights already
         in memory (quantised and offloaded as the editor has them) answer, so checking costs no second copy of the
-        7B model. The caller makes sure the checkpoint has its output layer (:func:`critic_source`)."""
+        7B model. The caller makes sure the checkpoint has its output layer (:func:`critic_source`) and gives the
+        ``source`` with the precision the editor runs it in (``<ref>#bf16,nf4,offload:model``)."""
         return cls(pipe.text_encoder, pipe.processor, max_pixels=max_pixels, source=source)
 
     @classmethod
@@ -295,22 +290,33 @@ class Critic:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        quantize: bool = False,
         max_pixels: int = MAX_PIXELS,
     ) -> Critic:
         """Load from a Qwen-Image-Edit snapshot folder, a Qwen2.5-VL checkpoint folder or a hub id.
 
         A snapshot folder goes through :func:`critic_source` (its text encoder, or the hub model when that has no
         output layer); a checkpoint folder takes its processor from a sibling ``processor/`` folder or itself.
-        Missing weights raise :class:`CriticWeightsMissing` with how to get them.
+        ``quantize`` loads the weights in nf4 (bitsandbytes; every Linear but the output layer, the vision tower's
+        too), computing in ``dtype``. The critic's ``source`` records the weights and how they run
+        (``<ref>#bf16,nf4``). Missing weights raise :class:`CriticWeightsMissing` with how to get them.
         """
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+        from transformers import AutoProcessor, BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
         model_ref, proc_ref, local = _resolve(str(ref), None if processor is None else str(processor))
         offline = local or _offline()
+        if local:  # transformers would fill missing weights at random and only print a report
+            weights.check_component(Qwen2_5_VLForConditionalGeneration, Path(model_ref), model_ref, "critic VLM")
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": offline}
+        if quantize:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            )
+            kwargs["device_map"] = {"": str(device)}  # quantised while loading, onto the device
         try:
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_ref, dtype=dtype, local_files_only=offline)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_ref, **kwargs)
             proc = AutoProcessor.from_pretrained(proc_ref, local_files_only=offline or Path(proc_ref).exists())
         except OSError as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -319,7 +325,10 @@ class Critic:
             ) from None
         except (ValueError, KeyError, TypeError) as e:
             raise CriticError(f"cannot load the critic from {model_ref}: {e}") from None
-        return cls(model.to(device), proc, max_pixels=max_pixels, source=model_ref)
+        tag = precision_tag(str(dtype).removeprefix("torch."), ["model"] if quantize else [], whole=True)
+        if not quantize:
+            model = model.to(device)
+        return cls(model, proc, max_pixels=max_pixels, source=with_precision(model_ref, tag))
 
     def chat(self, text: str) -> str:
         """The chat text for one image and ``text``, up to the start of the assistant's answer."""

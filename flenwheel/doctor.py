@@ -7,7 +7,8 @@ no file the catalog does not know (orphans: objects or masks of a batch whose ca
 and no temporary file of an interrupted write; no lock
 file names a holder that is gone. ``fix`` removes orphans older than a grace period (a running command may
 be between writing a file and recording it) and temporary files whose writer has ended, and clears stale
-lock files; it never touches a catalogued file.
+lock files; it never touches a catalogued file. What it spares says why (:attr:`Finding.spared`), and what a
+person does about the rest is in :data:`ADVICE` (per kind) and :attr:`Finding.hint` (per file).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flenwheel.catalog import Catalog
 from flenwheel.editing.checks import MASKS
@@ -28,6 +30,32 @@ from flenwheel.workspace import Workspace
 DATA_FOLDERS = ("objects", "masks", "loras", "manifests", "exports", "cache", "reports", "evals", "models")
 
 
+FIX_TOUCHES = (
+    "--fix removes only orphans older than --grace, temporary files of writers that have ended and stale locks; it "
+    "never touches a catalogued file, so the problems above are yours to mend"
+)
+_STORE_COPY = (
+    "a copy of the data root's store folders (objects/, masks/, loras/) kept with your catalog backups "
+    "(`flenwheel catalog backup` saves the catalog's rows, not the files)"
+)
+_RESTORE_CATALOG = "restore the catalog from a backup (`flenwheel catalog restore DIR --replace`, no command running)"
+# What a person does about each kind of problem --fix leaves alone (docs/reliability.md), one line per kind.
+ADVICE: dict[str, str] = {
+    "bad_hash": "a catalogued image's file holds other bytes than the ones recorded (a disk error, or something "
+    "outside flenwheel wrote to it): move the file out of the data root, then put the recorded bytes back: copy "
+    f"it from {_STORE_COPY}, or, for a source photo, ingest the original photo again (`flenwheel ingest "
+    "CHARACTER PHOTO` stores the same bytes under the same id)",
+    "missing_object": f"a catalogued image's file is gone: copy it back from {_STORE_COPY}, or, for a source photo, "
+    "ingest the original photo again (`flenwheel ingest CHARACTER PHOTO`)",
+    "bad_lora_hash": f"a LoRA's weights changed: copy the file back from {_STORE_COPY}",
+    "missing_lora": f"a LoRA's file is gone: copy it back from {_STORE_COPY}",
+    "bad_mask_hash": f"an edit-region mask changed: copy it back from {_STORE_COPY}",
+    "missing_mask": f"an edit-region mask is gone: copy it back from {_STORE_COPY}",
+    "dangling_derivation": f"a derivation names an image the catalog does not hold: {_RESTORE_CATALOG}",
+    "dangling_member": f"a dataset version names an image the catalog does not hold: {_RESTORE_CATALOG}",
+}
+
+
 @dataclass
 class Finding:
     kind: str  # missing_object, bad_hash, dangling_derivation, dangling_member, missing_lora, bad_lora_hash,
@@ -35,6 +63,8 @@ class Finding:
     what: str
     fixable: bool = False
     path: Path | None = None
+    spared: str = ""  # why --fix leaves a finding of a kind it removes (an orphan younger than the grace period)
+    hint: str = ""  # what to do about this one file, beyond its kind's ADVICE
 
 
 @dataclass
@@ -51,6 +81,16 @@ class Report:
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+    @property
+    def left(self) -> list[Finding]:
+        """Problems still there (not removed by ``fix``)."""
+        return [f for f in self.problems if f.what not in self.fixed]
+
+    @property
+    def spared(self) -> list[Finding]:
+        """Problems ``fix`` would remove but keeps for now, each saying why."""
+        return [f for f in self.left if f.spared]
 
 
 def _recorded_file(report: Report, kind: str, label: str, root: Path, relpath: str, sha256: str) -> None:
@@ -73,9 +113,11 @@ def examine(
     for done, r in enumerate(images, start=1):
         path = ws.root / r["path"]
         if not path.is_file():
-            report.findings.append(Finding("missing_object", f"image {r['image_id'][:12]}: {r['path']} is missing"))
+            report.findings.append(Finding("missing_object", f"image {r['image_id'][:12]}: {r['path']} is missing",
+                                           hint=_restore_hint(r, moved_away=False)))  # fmt: skip
         elif file_sha256(path) != r["image_id"]:
-            report.findings.append(Finding("bad_hash", f"image {r['image_id'][:12]}: {r['path']} has other bytes"))
+            report.findings.append(Finding("bad_hash", f"image {r['image_id'][:12]}: {r['path']} has other bytes",
+                                           hint=_restore_hint(r, moved_away=True)))  # fmt: skip
         if on_progress:
             on_progress(done, len(images))
     report.checked["images"] = len(images)
@@ -107,13 +149,16 @@ def examine(
             report.findings.append(Finding("open_run", f"run {run['run_id'][:8]} ({run['flow']}, started "
                                            f"{str(run['started_at'])[:19]}) never recorded its end: working now, "
                                            "or killed"))  # fmt: skip
-    cutoff = time.time() - grace_s
+    started = time.time()
     for path in [*_files(ws.root / OBJECTS), *_files(ws.root / MASKS)]:
         if is_temporary(path):
             continue  # reported with the temporary files below
         if path not in known:
-            old = path.stat().st_mtime < cutoff
-            report.findings.append(Finding("orphan", f"{path.relative_to(ws.root)} is in no catalog row", old, path))
+            mtime = path.stat().st_mtime
+            old, age = mtime < started - grace_s, started - mtime
+            spared = "" if old else f"written {age:.0f} s ago, younger than --grace {grace_s:g} s"
+            report.findings.append(Finding("orphan", f"{path.relative_to(ws.root)} is in no catalog row", old, path,
+                                           spared))  # fmt: skip
     for path in _temporaries(ws.root):
         if writer_gone(path):  # a live writer's temporary file is a write in progress
             report.findings.append(Finding("temporary", f"{path.relative_to(ws.root)}: left by an interrupted "
@@ -128,6 +173,17 @@ def examine(
                 _remove(f)
                 report.fixed.append(f.what)
     return report
+
+
+def _restore_hint(image: dict[str, Any], moved_away: bool) -> str:
+    """How to put one catalogued image's bytes back: a source photo can be ingested again, anything else copied."""
+    first = f"move {image['path']} out of the data root, then " if moved_away else ""
+    if image["origin"] == "source":
+        photo = image["source_name"] or "the original photo"
+        return (f"{first}ingest {photo} again: flenwheel ingest {image['character']} PATH/{photo} (or copy "
+                f"{image['path']} back from a copy of the store)")  # fmt: skip
+    what = f"{image['origin']} image of {image['character']}"
+    return f"{first}copy {image['path']} back from a copy of the store ({what})"
 
 
 def _files(folder: Path) -> Iterator[Path]:

@@ -144,8 +144,9 @@ def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
 
     Identity within ``clear_band`` of its threshold is uncertain, the more the closer; a failed edit check is
     fully uncertain (the verifier may be wrong about an edit that keeps the person), and a check within
-    ``check_band`` of its threshold is borderline. A clear identity failure is a clear rejection whatever the
-    checks say; a clear case is decided as the policy would decide it.
+    ``check_band`` of its threshold is borderline (``why`` names it with its score and threshold). A clear
+    identity failure is a clear rejection whatever the checks say; a clear case is decided as the policy would
+    decide it.
     """
     if c["verdict"] is None:
         return None
@@ -164,11 +165,20 @@ def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
     if failed:
         reasons.append(f"failed checks: {', '.join(failed)}")
     elif u_checks > 0:
-        reasons.append(f"a check within {margin:.1%} of its threshold")
+        reasons.append(borderline_check(c.get("closest_check"), margin))
     if u > 0:
         return Triage(c["image_id"], u, None, "; ".join(reasons))
     decision, why = policy_decision(c, settings.auto_margin)
     return Triage(c["image_id"], 0.0, decision, f"clear: {why}")
+
+
+def borderline_check(closest: dict[str, Any] | None, margin: float) -> str:
+    """Why a check is borderline, naming it: ``check preserve_ssim 0.9112 within 1.2% of its threshold 0.9``
+    (``closest``: the name, score and threshold of the check ``check_margin`` measured)."""
+    if not closest:  # a candidate read without it
+        return f"a check within {margin:.1%} of its threshold"
+    return (f"check {closest['name']} {closest['score']:.4g} within {margin:.1%} of its threshold "
+            f"{closest['threshold']:.4g}")  # fmt: skip
 
 
 def review_queue(catalog: Catalog, character: str, stage: str, settings: ReviewSettings) -> list[dict[str, Any]]:

@@ -117,7 +117,7 @@ class SyntheticGenerator:
             child_id="",
             parent_id=None,
             op=self.op,
-            model_ref=loaded.model.ref,
+            model_ref=loaded.ref,
             loras=records,
             prompt=text,
             prompt_id=job.prompt.id,

@@ -20,6 +20,7 @@ import importlib
 import os
 import re
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ from huggingface_hub import constants, hf_hub_download
 
 from flenwheel.config import LoraSpec, PipelineKind, Profile, StageSettings
 from flenwheel.errors import FlenwheelError
+from flenwheel.memory import Footprint, footprint, precision_tag, with_precision
 from flenwheel.store import file_sha256
 from flenwheel.tiny import TINY_KINDS, ensure_tiny_models
+from flenwheel.weights import CheckpointMismatch, check_pipeline
 from flenwheel.workspace import Workspace
 
 # A diffusers class by name, or "module:Class" for a pipeline of ours (VIBE is not in diffusers).
@@ -178,6 +181,18 @@ def quantization_config(stage: StageSettings, profile: Profile) -> Any | None:
     )
 
 
+def check_weights(cls: type, path: Path) -> None:
+    """Refuse, before loading, a checkpoint whose tensors do not fit the classes its model_index.json names
+    (:mod:`flenwheel.weights`; diffusers would only warn and run on with meta or uninitialised weights). A pipeline
+    class that checks its own checkpoint (``checks_weights``: VibePipeline) is left to do so."""
+    if getattr(cls, "checks_weights", False):
+        return
+    try:
+        check_pipeline(path)
+    except CheckpointMismatch as e:
+        raise ModelError(str(e)) from None
+
+
 def load_pipeline(
     kind: PipelineKind, stage: StageSettings, profile: Profile, ws: Workspace
 ) -> tuple[Any, ResolvedModel]:
@@ -189,8 +204,11 @@ def load_pipeline(
     quant = quantization_config(stage, profile)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    check_weights(cls, resolved.path)
     try:
         pipe = cls.from_pretrained(str(resolved.path), **kwargs)
+    except CheckpointMismatch as e:  # a pipeline that checks its own (VibePipeline)
+        raise ModelError(str(e)) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ModelError(f"cannot load {PIPELINE_CLASSES[kind]} from {resolved.path}: {e}") from None
     if stage.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
@@ -305,9 +323,21 @@ class Loaded:
     model: ResolvedModel
     stage: StageSettings
     base_scheduler_config: dict[str, Any]
+    dtype: str = "float32"  # the profile's
     stack_key: tuple = ()
     fused: bool = False
     lora_records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """The version pin and how the pipeline runs (dtype, nf4 components, offload): what every edit and generated
+        image records as its ``model_ref``, so outputs of numerically different loads are never recorded as one."""
+        return with_precision(self.model.ref, precision_tag(self.dtype, self.stage.quantize, self.stage.offload))
+
+    def footprint(self) -> Footprint:
+        """The weights this pipeline puts on the device under its stage's quantisation and offload."""
+        return footprint(f"{self.kind} pipeline", self.pipe.components, self.dtype, self.stage.quantize,
+                         self.stage.offload)  # fmt: skip
 
     def apply_stack(self, stack: list[StackEntry], ws: Workspace, catalog: Any | None = None) -> list[dict[str, Any]]:
         """Make ``stack`` the active LoRAs (loaded, weighted, fused if the stage says so); returns their records.
@@ -370,6 +400,10 @@ class ModelManager:
         self.ws, self.profile, self.catalog, self.run_id = ws, profile, catalog, run_id
         self.current: Loaded | None = None
         self.peaks: dict[str, float] = {}
+        self.last_peak: float | None = None  # the peak of the pipeline released last (None while one is loaded)
+        # called before a pipeline loads, with its kind and stage: what else this process holds on the device may
+        # have to make room (flenwheel.runtime releases a VLM the pipeline would not fit beside)
+        self.before_load: Callable[[PipelineKind, StageSettings], None] | None = None
 
     def get(self, kind: PipelineKind) -> Loaded:
         if self.current is not None and self.current.kind == kind:
@@ -378,8 +412,11 @@ class ModelManager:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         stage: StageSettings = getattr(self.profile, STAGE_OF_KIND[kind])
+        if self.before_load is not None:
+            self.before_load(kind, stage)
         pipe, resolved = load_pipeline(kind, stage, self.profile, self.ws)
-        self.current = Loaded(kind, pipe, resolved, stage, dict(pipe.scheduler.config))
+        self.last_peak = None
+        self.current = Loaded(kind, pipe, resolved, stage, dict(pipe.scheduler.config), self.profile.dtype)
         return self.current
 
     def stacked(
@@ -407,7 +444,7 @@ class ModelManager:
                      "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}  # fmt: skip
         else:
             peaks = {"peak_rss_gib": _rss_gib()}
-        self.peaks[kind] = max(peaks.values())
+        self.peaks[kind] = self.last_peak = max(peaks.values())
         if self.catalog is not None and self.run_id is not None:
             self.catalog.add_metrics(self.run_id, "stage", kind, peaks)
         self.current = None

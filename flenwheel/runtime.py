@@ -6,16 +6,23 @@ runs many batches loads each model and parses each config once.
 
 from __future__ import annotations
 
+import gc
+import logging
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from flenwheel.config import Profile, StageSettings
+from flenwheel.memory import Footprint, footprint, may_sit_together, precision_tag, with_precision
 from flenwheel.workspace import Workspace
 
 if TYPE_CHECKING:
     from flenwheel.critic import Critic
     from flenwheel.models import ModelManager
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -42,6 +49,7 @@ def model_manager(ws: Workspace, profile: str | None, run_id: str | None = None)
             other.release()  # one large model resident per process
         _MANAGERS.clear()
         _MANAGERS[key] = ModelManager(ws, prof, ws.catalog())
+        _MANAGERS[key].before_load = lambda kind, stage: _make_room(ws, prof, kind, stage)
     manager = _MANAGERS[key]
     manager.run_id = run_id or manager.run_id
     return manager
@@ -54,7 +62,15 @@ def release_models() -> None:
     _CRITICS.clear()
 
 
-_CRITICS: dict[tuple[str, str, str], Critic] = {}
+@dataclass
+class _Resident:
+    """A VLM this process keeps loaded, and the weights it holds on the device."""
+
+    critic: Critic
+    footprint: Footprint
+
+
+_CRITICS: dict[tuple[str, str, str], _Resident] = {}
 # Critics wrapping a resident editor's text encoder, by pipeline: weak keys, so a released pipeline takes its entry
 # (and the last reference to its text encoder) with it.
 _SHARED_CRITICS: weakref.WeakKeyDictionary[Any, Critic | None] = weakref.WeakKeyDictionary()
@@ -65,11 +81,13 @@ def vlm(ws: Workspace, profile: str | None, ref: str) -> Critic:
 
     ``editor`` is the text encoder of the profile's Qwen-Image-Edit snapshot (:func:`flenwheel.critic.critic_source`):
     while this process holds that pipeline (enrichment with the qwen editor) its loaded text encoder answers, so
-    no second copy of the 7B model is loaded beside the editor (24 GB hold one, not both); otherwise the model is
-    loaded once and kept until :func:`release_models`.
+    no second copy of the 7B model is loaded beside the editor. Otherwise the model is loaded under the profile's
+    ``vlm`` rules (nf4 on 24 GB) and kept until :func:`release_models`; when it and the resident pipeline would
+    not fit the profile's budget together (:func:`flenwheel.memory.may_sit_together`), the pipeline is released
+    first and the two take turns.
     """
-    from flenwheel.critic import Critic, critic_source
-    from flenwheel.models import resolve_model
+    from flenwheel.critic import Critic, critic_source, planned_footprint
+    from flenwheel.models import resolve_model, torch_dtype
 
     prof = ws.profile(profile)
     manager = _MANAGERS.get((str(ws.root), prof.name))
@@ -78,15 +96,47 @@ def vlm(ws: Workspace, profile: str | None, ref: str) -> Critic:
         if loaded.pipe not in _SHARED_CRITICS:  # once per resident pipeline, not once per check
             source = critic_source(loaded.model.path)
             # the checkpoint must have its output layer for the resident weights to answer
-            _SHARED_CRITICS[loaded.pipe] = Critic.from_pipeline(loaded.pipe, source.model) if source.reused else None
+            quantised = ["text_encoder"] if "text_encoder" in loaded.stage.quantize else []
+            tag = precision_tag(prof.dtype, quantised, loaded.stage.offload, whole=True)
+            shared = Critic.from_pipeline(loaded.pipe, with_precision(source.model, tag)) if source.reused else None
+            _SHARED_CRITICS[loaded.pipe] = shared
         shared = _SHARED_CRITICS[loaded.pipe]
         if shared is not None:
             return shared
     key = (str(ws.root), prof.name, ref)
     if key not in _CRITICS:
         source = str(resolve_model(prof.editor.model, "qwen-image-edit", ws).path) if ref == "editor" else ref
-        _CRITICS[key] = Critic.from_pretrained(source, device=prof.device)
-    return _CRITICS[key]
+        planned = planned_footprint(source, prof.dtype, prof.vlm.quantize)
+        if manager is not None and loaded is not None and planned is not None:
+            verdict = may_sit_together(loaded.footprint(), planned, prof.peak_budget_gib, prof.headroom_gib)
+            if not verdict.fits:
+                log.warning(f"the VLM does not fit beside the resident model, which is released first: "
+                            f"{verdict.reason}")  # fmt: skip
+                manager.release()
+        critic = Critic.from_pretrained(source, device=prof.device, dtype=torch_dtype(prof), quantize=prof.vlm.quantize)
+        used = footprint("critic/caption VLM", {"model": critic.model}, prof.dtype,
+                         ["model"] if prof.vlm.quantize else [])  # fmt: skip
+        _CRITICS[key] = _Resident(critic, used)
+    return _CRITICS[key].critic
+
+
+def _make_room(ws: Workspace, profile: Profile, kind: str, stage: StageSettings) -> None:
+    """Before a pipeline loads: release the VLMs it would not fit beside (the two then take turns)."""
+    mine = [k for k in _CRITICS if k[:2] == (str(ws.root), profile.name)]
+    if not mine or profile.peak_budget_gib is None:
+        return
+    from flenwheel.memory import meta_components
+    from flenwheel.models import resolve_model
+
+    incoming = footprint(f"{kind} pipeline", meta_components(resolve_model(stage.model, kind, ws).path),
+                         profile.dtype, stage.quantize, stage.offload)  # fmt: skip
+    for key in mine:
+        verdict = may_sit_together(incoming, _CRITICS[key].footprint, profile.peak_budget_gib, profile.headroom_gib)
+        if not verdict.fits:
+            log.warning(f"the {kind} pipeline does not fit beside the loaded VLM, which is released first: "
+                        f"{verdict.reason}")  # fmt: skip
+            del _CRITICS[key]
+    gc.collect()
 
 
 def critic(ws: Workspace, profile: str | None) -> Critic:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from flenwheel.config import StoreSettings
 from flenwheel.errors import FlenwheelError, writing
@@ -171,12 +172,18 @@ def normalise(data: bytes, settings: StoreSettings, name: str = "<bytes>") -> Im
     return img
 
 
-def encode_png(img: Image.Image) -> bytes:
-    """Deterministic PNG bytes for an RGB image (no metadata, fixed compression)."""
+def encode_png(img: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """Deterministic PNG bytes for an RGB image (fixed compression; no metadata but the ``text`` chunks given,
+    in their order)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False, pnginfo=info)
     return buf.getvalue()
 
 

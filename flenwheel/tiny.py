@@ -17,7 +17,9 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -172,8 +174,9 @@ SIZES: dict[str, dict[str, dict]] = {
 }  # fmt: skip
 
 
-def build_tiny_flux(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """A FluxPipeline of the real classes with random weights (tiny, or ``size="real"``), saved to ``out_dir``."""
+def make_flux(seed: int = 0, size: str = "tiny") -> FluxPipeline:
+    """A FluxPipeline of the real classes with random weights (tiny, or ``size="real"``); under
+    ``torch.device("meta")`` its shapes alone (memory accounting, the GPU bench)."""
     cfg = SIZES[size]
     clip_tok, t5_tok = _clip_tokenizer(), _t5_tokenizer()
     torch.manual_seed(seed)
@@ -196,8 +199,7 @@ def build_tiny_flux(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
         scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, text_encoder=clip,
         tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer,
     )  # fmt: skip
-    pipe.save_pretrained(out_dir)
-    return out_dir
+    return pipe
 
 
 # --------------------------------------------------------------------------- Qwen-Image-Edit-2509
@@ -212,8 +214,8 @@ def _qwen_tokenizer():
     return tok
 
 
-def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with random weights, saved to ``out_dir``."""
+def make_qwen_image_edit(seed: int = 0, size: str = "tiny") -> QwenImageEditPlusPipeline:
+    """A QwenImageEditPlusPipeline (Qwen-Image-Edit-2509's class) with random weights (see :func:`make_flux`)."""
     cfg = SIZES[size]
     tok = _qwen_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -245,18 +247,25 @@ def build_tiny_qwen_image_edit(out_dir: Path, seed: int = 0, size: str = "tiny")
         scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER), vae=vae, text_encoder=text_encoder,
         tokenizer=tok, processor=processor, transformer=transformer,
     )  # fmt: skip
-    pipe.save_pretrained(out_dir)
-    return out_dir
+    return pipe
 
 
-def build_tiny_vibe(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """The VIBE editor's twin (flenwheel.vibe_tiny), imported when built: Qwen3-VL and Sana only when asked."""
-    from flenwheel.vibe_tiny import build_tiny_vibe as build
+def make_vibe(seed: int = 0, size: str = "tiny") -> Any:
+    """The VIBE editor's twin (flenwheel.vibe_tiny), imported when asked for: Qwen3-VL and Sana only then."""
+    from flenwheel.vibe_tiny import make_vibe as make
 
-    return build(out_dir, seed, size)
+    return make(seed, size)
 
 
-BUILDERS = {"flux": build_tiny_flux, "qwen-image-edit": build_tiny_qwen_image_edit, "vibe": build_tiny_vibe}
+MAKERS: dict[str, Callable[[int, str], Any]] = {
+    "flux": make_flux, "qwen-image-edit": make_qwen_image_edit, "vibe": make_vibe,
+}  # fmt: skip
+
+
+def build_model(kind: str, out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
+    """The random-weight pipeline of ``kind`` saved with ``save_pretrained`` to ``out_dir``."""
+    MAKERS[kind](seed, size).save_pretrained(out_dir)
+    return Path(out_dir)
 
 
 def ensure_tiny_models(models_dir: Path, seed: int = 0) -> dict[str, Path]:
@@ -287,7 +296,7 @@ def ensure_models(
                 default_dtype = torch.get_default_dtype()
                 torch.set_default_dtype(torch.bfloat16 if size == "real" else default_dtype)
                 try:
-                    BUILDERS[kind](tmp, seed, size)
+                    build_model(kind, tmp, seed, size)
                 finally:
                     torch.set_default_dtype(default_dtype)
                 try:

@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
+from flenwheel.weights import check_pipeline
+
 VIBE_HUB_ID = "iitolstykh/VIBE-Image-Edit"
 
 # The reference's conditioning protocol (vibe_sana_pipeline.py): the query wrapped around an edit instruction, and
@@ -36,6 +38,10 @@ VIBE_HUB_ID = "iitolstykh/VIBE-Image-Edit"
 EDIT_QUERY = "what will this image be like if {instruction}"
 VLM_MIN_PIXELS = 352 * 352
 VLM_MAX_PIXELS = 672 * 672
+
+# What each model is given (VibePipeline.__call__); part of the vibe editor's job keys, so images made under another
+# geometry (the black-padded canvas given to both models, before issue 22) are other jobs.
+CONDITIONING = "vlm:original vae:stretched-to-bin output:whole-canvas-resized"
 
 # The reference's sampling defaults (README, vibe/editor.py, scripts/inference.py).
 DEFAULT_STEPS = 20
@@ -74,32 +80,6 @@ def closest_size(height: int, width: int) -> tuple[int, int]:
     """The (height, width) bin closest in aspect ratio to the input, from the table its area selects."""
     h, w = PixArtImageProcessor.classify_height_width_bin(height, width, ratios=ASPECT_BINS[bin_table(height, width)])
     return int(h), int(w)
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an input was fitted into its bin: where the picture sits inside the padded canvas.
-
-    The reference fits the whole input (never crops it): it is scaled to touch the bin on one side and padded with
-    black on the other, so no content is lost and the padding is cut off again after decoding.
-    """
-
-    canvas: tuple[int, int]  # (width, height) of the bin
-    box: tuple[int, int, int, int]  # (left, top, right, bottom) of the picture inside the canvas
-
-
-def letterbox(image: Image.Image, height: int, width: int, multiple: int) -> tuple[Image.Image, Letterbox]:
-    """Scale ``image`` to fit (height, width) (bicubic) and pad it black; both sides rounded up to ``multiple``."""
-    height, width = math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple
-    src_w, src_h = image.size
-    if height / src_h < width / src_w:  # the height limits: full height, narrower picture
-        new_h, new_w = height, int(src_w * height / src_h)
-    else:
-        new_h, new_w = int(src_h * width / src_w), width
-    left, top = (width - new_w) // 2, (height - new_h) // 2
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
-    canvas.paste(image.convert("RGB").resize((new_w, new_h), Image.Resampling.BICUBIC), (left, top))
-    return canvas, Letterbox((width, height), (left, top, left + new_w, top + new_h))
 
 
 # --------------------------------------------------------------------------- the edit head
@@ -232,7 +212,7 @@ class VibePipelineOutput(BaseOutput):
     images: list[Image.Image]
     input_size: tuple[int, int]  # (width, height) of the input
     canvas_size: tuple[int, int]  # (width, height) the model ran at
-    content_box: tuple[int, int, int, int]  # the picture inside the canvas (left, top, right, bottom)
+    content_box: tuple[int, int, int, int]  # the picture inside the canvas: all of it (the input is stretched)
 
 
 @contextlib.contextmanager
@@ -315,15 +295,20 @@ class VibePipeline(DiffusionPipeline):
             **keep,
         )
 
+    checks_weights = True  # from_pretrained checks the checkpoint's keys itself (flenwheel.models.load_pipeline)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> VibePipeline:
-        """diffusers' loader, with the reference checkpoint's class names mapped to ours (see _reference_modules)."""
+        """diffusers' loader, with the reference checkpoint's class names mapped to ours (see _reference_modules),
+        after every component's weights were checked against its class (:func:`flenwheel.weights.check_pipeline`:
+        diffusers would load a checkpoint of another layout with meta or uninitialised weights, and only warn)."""
         folder = Path(pretrained_model_name_or_path)
         if not folder.is_dir():
             folder = Path(cls.download(str(pretrained_model_name_or_path), **kwargs))
             kwargs = {k: v for k, v in kwargs.items() if k not in ("revision", "force_download")}
         index = json.loads((folder / "model_index.json").read_text())
         with _reference_modules(index):
+            check_pipeline(folder, skip=[k for k in kwargs if k in index])  # components passed in are not read
             return super().from_pretrained(str(folder), **kwargs)
 
     # ------------------------------------------------------------------ conditioning
@@ -394,10 +379,17 @@ class VibePipeline(DiffusionPipeline):
         return transformer.edit_embeddings(hidden.to(device=self._execution_device, dtype=transformer.dtype))
 
     def condition_latents(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
-        """The condition image's DC-AE latents, scaled as the transformer was trained on them."""
+        """The condition image's DC-AE latents, scaled as the transformer was trained on them: ``image`` resized to
+        (height, width) whatever its aspect ratio, by the image processor, as the reference pipeline does."""
         pixels = self.image_processor.preprocess(image, height=height, width=width)
         pixels = pixels.to(device=self._execution_device, dtype=self.vae.dtype)
         return self.vae.encode(pixels).latent * self.vae.config.scaling_factor
+
+    @staticmethod
+    def restore(canvas: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+        """A decoded canvas as the output: all of it (the condition filled the canvas), stretched back to ``size``
+        (the input's (width, height); Lanczos as the reference's revert_resize) unless ``size`` is None."""
+        return canvas if size is None or canvas.size == size else canvas.resize(size, Image.Resampling.LANCZOS)
 
     # ------------------------------------------------------------------ sampling
 
@@ -420,9 +412,15 @@ class VibePipeline(DiffusionPipeline):
     ) -> VibePipelineOutput | tuple:
         """Edit ``image`` as ``prompt`` says.
 
-        ``resolution_binning`` fits the input into the closest of Sana's aspect-ratio bins (padding, never
-        cropping) as the model was trained; without it the input is resized to the nearest multiple of the VAE's
-        factor. ``revert_resize`` gives the output the input's size again (Lanczos), after the padding is cut off.
+        What each model sees is what the reference pipeline gives it (``vibe_sana_pipeline.py``): Qwen3-VL reads
+        the *original* image (its processor resizes it within the VLM pixel budget, keeping the aspect ratio), and
+        the DC-AE encodes the original *stretched* to the size the model runs at. ``resolution_binning`` picks that
+        size, the closest of Sana's aspect-ratio bins (as the model was trained); without it, the input's size
+        rounded down to the VAE's factor. The output covers the same picture as the condition, so
+        ``revert_resize`` stretches the whole of it back to the input's size (Lanczos) and every output pixel lies
+        where its input pixel was, which the preservation verifier relies on; without it the output keeps the
+        canvas size. (The reference editor instead crops a letterbox box out of the output, which shifts and
+        zooms it against the input by up to the padding's width: docs/editing.md.)
         Guidance follows the reference: with ``guidance_scale`` > 1, three branches (instruction + image,
         null + image, null + no image) when ``image_guidance_scale`` >= 1, else two (instruction vs null, both
         with the image); ``guidance_scale`` <= 1 is a single conditional pass. ``callback_on_step_end(pipe, i,
@@ -433,15 +431,13 @@ class VibePipeline(DiffusionPipeline):
         f = self.vae_scale_factor
         if resolution_binning:
             height, width = self.binned_size(in_h, in_w)
-            canvas, fit = letterbox(source, height, width, f)
         else:
             height, width = max(f, in_h // f * f), max(f, in_w // f * f)
-            canvas = source.resize((width, height), Image.Resampling.BICUBIC)
-            fit = Letterbox((width, height), (0, 0, width, height))
+        canvas, box = (width, height), (0, 0, width, height)  # the condition fills the canvas: no padding
         device = self._execution_device
 
-        cond, null = self.encode_instruction(canvas, prompt)
-        image_latents = self.condition_latents(canvas, height, width)
+        cond, null = self.encode_instruction(source, prompt)  # the VLM reads the original image
+        image_latents = self.condition_latents(source, height, width)  # the DC-AE the original, stretched
         text_cfg = guidance_scale > 1
         image_cfg = text_cfg and image_guidance_scale >= 1
         if image_cfg:
@@ -489,13 +485,11 @@ class VibePipeline(DiffusionPipeline):
 
         if output_type == "latent":
             self.maybe_free_model_hooks()
-            return VibePipelineOutput([latents], (in_w, in_h), fit.canvas, fit.box) if return_dict else (latents,)
+            return VibePipelineOutput([latents], (in_w, in_h), canvas, box) if return_dict else (latents,)
         decoded = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-        images = [img.crop(fit.box) for img in self.image_processor.postprocess(decoded, output_type="pil")]
-        if revert_resize:
-            images = [img if img.size == (in_w, in_h) else img.resize((in_w, in_h), Image.Resampling.LANCZOS)
-                      for img in images]  # fmt: skip
+        images = [self.restore(img, (in_w, in_h) if revert_resize else None)
+                  for img in self.image_processor.postprocess(decoded, output_type="pil")]  # fmt: skip
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return VibePipelineOutput(images, (in_w, in_h), fit.canvas, fit.box)
+        return VibePipelineOutput(images, (in_w, in_h), canvas, box)

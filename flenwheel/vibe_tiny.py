@@ -13,7 +13,6 @@ shapes); each entry says where it comes from and what is unconfirmed.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -175,9 +174,9 @@ def _processor() -> Qwen3VLProcessor:
     return Qwen3VLProcessor(image_processor=images, tokenizer=tok, video_processor=videos, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_vibe(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
-    """A VibePipeline of the production classes with random weights (tiny, or ``size="real"``), saved to
-    ``out_dir``; deterministic for a seed."""
+def make_vibe(seed: int = 0, size: str = "tiny") -> VibePipeline:
+    """A VibePipeline of the production classes with random weights (tiny, or ``size="real"``); deterministic for a
+    seed; under ``torch.device("meta")`` its shapes alone."""
     cfg = SIZES[size]
     processor = _processor()
     tok = processor.tokenizer
@@ -205,5 +204,4 @@ def build_tiny_vibe(out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:
         tokenizer=processor, text_encoder=text_encoder.eval(), vae=vae.eval(), transformer=transformer.eval(),
         scheduler=scheduler,
     )  # fmt: skip
-    pipe.save_pretrained(out_dir)
-    return Path(out_dir)
+    return pipe

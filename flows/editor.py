@@ -15,6 +15,7 @@ from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
 from flenwheel.locks import character_lock
+from flenwheel.report.format import cell, format_rows
 from flenwheel.training import EditEvaluation, TrainResult
 from flenwheel.types import CharacterName, EditOp, ProfileName, PromptId
 from flenwheel.workspace import Workspace
@@ -56,13 +57,14 @@ def editor_flywheel(params: EditorParams, root: str | None = None, configs: str 
             lora = train_edit(*where, params.character, params.profile, params.steps, list(params.ops), run_id)
             ev = evaluate_edit(*where, params.character, lora.lora_id, params.profile, params.eval_prompts,
                                params.eval_seeds, run_id)  # fmt: skip
-    table = [{"arm": arm, **values} for arm, values in ev.metrics.items()]
+    table = format_rows([{"arm": arm, **values} for arm, values in ev.metrics.items()])  # 21 edits, not 21.0
     key = artifact_key(f"{params.character}-editor-lora")
     create_table_artifact(table, key=f"{key}-identity", description=f"base vs LoRA, {lora.lora_id}")
     base, tuned = (ev.metrics[a].get("pass_rate") for a in ("base", "lora"))
     verdict = "keeps the character better" if base is not None and tuned is not None and tuned > base else "no gain"
     create_markdown_artifact(
-        f"## {params.character}: editor LoRA `{lora.lora_id}`\n\n- identity pass rate: base {base} → LoRA {tuned}: "
+        f"## {params.character}: editor LoRA `{lora.lora_id}`\n\n- identity pass rate: base {cell(base, 'pass_rate')} "
+        f"→ LoRA {cell(tuned, 'pass_rate')}: "
         f"**{verdict}**\n- report: `{ev.report}`\n",
         key=key,
         description="flywheel 2",

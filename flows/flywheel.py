@@ -30,6 +30,7 @@ from flenwheel.flywheel import freeze_iteration_version as freeze_version
 from flenwheel.generation import SyntheticGenerator, pending_generation, synthetic_prompts
 from flenwheel.locks import CharacterBusy, character_lock
 from flenwheel.models import ModelManager
+from flenwheel.report.format import format_rows
 from flenwheel.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
 from flenwheel.workspace import Workspace
 
@@ -122,7 +123,8 @@ def _iteration(
     with character_lock(ws, character.name, holder):
         report = make_report(root, configs, character.name, number, run_id)
         key = artifact_key(f"{character.name}-iteration-{number}")
-        create_table_artifact(report.table, key=f"{key}-identity", description=f"identity by group, iteration {number}")
+        create_table_artifact(format_rows(report.table), key=f"{key}-identity",
+                              description=f"identity by group, iteration {number}")  # fmt: skip
         create_markdown_artifact(report.markdown, key=key, description=f"flywheel iteration {number}")
         catalog.update_iteration(character.name, number, run_id, status="completed", completed_at=now(),
                                  report_path=str(report.path.relative_to(ws.root)))  # fmt: skip

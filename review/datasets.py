@@ -4,8 +4,9 @@ Each sample is one stored image (``filepath`` is the store file) and carries ``i
 (the source photo it derives from), ``parent_id``, ``gate``, ``origin``, ``editor``, ``prompt_id``, ``seed``,
 ``verdict``, ``similarity``, ``threshold`` and the identity ``embedding`` (for FiftyOne's similarity and
 uniqueness tools); the edit checks ``verified``, ``failed_checks``, ``attempts`` (docs/verification.md), each
-failed check also as a tag ``check:<name>`` to filter on; the current ``decision`` and the ``uncertainty`` the
-gate gives the candidate (saved view ``hardest-first``: undecided candidates, the most uncertain first, see
+failed check also as a tag ``check:<name>`` to filter on; the current ``decision``, the ``uncertainty`` the
+gate gives the candidate and ``uncertainty_reason``, why (e.g. which check is borderline, with its score and
+threshold; saved view ``hardest-first``: undecided candidates, the most uncertain first, see
 :func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.captions`).
 
 A reviewer edits a caption by changing that field — in the App with the built-in *Edit field values* operator
@@ -62,6 +63,7 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
     for name, kind, sub in (("verified", fo.BooleanField, None), ("attempts", fo.IntField, None),
                             ("failed_checks", fo.ListField, fo.StringField), ("caption", fo.StringField, None),
                             ("caption_catalog", fo.StringField, None), ("uncertainty", fo.FloatField, None),
+                            ("uncertainty_reason", fo.StringField, None),
                             ("decision", fo.StringField, None)):  # fmt: skip
         if not ds.has_sample_field(name):
             ds.add_sample_field(name, kind, **({"subfield": sub} if sub else {}))
@@ -71,7 +73,8 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
     for stage in gate.STAGE_ORIGINS:
         for c in gate.candidates(catalog, character, stage):
             t = gate.triage(c, ws.settings.review)
-            review[c["image_id"]] = {"decision": c["decision"], "uncertainty": None if t is None else t.uncertainty}
+            review[c["image_id"]] = {"decision": c["decision"], "uncertainty": None if t is None else t.uncertainty,
+                                     "uncertainty_reason": "not scored yet" if t is None else t.why}  # fmt: skip
     new, updates = [], {}
     for r in catalog.review_dataset_rows(character):
         fields = {
@@ -93,6 +96,7 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             "caption_catalog": r["caption"],
             "decision": review.get(r["image_id"], {}).get("decision"),
             "uncertainty": review.get(r["image_id"], {}).get("uncertainty"),
+            "uncertainty_reason": review.get(r["image_id"], {}).get("uncertainty_reason"),
         }
         if r["image_id"] in known:
             updates[known[r["image_id"]]] = fields

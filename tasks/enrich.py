@@ -9,8 +9,8 @@ from prefect.cache_policies import NONE
 
 from flenwheel import runtime
 from flenwheel.editing import MODEL_EDITORS, EditJob, make_editor, run_edit_batch
-from flenwheel.editing.checks import EditChecker
-from flenwheel.identity import filter_images, load_backend
+from flenwheel.editing.checks import checker_for
+from flenwheel.identity import filter_images
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,8 @@ def edit_batch(
     prompts = ws.prompt_library(char)
     manager = runtime.model_manager(ws, profile, run_id) if editor in MODEL_EDITORS else None
     ed = make_editor(editor, ws, manager, cat, char)
-    checker = None
-    if ws.settings.verify.enabled:  # every edit verified; a failed one retried (docs/verification.md)
-        backend = load_backend(char.identity.backend, ws.settings.identity)
-        critic = (lambda: runtime.critic(ws, profile)) if ws.settings.verify.critic else None
-        checker = EditChecker(ws.root, backend, ws.settings.verify, critic)
+    # every edit verified; a failed one retried (docs/verification.md)
+    checker = checker_for(ws, profile, char.identity.backend)
     made = run_edit_batch(ws, cat, character, ed, [EditJob(p, prompts[q], s) for p, q, s in jobs], run_id, checker)
     retried = len(made) - len(jobs)
     log.info(f"{editor} editor made {len(made)} image(s) of {character}"

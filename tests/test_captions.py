@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flenwheel import gate, runtime, versions
 from flenwheel.captions import caption_members, clean_description, names_of, training_caption
 from flenwheel.catalog import Catalog
@@ -28,6 +30,52 @@ def test_a_description_is_cleaned_of_openers_names_and_excess() -> None:
     assert clean_description("\ufffd\x06\ufffdB3\ufffd\x0f", ["obama"], 40) == ""  # random weights: nothing usable
     assert clean_description("Yes.", ["obama"], 40) == ""
     assert training_caption("fw_obama", "smiling") == "photo of fw_obama, smiling"
+
+
+# How Qwen2.5-VL and its peers open a description, and what must be left of it. The framing ("close-up of") is
+# content and stays, without its article and the word for the medium; everything that only says "this is a photo"
+# goes, whether or not a verb follows.
+OPENINGS = [
+    ("The picture is of a man in a suit", "a man in a suit"),
+    ("A photo of a man smiling", "a man smiling"),
+    ("The image shows a man in a dark suit, smiling at the camera.", "a man in a dark suit, smiling at the camera"),
+    ("In this image, a man stands in front of a blue wall.", "a man stands in front of a blue wall"),
+    ("In this image we can see a man wearing a grey jacket.", "a man wearing a grey jacket"),
+    ("In the photo, there is a man wearing glasses.", "a man wearing glasses"),
+    ("This is a photo of a man sitting on a bench in a park.", "a man sitting on a bench in a park"),
+    ("A close-up photo of a man smiling, soft window light.", "close-up of a man smiling, soft window light"),
+    ("A close-up of a man smiling, soft window light.", "close-up of a man smiling, soft window light"),
+    ("This is a close-up photo of a man smiling.", "close-up of a man smiling"),
+    ("The image is a close-up of a man looking to the left.", "close-up of a man looking to the left"),
+    ("This image is a portrait of a man in a suit.", "portrait of a man in a suit"),
+    ("A portrait photo of a man, looking at the camera.", "portrait of a man, looking at the camera"),
+    ("The photograph depicts a man walking on a street at night.", "a man walking on a street at night"),
+    ("Here we see a man standing at a podium.", "a man standing at a podium"),
+    ("We can see a man sitting in an office.", "a man sitting in an office"),
+    ("An image of a man wearing a white shirt.", "a man wearing a white shirt"),
+    ("Photo of a man in a red sweater.", "a man in a red sweater"),
+    ("This picture features a man in a blue tie against a grey wall.", "a man in a blue tie against a grey wall"),
+    ("The image captures a man mid-speech with a raised hand.", "a man mid-speech with a raised hand"),
+    ("The image displays a man in a suit.", "a man in a suit"),
+    ("The scene shows a man outdoors in bright sunlight.", "a man outdoors in bright sunlight"),
+    ("Pictured is a man in a black coat outdoors.", "a man in a black coat outdoors"),
+    ("It appears to be a photograph of a man at a desk.", "a man at a desk"),
+    ("Sure! Here is a description of the image: a man smiling under warm light.", "a man smiling under warm light"),
+    ("The image shows Barack Obama smiling.", "the person smiling"),
+    # not openers: kept as written (sentence case off, acronyms kept)
+    ("The man is smiling and looking at the camera.", "the man is smiling and looking at the camera"),
+    ("A black and white photo of a man in a hat.", "a black and white photo of a man in a hat"),
+    ("In the image's background, a man walks.", "in the image's background, a man walks"),
+    ("TV studio lights, a man at a desk.", "TV studio lights, a man at a desk"),
+    # nothing but an opener: nothing usable
+    ("The photo shows", ""),
+    ("This is a photo of Barack Obama.", "the person"),  # two words: kept (the caption says nothing more)
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), OPENINGS, ids=[r[:32] for r, _ in OPENINGS])
+def test_real_vlm_openings_are_dropped_and_framing_is_kept(raw: str, expected: str) -> None:
+    assert clean_description(raw, ["barack_obama", "barack", "obama"], max_words=40) == expected
 
 
 def _approved_edits(ws: Workspace, catalog: Catalog, faces: Path) -> None:
@@ -58,7 +106,7 @@ def test_captions_are_written_frozen_trained_on_and_edited_in_fiftyone(
     settings = ws.settings.captions
     for r in rows:
         params = json.loads(r["params"])
-        assert r["model_ref"].endswith("text_encoder") and params["decoding"] == "greedy" and "raw" in params
+        assert r["model_ref"].endswith("text_encoder#fp32") and params["decoding"] == "greedy" and "raw" in params
         description = clean_description(params["raw"], names_of(character), settings.max_words)
         # what the random-weight model wrote decides the source; either way the caption starts with the trigger
         assert (r["source"], r["caption"]) == (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,43 @@ def test_backup_and_restore_into_a_fresh_root(cli, stocked: Workspace, catalog: 
     assert snapshot(fresh.path) == snapshot(stocked.catalog_path)
     with pytest.raises(CatalogError, match="not a catalog backup"):
         fresh.restore(tmp_path, replace=True)
+
+
+def test_fix_says_what_it_removed_what_it_kept_and_why(cli, stocked: Workspace) -> None:
+    """Issue 28.4: a young orphan kept by --fix is named with the reason and the way out (--grace 0)."""
+    young, old = object_path(stocked.root, "34" * 32), object_path(stocked.root, "56" * 32)
+    for orphan in (young, old):
+        orphan.parent.mkdir(parents=True, exist_ok=True)
+        orphan.write_bytes(b"x")
+    hour_ago = old.stat().st_mtime - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    fixed = cli("doctor", "--fix")  # the default grace: 600 s
+    assert fixed.exit_code == 1 and not old.exists() and young.exists()
+    assert f"FIXED                {old.relative_to(stocked.root)}" in fixed.stdout
+    assert "removed: 1 orphan" in fixed.stdout
+    assert re.search(r"kept: written \d+ s ago, younger than --grace 600 s", fixed.stdout)
+    assert "kept 1 orphan(s) younger than --grace (600 s)" in fixed.stdout
+    assert "`flenwheel doctor --fix --grace 0`" in fixed.stdout
+    again = cli("doctor", "--fix", "--grace", "0")
+    assert again.exit_code == 0 and not young.exists() and "removed: 1 orphan" in again.stdout
+
+
+def test_a_changed_file_says_how_to_get_it_back_and_the_advice_works(
+    cli, stocked: Workspace, catalog: Catalog, faces: Path, tmp_path: Path
+) -> None:
+    """Issue 22.8: BAD_HASH says what to do (a store copy with the catalog backup, or ingest the source photo
+    again) and that --fix leaves catalogued files alone; doing what it says makes the root healthy."""
+    [image] = [r for r in catalog.all_images() if r["source_name"] == "obama_1.jpg"]
+    changed = stocked.root / image["path"]
+    changed.write_bytes(b"not the stored bytes")
+    found = cli("doctor", "--fix", "--grace", "0")
+    assert found.exit_code == 1 and "BAD_HASH" in found.stdout and changed.read_bytes() == b"not the stored bytes"
+    assert f"move {image['path']} out of the data root, then ingest obama_1.jpg again" in found.stdout
+    assert "flenwheel ingest obama PATH/obama_1.jpg" in found.stdout
+    assert "what to do:" in found.stdout and "`flenwheel catalog backup` saves the catalog's rows" in found.stdout
+    assert "it never touches a catalogued file" in found.stdout and "removed: nothing" in found.stdout
+
+    changed.rename(tmp_path / "changed.png")  # as the advice says: out of the data root ...
+    assert cli("ingest", "obama", str(faces / "obama" / "obama_1.jpg")).exit_code == 0  # ... and ingest again
+    healthy = cli("doctor")
+    assert healthy.exit_code == 0 and "0 problem(s)" in healthy.stdout and "what to do" not in healthy.stdout

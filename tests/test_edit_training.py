@@ -49,8 +49,9 @@ def make_triplets(ws: Workspace, catalog: Catalog, faces: Path) -> list[str]:
 
 
 def without_samples(ws: Workspace):
-    """cpu-tiny without checkpoint samples: each tiny edit encodes its condition at 1024² (about 5 s on the CPU),
-    and the sample path is covered once, in the test that trains with it."""
+    """cpu-tiny without checkpoint samples: each tiny sample edit goes through the pipeline, which encodes its
+    condition at ~1 MP whatever the profile's control_area (about 5 s on the CPU), and the sample path is covered
+    once, in the test that trains with it."""
     profile = ws.profile("cpu-tiny")
     return profile.model_copy(update={"edit_trainer": profile.edit_trainer.model_copy(update={"sample_prompts": []})})
 
@@ -83,9 +84,13 @@ def test_loss_falls_when_overfitting_and_only_the_target_tokens_count(ws: Worksp
     example = Example("x", (ws.root / t.before_path, ws.root / t.after_path), t.instruction)
     data = backend.cache([example], ws.root / "cache" / "t")
     before = Image.open(ws.root / t.before_path)
-    width, height = calculate_dimensions(1024 * 1024, before.width / before.height)
-    # the condition at the pipeline's ~1 MP (vae x8), the target at its 64-px bucket
+    # cpu-tiny conditions at its 64-px training size (a 1 MP condition cost 8-12 s per triplet to cache and 5-7x
+    # the step time, docs/benchmarks.md); the target at its 64-px bucket (vae x8)
+    assert settings.control_area == 64 * 64 == profile.edit_trainer.resolutions[0] ** 2
+    width, height = calculate_dimensions(64 * 64, before.width / before.height)
     assert data[0]["control"].shape[1:] == (height // 8, width // 8) and data[0]["latents"].shape[1] <= 10
+    # the real profiles keep what QwenImageEditPlusPipeline gives the transformer at inference: ~1 MP
+    assert {ws.profile(p).edit_trainer.control_area for p in ("gpu-24gb", "gpu-80gb")} == {1024 * 1024}
     trainer = LoraTrainer(ws, catalog, backend)
     transformer, params, _ = trainer.prepare_model(settings)
     assert all(".lora_A." in n or ".lora_B." in n for n, p in transformer.named_parameters() if p.requires_grad)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,92 @@ def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, 
     assert len(catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")) == len(metrics)
     bad = cli("eval-editors", "obama", "--editors", "qwen,dalle")
     assert bad.exit_code == 2 and "unknown editor(s) dalle" in bad.stderr
+
+
+def page_tables(page: str) -> list[dict[str, dict[str, str]]]:
+    """The report page's tables as {first cell: {column: cell text}} (the template writes one row per line)."""
+    tables = []
+    for block in re.findall(r"<table>(.*?)</table>", page, re.S):
+        head, *rows = re.findall(r"<tr>(.*?)</tr>", block, re.S)
+        columns = [html.unescape(c) for c in re.findall(r"<th>(.*?)</th>", head)]
+        cells = [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", r)] for r in rows]
+        tables.append({c[0]: dict(zip(columns, c, strict=True)) for c in cells})
+    return tables
+
+
+@pytest.mark.tiny
+def test_eval_editors_checks_every_edit_like_enrichment_and_the_page_matches_sql(
+    cli, ws: Workspace, faces: Path
+) -> None:
+    """Issue 28.1: the comparison runs enrichment's masks, verifier (face count included) and critic on every
+    edit of every editor; its checks are in `verifications`, and the page's numbers are what SQL says."""
+    from flenwheel import doctor, gate
+    from flenwheel.report.format import cell
+
+    settings = ws.configs_dir / "flenwheel.yaml"
+    settings.write_text(settings.read_text().replace("enabled: true", "enabled: true\n  critic: editor").replace(
+        "strength_factor: 0.7", "strength_factor: 0.7\n  critic_checks: [{id: photo, question: 'Is this a photo?',"
+        " threshold: 0.05}]"))  # fmt: skip
+    catalog = Catalog(ws.catalog_path)
+    ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
+    result = cli("eval-editors", "obama", "--editors", "augment,vibe", "--profile", "cpu-tiny",
+                 "--prompts", "bg-blue,light-golden-hour", "--seeds", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [eval_id] = {r["scope_id"].split(":")[0] for r in catalog.rows("SELECT scope_id FROM metrics")
+                 if r["scope_id"].startswith("editors-")}  # fmt: skip
+
+    # Every edit of every editor is checked, keyed by the sha256 of its file under evals/
+    edits = json.loads((ws.root / "evals" / eval_id / "evaluation.json").read_text())
+    assert len(edits) == 4  # 2 editors x 1 source x 2 prompts
+    for e in edits:
+        data = (ws.root / "evals" / eval_id / e["file"]).read_bytes()
+        assert e["image_id"] == hashlib.sha256(data).hexdigest()
+    checks = catalog.rows("SELECT image_id, name, passed, params->>'$.arm' AS arm FROM verifications"
+                          " WHERE params->>'$.eval_id' = ?", [eval_id])  # fmt: skip
+    by_image: dict[str, set[str]] = {}
+    for c in checks:
+        by_image.setdefault(c["image_id"], set()).add(c["name"])
+    assert set(by_image) == {e["image_id"] for e in edits}
+    assert all({"change", "faces", "critic:photo"} <= names for names in by_image.values())  # as in enrichment
+    assert {c["arm"] for c in checks} == {"augment", "vibe"}
+    assert {m["category"] for m in catalog.rows("SELECT * FROM masks")} == {"background", "lighting"}
+
+    # The page's verifier pass rate and failed checks per kind, per editor and per category, are the catalog's
+    checked = """WITH v AS (SELECT image_id, params->>'$.arm' AS arm, params->>'$.category' AS category,
+                                   CASE WHEN name LIKE 'preserve_%' THEN 'preservation' ELSE name END AS kind, passed
+                            FROM verifications WHERE params->>'$.eval_id' = $id)"""
+    rates = catalog.rows(
+        checked
+        + """, e AS (SELECT image_id, arm, category, bool_and(passed) AS ok FROM v GROUP BY ALL)
+        SELECT arm, category, count(*) AS n, avg(ok::INT) AS rate FROM e
+        GROUP BY GROUPING SETS ((arm), (arm, category))""",
+        {"id": eval_id},
+    )
+    failed = catalog.rows(
+        checked
+        + """SELECT arm, category, kind, count(DISTINCT image_id) FILTER (WHERE NOT passed) AS failed FROM v
+        GROUP BY GROUPING SETS ((arm, kind), (arm, category, kind))""",
+        {"id": eval_id},
+    )
+    per_arm, per_category = page_tables((ws.root / "reports" / "obama" / eval_id / "index.html").read_text())
+    metrics = {(r["scope_id"], r["name"]): r["value"]
+               for r in catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")}  # fmt: skip
+
+    def shown(row: dict) -> dict[str, str]:
+        return per_category[f"{row['arm']}:{row['category']}"] if row["category"] else per_arm[row["arm"]]
+
+    for row in rates:
+        key = row["arm"] + (f":{row['category']}" if row["category"] else "")
+        assert shown(row)["verifier_pass_rate"] == cell(row["rate"], "verifier_pass_rate") != "-"
+        assert shown(row)["n"] == str(row["n"])  # a count reads as a count (issue 28.2), not 2.000
+        assert metrics[(f"{eval_id}:{key}", "verifier_pass_rate")] == pytest.approx(row["rate"])
+    assert len(rates) == 6 and all(shown(row)[f"failed:{row['kind']}"] == str(row["failed"]) for row in failed)
+    assert len(per_category) == 4 and len(per_arm) == 2
+    assert "failed checks" in result.output and "2.000" not in result.output
+
+    # Evaluation edits are no candidates and no images: gates, FiftyOne's rows, reports and doctor ignore them
+    assert catalog.rows("SELECT count(*) AS n FROM images")[0]["n"] == 1
+    assert catalog.rows("SELECT * FROM image_checks") == []  # the view of catalogued images' checks
+    assert gate.candidates(catalog, "obama", "enrich") == [] and catalog.edit_outcomes("obama") == []
+    assert [r["origin"] for r in catalog.review_dataset_rows("obama")] == ["source"]
+    assert doctor.examine(ws, catalog, grace_s=0).healthy

@@ -80,7 +80,8 @@ def test_qwen_editor_end_to_end_on_the_tiny_pipeline(prefect_harness, ws: Worksp
     assert sorted(r["seed"] for r in rows) == [0, 0, 1000, 1000, 2000, 2000]
     for r in rows:
         assert r["op"] == "edit" and r["origin"] == "edit" and r["width"] == 64
-        assert r["model_ref"].startswith("tiny:qwen-image-edit@sha256:") and r["steps"] == 2 and r["guidance"] == 4.0
+        assert r["model_ref"].startswith("tiny:qwen-image-edit@sha256:") and r["model_ref"].endswith("#fp32")
+        assert r["steps"] == 2 and r["guidance"] == 4.0
         assert r["negative_prompt"] == " " and json.loads(r["params"])["pipeline"] == "QwenImageEditPlusPipeline"
         assert r["verdict"] == "no_face"  # tiny random weights paint noise: by design, and the filter says so
     assert gate.status(catalog, "obama", "enrich").rejected == 2

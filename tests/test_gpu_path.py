@@ -57,7 +57,8 @@ def test_edit_trainer_conditions_the_transformer_as_the_pipeline_does(ws: Worksp
         used = record_transformer_calls(pipe.transformer)
         pipe(image=[before], prompt="Mirror the photo.", true_cfg_scale=1.0, height=height, width=width,
              num_inference_steps=1, generator=torch.Generator().manual_seed(0))  # fmt: skip
-    backend = edit_backend(ws)
+    # the real profiles' condition size (cpu-tiny's own edit trainer conditions at its 64-px training size)
+    backend = edit_backend(ws, control_area=ws.profile("gpu-24gb").edit_trainer.control_area)
     [item] = backend.cache([Example("pair", (before_path, after_path), "Mirror the photo.")], ws.root / "cache")
     transformer = backend.load_transformer()
     trained = record_transformer_calls(transformer)

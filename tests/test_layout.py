@@ -18,18 +18,33 @@ from tests.conftest import PROJECT
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel built from a clean copy of the work tree (a stale build/ folder could leak removed modules)."""
+def wheel_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A wheel built from a clean copy of the work tree (a stale build/ folder could leak removed modules), and
+    what the build printed."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
     skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "datasets", "test-artifacts", "__pycache__",
                                   "*.egg-info")  # fmt: skip
     shutil.copytree(PROJECT, source, ignore=skip)
-    subprocess.run(
+    build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base), str(source)],
         check=True, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    return next(base.glob("flenwheel-*.whl"))
+    return next(base.glob("flenwheel-*.whl")), build.stdout + build.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(wheel_build: tuple[Path, str]) -> Path:
+    return wheel_build[0]
+
+
+def test_the_build_prints_no_setuptools_warnings(wheel_build: tuple[Path, str]) -> None:
+    """Every install printed setuptools' deprecation of a TOML-table ``project.license`` (and a warning per data
+    folder missing from ``packages``): the license is an SPDX string now, the data folders are listed."""
+    wheel, output = wheel_build
+    assert "Warning" not in output and "deprecated" not in output, output[-3000:]
+    metadata = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: Apache-2.0" in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
 
 
 def test_wheel_ships_the_top_level_folders_inside_the_package(wheel: Path) -> None:

@@ -23,7 +23,7 @@ from flenwheel.models import (
     lora_stack,
     resolve_model,
 )
-from flenwheel.tiny import build_tiny_qwen_image_edit, ensure_tiny_models
+from flenwheel.tiny import build_model, ensure_tiny_models
 from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
@@ -84,8 +84,8 @@ def test_qwen_edit_through_the_production_loader(ws: Workspace) -> None:
 
 
 def test_tiny_builds_are_deterministic_and_not_rebuilt(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
-    one = build_tiny_qwen_image_edit(tmp_path / "a", seed=0)
-    two = build_tiny_qwen_image_edit(tmp_path / "b", seed=0)
+    one = build_model("qwen-image-edit", tmp_path / "a", seed=0)
+    two = build_model("qwen-image-edit", tmp_path / "b", seed=0)
     for f in sorted(p.relative_to(one) for p in one.rglob("*.safetensors")):
         assert (one / f).read_bytes() == (two / f).read_bytes(), f
     stamp = {k: (p / "model_index.json").stat().st_mtime_ns for k, p in tiny_models.items()}

@@ -144,3 +144,40 @@ def test_people_see_the_queue_in_the_cli_and_in_fiftyone(ws: Workspace, catalog:
     assert queue[0]["image_id"] not in open_dataset(ws, "obama").load_saved_view(QUEUE_VIEW).values("image_id")
     status = cli("review", "status", "obama")
     assert "by people 1" in status.output and "people agreed with the policy" in status.output
+
+
+def test_a_borderline_check_is_named_with_its_score_and_threshold(
+    ws: Workspace, catalog: Catalog, faces: Path, cli
+) -> None:
+    """Issue 28.3: the queue says which check is within the band of its threshold, with its score and threshold,
+    in the CLI and in FiftyOne's ``uncertainty_reason``; the check is the one SQL finds closest."""
+    settings = ws.configs_dir / "flenwheel.yaml"
+    # a wide band makes every passing scored check borderline, so the real edits of the photos have some
+    settings.write_text(settings.read_text().replace("check_band: 0.1 ", "check_band: 1.0 "))
+    ws = Workspace(root=ws.root, configs=ws.configs_dir)  # read the settings again
+    assert ws.settings.review.check_band == 1.0
+    _enriched(ws, catalog, faces)
+    closest = {r["image_id"]: r for r in catalog.rows(
+        """SELECT image_id, name, score, threshold, abs(score - threshold) / abs(threshold) AS margin
+           FROM verifications WHERE name <> 'faces' AND threshold IS NOT NULL
+           QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY margin, name) = 1""")}  # fmt: skip
+    queue = gate.review_queue(catalog, "obama", "enrich", ws.settings.review)
+    borderline = [r for r in queue if not r["failed_checks"] and r["check_margin"] is not None
+                  and r["check_margin"] < 1.0]  # fmt: skip
+    assert borderline
+    said = {}
+    for r in borderline:
+        c = closest[r["image_id"]]
+        said[r["image_id"]] = (f"check {c['name']} {c['score']:.4g} within {c['margin']:.1%} of its threshold "
+                               f"{c['threshold']:.4g}")  # fmt: skip
+        assert said[r["image_id"]] in r["why"] and "a check within" not in r["why"]
+
+    shown = cli("review", "queue", "obama")
+    assert shown.exit_code == 0 and all(text in shown.output for text in said.values())
+
+    from flenwheel.review.datasets import open_dataset, sync_candidates
+
+    sync_candidates(ws, catalog, "obama")
+    ds = open_dataset(ws, "obama")
+    reasons = dict(zip(ds.values("image_id"), ds.values("uncertainty_reason"), strict=True))
+    assert all(text in reasons[image_id] for image_id, text in said.items())

@@ -214,7 +214,7 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     answers = catalog.rows("SELECT * FROM verifications WHERE name LIKE 'critic:%'")
     assert {r["name"] for r in answers} == {"critic:photo", "critic:blue-wall"}
     assert len([r for r in answers if r["name"] == "critic:photo"]) == 8  # every attempt is asked
-    assert all(0 < r["score"] < 1 and json.loads(r["params"])["model"].endswith("text_encoder") for r in answers)
+    assert all(0 < r["score"] < 1 and json.loads(r["params"])["model"].endswith("text_encoder#fp32") for r in answers)
     assert {m["category"] for m in catalog.rows("SELECT * FROM masks")} == {"background", "lighting"}
 
     # One candidate per job; the failed bg-blue jobs' least bad attempt is shown to people with its failures,

@@ -35,7 +35,8 @@ from flenwheel.editing.vibe import (
 )
 from flenwheel.ingest import ingest_paths
 from flenwheel.models import ModelManager, load_pipeline
-from flenwheel.vibe_tiny import SANA_SCHEDULER, build_tiny_vibe
+from flenwheel.tiny import build_model
+from flenwheel.vibe_tiny import SANA_SCHEDULER
 from flenwheel.workspace import Workspace
 
 PROMPT = "Relight with soft even studio lighting; keep the person unchanged."
@@ -48,7 +49,7 @@ def noise(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def vibe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_vibe(tmp_path_factory.mktemp("vibe") / "vibe")
+    return build_model("vibe", tmp_path_factory.mktemp("vibe") / "vibe")
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +172,12 @@ def test_binning_and_revert_resize_give_the_input_size(pipe: VibePipeline) -> No
     assert out.images[0].size == (150, 100) and out.input_size == (150, 100)
     width, height = out.canvas_size
     assert (height, width) == pipe.binned_size(100, 150) and width % 32 == 0 and height % 32 == 0
-    assert abs(width / height - 1.5) < 0.05  # the closest aspect-ratio bin, and the picture is letterboxed in it
-    left, top, right, bottom = out.content_box
-    assert abs((right - left) / (bottom - top) - 1.5) < 0.02
+    assert abs(width / height - 1.5) < 0.05  # the closest aspect-ratio bin; the input is stretched to it
+    assert out.content_box == (0, 0, width, height)  # no padding (tests/test_vibe_conditioning.py)
 
     kept = pipe(image=image, prompt=PROMPT, num_inference_steps=1, revert_resize=False,
                 generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
-    assert kept.images[0].size == (right - left, bottom - top)  # padding cut off, not resized back
+    assert kept.images[0].size == (width, height)  # the whole canvas, not resized back
     plain = pipe(image=image, prompt=PROMPT, num_inference_steps=1, resolution_binning=False, revert_resize=False,
                  generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
     assert plain.images[0].size == (128, 96)  # no binning: the VAE's multiple below the input

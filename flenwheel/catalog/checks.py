@@ -47,6 +47,11 @@ class ChecksMixin(CatalogCore):
             con.execute(f"{verb} INTO {table} ({names}) SELECT {values} FROM check_rows")
             con.unregister("check_rows")
 
+    def add_checks(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Record ``masks`` and ``verifications`` rows of checked images that are no catalogued image (an editor
+        comparison's edits, keyed by the sha256 of their files under ``evals/``) in one transaction."""
+        self.write(lambda con: self.record_checks(con, rows))
+
     def attempts_of(self, image_id: str) -> list[dict[str, Any]]:
         """Every attempt of the job that made ``image_id`` (its failed tries and the chosen one), in order."""
         return self.rows(

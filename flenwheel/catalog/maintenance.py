@@ -23,10 +23,11 @@ class MaintenanceMixin(CatalogCore):
     """Integrity queries, backup and restore."""
 
     def all_images(self) -> list[dict[str, Any]]:
-        """Every catalogued image: id (the sha256 of its bytes) and store path."""
+        """Every catalogued image: id (the sha256 of its bytes), store path, and what says how to get it back
+        (character, origin, the source photo's file name)."""
         if not self.path.exists():
             return []
-        return self.rows("SELECT image_id, path FROM images ORDER BY image_id")
+        return self.rows("SELECT image_id, path, character, origin, source_name FROM images ORDER BY image_id")
 
     def dangling_derivations(self) -> list[dict[str, Any]]:
         """Derivations whose child or (non-null) parent is not a catalogued image."""

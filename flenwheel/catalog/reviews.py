@@ -60,13 +60,13 @@ class ReviewsMixin(CatalogCore):
 
     def gate_candidates(self, character: str, gate_id: str, origins: Sequence[str]) -> list[dict[str, Any]]:
         """The gate's candidates (images of ``origins``) with their latest identity score, edit checks (failed ones,
-        the closest margin, attempts) and current decision."""
+        the closest margin and the check it belongs to, attempts) and current decision."""
         if not self.path.exists():
             return []
         return self.rows(
             """SELECT i.image_id, i.origin, i.path, i.created_at, d.parent_id, d.prompt_id, d.seed, d.op,
                       s.verdict, s.similarity, s.threshold, s.matched, r.decision, r.source AS decided_by,
-                      c.verified, c.failed_checks, c.check_margin, c.attempts
+                      c.verified, c.failed_checks, c.check_margin, c.closest_check, c.attempts
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id

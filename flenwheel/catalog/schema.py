@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flenwheel.types import ORIGINS, VERDICTS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _IN = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - CHECK lists from the shared types
 
@@ -322,4 +322,30 @@ _SCHEMA_V5 = [
                    FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}
+# v6: image_checks gains closest_check, the check check_margin measured ({name, score, threshold}), so the review
+# queue and FiftyOne can say which check is borderline instead of "a check" (ties go to the first name); and it
+# holds catalogued images only: an editor comparison checks its edits too (docs/editing.md), files under evals/
+# that are no images and no candidates.
+_SCHEMA_V6 = [
+    "DROP VIEW image_checks",
+    """CREATE VIEW image_checks AS
+        SELECT i.image_id, v.verified, coalesce(v.failed_checks, []) AS failed_checks, v.check_margin,
+               v.closest_check, a.image_id IS NULL OR a.chosen AS candidate, a.attempts
+        FROM (SELECT image_id FROM verifications UNION SELECT image_id FROM edit_attempts) i
+        SEMI JOIN images USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
+                          list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks,
+                          min(margin) AS check_margin,
+                          arg_min({'name': name, 'score': score, 'threshold': threshold}, (margin, name))
+                              FILTER (WHERE margin IS NOT NULL) AS closest_check
+                   FROM (SELECT *, CASE WHEN score IS NOT NULL AND threshold IS NOT NULL
+                                         AND name <> 'faces'  -- a face count is exact: no margin
+                                        THEN abs(score - threshold) / greatest(abs(threshold), 1e-6) END AS margin
+                         FROM verifications) GROUP BY image_id) v USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_or(chosen) AS chosen,
+                          max((SELECT count(*) FROM edit_attempts b WHERE b.job_key = e.job_key)) AS attempts
+                   FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5,
+                                    6: _SCHEMA_V6}  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -170,7 +171,8 @@ def doctor(
 ) -> None:
     """Check that the store holds what the catalog says (files, hashes, lineage, versions, LoRAs) and nothing else.
 
-    Exit status 0 when nothing is wrong (after --fix: when nothing is left), 1 otherwise.
+    Says what --fix removed, what it kept and why, and what to do about the problems it leaves to you. Exit status
+    0 when nothing is wrong (after --fix: when nothing is left), 1 otherwise.
     """
     ws = workspace(ctx)
     with progress_bar() as bar:
@@ -181,14 +183,30 @@ def doctor(
 
         report = health.examine(ws, ws.catalog(), fix=fix, grace_s=grace, on_progress=progress)
     for finding in report.findings:
-        mark = "FIXED" if finding.what in report.fixed else finding.kind.upper()
-        out.print(f"{mark:20s} {finding.what}", markup=False)
-    left = [f for f in report.problems if f.what not in report.fixed]
+        fixed = finding.what in report.fixed
+        out.print(f"{'FIXED' if fixed else finding.kind.upper():20s} {finding.what}", markup=False)
+        if not fixed and (finding.spared or finding.hint):
+            out.print(f"{'':20s}   {'kept: ' + finding.spared if finding.spared else finding.hint}", markup=False)
+    left = report.left
     checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
     out.print(f"checked {checked or 'nothing (no catalog yet)'}: {len(left)} problem(s)"
               + (f", {len(report.fixed)} fixed" if report.fixed else ""))  # fmt: skip
-    if left and not fix and any(f.fixable for f in left):
+    if fix:
+        removed = Counter(f.kind for f in report.findings if f.what in report.fixed)
+        out.print("removed: " + (", ".join(f"{n} {kind}" for kind, n in removed.items()) or "nothing"))
+    if report.spared:
+        out.print(f"{'kept' if fix else '--fix keeps'} {len(report.spared)} orphan(s) younger than --grace "
+                  f"({grace:g} s): a running command may be between writing such a file and recording it. Run "
+                  "`flenwheel doctor --fix` again once they are older, or, when no flenwheel command is running, "
+                  "`flenwheel doctor --fix --grace 0`.", markup=False)  # fmt: skip
+    if not fix and any(f.fixable for f in left):
         out.print("run `flenwheel doctor --fix` to remove the orphans and leftovers")
+    manual = [kind for kind in dict.fromkeys(f.kind for f in left) if kind in health.ADVICE]
+    if manual:
+        out.print("what to do:", markup=False)
+        for kind in manual:
+            out.print(f"  {kind.upper()}: {health.ADVICE[kind]}", markup=False)
+        out.print(f"  ({health.FIX_TOUCHES})", markup=False)
     raise typer.Exit(1 if left else 0)
 
 

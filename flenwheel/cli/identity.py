@@ -102,12 +102,14 @@ def identity_filter(
     if not total:
         out.print("nothing to score: every image already has a score for the current reference set")
         return
+    from flenwheel.report.format import cell  # matplotlib, with the report package
+
     table = Table(title=f"{character}: identity verdicts of {total} image(s)")
     table.add_column("verdict")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
     for verdict, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(verdict, str(n), f"{n / total:.0%}")
+        table.add_row(verdict, cell(n, "images"), cell(n / total, "share"))
     out.print(table)
 
 

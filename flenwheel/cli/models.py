@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flenwheel.cli.common import ProfileOpt, group, out, workspace
+
+if TYPE_CHECKING:
+    from flenwheel.config import Profile
+    from flenwheel.workspace import Workspace
 
 models_app = group("Model runtime: tiny offline twins, profile checks.")
 
@@ -27,12 +32,35 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="folder to build in
 
 @models_app.command("check")
 def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
-    """Check that the profile's device and every model and LoRA it names are available, without loading them."""
-    from flenwheel import models  # torch, diffusers
+    """Check that the profile's device and every model and LoRA it names are available, without loading them.
+
+    For what is missing: how to get it (gated repos first need their licence accepted and a hub token), its
+    download size (a table of known sizes, flenwheel.downloads) and the total against the free disk of the
+    Hugging Face cache.
+    """
+    from flenwheel import downloads, models  # torch, diffusers
 
     ws = workspace(ctx)
     prof = ws.profile(profile)
     problems = []
+    to_fetch: dict[tuple[str, str | None], downloads.KnownDownload | None] = {}
+
+    def missing(repo: str, filename: str | None = None) -> None:
+        """What a missing hub model or LoRA file costs, once per file."""
+        if not models.HUB_ID.match(repo.partition("@")[0]):
+            return  # a local path: nothing to download
+        known = downloads.known_download(repo, filename)
+        key = (repo.partition("@")[0], filename)
+        if key in to_fetch:
+            return
+        to_fetch[key] = known
+        if known is not None and known.gated:
+            out.print(f"          {downloads.gated_note(known.repo)}")
+        size = f"~{downloads.gb(known.size)} ({known.source})" if known else "size not known here"
+        out.print(f"          download: {size}")
+        if filename is None and known is not None:  # a pipeline: its folders, not the repo's single-file copies
+            out.print(f"          only what the pipeline loads: hf download {key[0]} --include model_index.json '*/*'")
+
     try:
         models.check_device(prof)
         out.print(f"device    {prof.device}: ok")
@@ -50,13 +78,68 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
         except models.ModelError as e:
             problems.append(str(e))
             out.print(f"{stage_name:9s} MISSING: {e}")
+            missing(stage.model)
         library = ws.loras()
         for category, stack in stage.loras.items():
             for use in stack:
+                spec = library[use.name]
                 try:
-                    _, ref = models.resolve_lora_file(library[use.name], ws, ws.catalog())
+                    _, ref = models.resolve_lora_file(spec, ws, ws.catalog())
                     out.print(f"  lora {category}/{use.name}: {ref}")
                 except models.ModelError as e:
                     problems.append(str(e))
                     out.print(f"  lora {category}/{use.name}: MISSING: {e}")
+                    missing(spec.ref, spec.weight_name)
+    for ref in sorted({r for r in (ws.settings.captions.model, ws.settings.verify.critic) if r}):
+        problem = _check_vlm(ref, prof, ws, missing)
+        if problem:
+            problems.append(problem)
+    if to_fetch:
+        cache = models._hf_cache_dir()
+        known = [k for k in to_fetch.values() if k is not None]
+        total, free = sum(k.size for k in known), downloads.free_bytes(cache)
+        unknown = len(to_fetch) - len(known)
+        extra = f" and {unknown} of unknown size" if unknown else ""
+        out.print(f"download  {downloads.gb(total)} for profile {prof.name} ({len(known)} item(s){extra}); free disk "
+                  f"at the Hugging Face cache {cache}: {downloads.gb(free)}")  # fmt: skip
+        if free < total:
+            short = f"{downloads.gb(total - free)} short"
+            problems.append(short)
+            out.print(f"          not enough disk: {short}; free space there or point HF_HOME at a larger disk")
     raise typer.Exit(1 if problems else 0)
+
+
+def _check_vlm(ref: str, prof: Profile, ws: Workspace, missing: Callable[[str], None]) -> str | None:
+    """The captions' and critic's VLM: the editor's text encoder when it has its output layer, else a hub model."""
+    from huggingface_hub import snapshot_download
+
+    from flenwheel import downloads, models
+    from flenwheel.critic import DEFAULT_HUB_ID, critic_source
+
+    hub = ref
+    if ref == "editor":
+        try:
+            editor = models.resolve_model(prof.editor.model, "qwen-image-edit", ws)
+        except models.ModelError:
+            known = downloads.known_download(DEFAULT_HUB_ID)
+            more = f", ~{downloads.gb(known.size)} more" if known else ""
+            out.print(f"vlm       the editor's text encoder (comes with the editor; if it lacks its output layer: "
+                      f"{DEFAULT_HUB_ID}{more})")  # fmt: skip
+            return None
+        source = critic_source(editor.path)
+        if source.reused:
+            out.print(f"vlm       {source.model}: ok ({source.reason})")
+            return None
+        hub = source.model
+    if not models.HUB_ID.match(hub.partition("@")[0]):
+        ok = Path(hub).expanduser().is_dir()
+        out.print(f"vlm       {hub}: {'ok' if ok else 'MISSING: no such folder'}")
+        return None if ok else f"VLM folder {hub} not found"
+    try:
+        path = snapshot_download(hub.partition("@")[0], revision=hub.partition("@")[2] or None, local_files_only=True)
+        out.print(f"vlm       {hub}@{Path(path).name}")
+        return None
+    except Exception:
+        out.print(f"vlm       MISSING: {hub} is not in the Hugging Face cache")
+        missing(hub)
+        return f"VLM {hub} missing"

@@ -121,6 +121,7 @@ def eval_edit(
     seeds: Annotated[int, typer.Option(min=1, max=16, help="seeds per input and prompt")] = 1,
 ) -> None:
     """Edit held-out sources with the base editor and with base + LoRA; compare how well each keeps identity."""
+    from flenwheel.report.format import cell  # matplotlib, with the report package
     from flenwheel.training import evaluate_edit_lora  # torch, diffusers
 
     ws = workspace(ctx)
@@ -131,11 +132,9 @@ def eval_edit(
     with catalog.run("cli:eval-edit", config) as run_id:
         ev = evaluate_edit_lora(ws, catalog, char, lora, prof, run_id, id_list(prompts) or None, range(seeds))
     for arm, values in ev.metrics.items():
-        rate = values.get("pass_rate")
-        sim = values.get("mean_similarity")
-        rate_s = "-" if rate is None else f"{rate:.0%}"
-        sim_s = "-" if sim is None else f"{sim:.3f}"
-        out.print(f"{arm:5s}: {int(values['n'])} edit(s), identity pass rate {rate_s}, mean similarity {sim_s}")
+        show = {k: cell(values.get(k), k) for k in ("n", "pass_rate", "mean_similarity")}
+        out.print(f"{arm:5s}: {show['n']} edit(s), identity pass rate {show['pass_rate']}, "
+                  f"mean similarity {show['mean_similarity']}")  # fmt: skip
     out.print(f"report: {ev.report}")
 
 
@@ -155,8 +154,10 @@ def eval_editors(
     ] = None,
 ) -> None:
     """Edit the same held-out sources with each editor (same prompts, seeds); compare identity, verifier pass
-    rate, seconds per edit and peak memory, per editor and per prompt category."""
+    rate and failed checks (each edit checked as enrichment checks it), seconds per edit and peak memory, per
+    editor and per prompt category."""
     from flenwheel.editing.compare import evaluate_editors  # torch, diffusers
+    from flenwheel.report.format import cell
 
     ws = workspace(ctx)
     char = ws.character(character)
@@ -172,13 +173,15 @@ def eval_editors(
     with catalog.run("cli:eval-editors", config) as run_id:
         ev = evaluate_editors(ws, catalog, char, names, prof, run_id, id_list(prompts) or None, range(seeds),
                               source_ids)  # fmt: skip
-    table = Table("editor", "category", "edits", "identity", "verifier", "s/edit", "peak GiB", title=ev.eval_id)
-    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    table = Table("editor", "category", "edits", "identity", "verifier", "failed checks", "s/edit", "peak GiB",
+                  title=ev.eval_id)  # fmt: skip
     for key, m in ev.comparison.metrics.items():
         editor, _, category = key.partition(":")
-        peak = m.get("peak_gib")
-        table.add_row(editor, category or "all", str(int(m["n"])), pct(m.get("pass_rate")),
-                      pct(m.get("verifier_pass_rate")), f"{m.get('seconds_per_edit', 0):.2f}",
-                      "-" if peak is None else f"{peak:.2f}")  # fmt: skip
+        failed = ", ".join(f"{name.removeprefix('failed:')} {cell(n, name)}" for name, n in m.items()
+                           if name.startswith("failed:") and n)  # fmt: skip
+        n, identity, verifier, seconds, peak = (cell(m.get(k), k) for k in ("n", "pass_rate", "verifier_pass_rate",
+                                                                           "seconds_per_edit", "peak_gib"))  # fmt: skip
+        table.add_row(editor, category or "all", n, identity, verifier, failed or ("none" if verifier != "-" else "-"),
+                      seconds, peak)  # fmt: skip
     out.print(table)
     out.print(f"{ev.sources_note}; report: {ev.report}")

@@ -6,6 +6,8 @@ under ``<root>/masks/`` (content-addressed, referenced by ``masks.mask_id``), an
 :func:`flenwheel.verify.verify` (change inside the region, SSIM/PSNR outside it where the category keeps it, one
 face), and, with a critic, asks the prompt's yes/no questions about the edit. ``run_edit_batch``
 (:mod:`.jobs`) retries a failed edit and writes these rows in the same transaction as the images.
+:func:`checker_for` builds the checker the settings ask for, so enrichment and ``flenwheel eval-editors``
+(:mod:`.compare`) check edits alike.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from flenwheel import runtime
 from flenwheel.config import PromptEntry, VerifySettings
 from flenwheel.critic import Critic, CriticAnswer
-from flenwheel.identity.backends import FaceBackend
+from flenwheel.identity.backends import FaceBackend, load_backend
 from flenwheel.masks import Mask, mask_png, propose
 from flenwheel.store import atomic_write
 from flenwheel.verify import Verification, count_faces, verifier_for, verify
+from flenwheel.workspace import Workspace
 
 MASKS = "masks"
 BoxLike = Sequence[float]
@@ -120,6 +124,17 @@ class EditChecker:
 
     def new_files(self) -> Sequence[Path]:
         return [self.root / m.path for m in self.masks.values() if m.created]
+
+
+def checker_for(ws: Workspace, profile: str | None, backend: str) -> EditChecker | None:
+    """The checker ``verify:`` in the settings asks for, None when ``verify.enabled`` is off: the masks, verifier
+    (faces counted by the identity ``backend``) and, with ``verify.critic``, the critic that enrichment runs on
+    every edit and ``flenwheel eval-editors`` on every compared edit, so both judge edits alike."""
+    settings = ws.settings.verify
+    if not settings.enabled:
+        return None
+    critic = (lambda: runtime.critic(ws, profile)) if settings.critic else None  # loaded at its first question
+    return EditChecker(ws.root, load_backend(backend, ws.settings.identity), settings, critic)
 
 
 def verification_rows(check: AttemptCheck, image_id: str, prompt: PromptEntry, run_id: str | None) -> list[dict]:

@@ -1,10 +1,14 @@
 """Editors compared on the same jobs: every arm edits the same sources with the same prompts and seeds.
 
-An arm is a named editor (the base Qwen editor, Qwen + an editor LoRA, VIBE, ...). Each edit is identity-scored
-(and verified, where a verifier is given), timed, and saved as an evaluation artefact under ``out_dir`` with a
-JSON record of every parameter: evaluation edits are not review candidates. Per arm and per (arm, category) the
-pass rates, seconds per edit and the arm's peak memory go to ``metrics`` under ``scope``. Used by
-``flenwheel eval-editors`` (editor vs editor) and by Flywheel 2's evaluation (base vs base + LoRA).
+An arm is a named editor (the base Qwen editor, Qwen + an editor LoRA, VIBE, ...). Each edit is identity-scored,
+timed, and saved as an evaluation artefact under ``out_dir`` with a JSON record of every parameter: evaluation
+edits are not review candidates (no ``images`` row). Given an :class:`~flenwheel.editing.checks.EditChecker`, each
+edit is also checked as enrichment checks it (the same masks, verifier and critic; once, without retries: the
+comparison measures each editor's first try), and the checks go to ``verifications`` keyed by the sha256 of the
+edit's file, with the evaluation, arm, source, prompt, category and seed in ``params`` so SQL can group them.
+Per arm and per (arm, category) the pass rates, failed checks per kind, seconds per edit and the arm's peak
+memory go to ``metrics`` under ``scope``. Used by ``flenwheel eval-editors`` (editor vs editor) and by
+Flywheel 2's evaluation (base vs base + LoRA).
 """
 
 from __future__ import annotations
@@ -12,27 +16,32 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from flenwheel import runtime
 from flenwheel.catalog import Catalog
 from flenwheel.config import Character, Profile, PromptEntry
+from flenwheel.editing.checks import EditChecker, checker_for, verification_rows
 from flenwheel.editing.jobs import EditError, EditJob, Editor
 from flenwheel.identity import judge_for, judge_image, load_backend, reference_set_for
 from flenwheel.models import ModelManager
 from flenwheel.report import arm_stats
+from flenwheel.report.checks import check_kind
 from flenwheel.report.comparison import comparison_report
+from flenwheel.report.format import cell
 from flenwheel.store import atomic_write, encode_png, open_rgb
 from flenwheel.workspace import Workspace
 
-# A check run on each edit beside identity: (source, edited, prompt) -> {"passed": bool, ...scores}.
-Verifier = Callable[[Image.Image, Image.Image, PromptEntry], dict[str, Any]]
+# The PNG text chunk that records an evaluation edit's job in its file. It makes the file's sha256 (the key of its
+# checks in ``verifications``) unique to (evaluation, arm, source, prompt, seed): the same pixels made by another
+# arm, another evaluation or enrichment have another key, so no check row of theirs is overwritten.
+EVAL_TEXT_KEY = "flenwheel:eval"
 
 
 @dataclass
@@ -53,11 +62,17 @@ class Comparison:
 
 
 def group_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Identity pass rate and similarity, verifier pass rate and seconds per edit of ``rows``."""
+    """Identity pass rate and similarity and seconds per edit of ``rows``; of the checked ones the verifier pass
+    rate (every check passed) and ``failed:<kind>``, how many failed a kind of check (both preservation measures
+    are one kind, each critic question one, as in the enrichment report)."""
     out = arm_stats("", rows).as_metrics()
-    checked = [r["verified"] for r in rows if r.get("verified") is not None]
+    checked = [r for r in rows if r.get("checks") is not None]
     if checked:
-        out["verifier_pass_rate"] = sum(checked) / len(checked)
+        out["verifier_pass_rate"] = sum(bool(r["verified"]) for r in checked) / len(checked)
+        for kind in sorted({check_kind(c["name"]) for r in checked for c in r["checks"]}):
+            out[f"failed:{kind}"] = float(
+                sum(any(check_kind(c["name"]) == kind and not c["passed"] for c in r["checks"]) for r in checked)
+            )
     if rows:
         out["seconds_per_edit"] = float(np.mean([r["seconds"] for r in rows]))
     return out
@@ -75,12 +90,13 @@ def compare_editors(
     run_id: str | None,
     scope: str,
     scope_id: str,
-    verify: Verifier | None = None,
+    checker: EditChecker | None = None,
 ) -> Comparison:
-    """Edit every (source, prompt, seed) with each arm's editor; score, time, save and record the results.
+    """Edit every (source, prompt, seed) with each arm's editor; score, check, time, save and record the results.
 
     A prompt an arm's editor does not support (e.g. VIBE and camera angles) is left out for every arm, so the
-    arms' numbers always cover the same jobs.
+    arms' numbers always cover the same jobs. With ``checker``, every edit is checked against the region of its
+    (source, category), the same region for every arm, and the masks and checks are recorded in one transaction.
     """
     skipped = {a.name: [p.id for p in prompts if not a.editor.supports(p)] for a in arms}
     common = [p for p in prompts if all(a.editor.supports(p) for a in arms)]
@@ -91,6 +107,7 @@ def compare_editors(
     images = {s["image_id"]: open_rgb(ws.root / s["path"]) for s in sources}
     boxes = catalog.images_with_face_box(list(images))
     rows: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []  # verifications rows
     peaks: dict[str, float] = {}
     total = len(arms) * len(images) * len(common) * len(seeds)
     with tqdm(total=total, desc="editor comparison", unit="edit") as bar:
@@ -103,21 +120,41 @@ def compare_editors(
                         result = arm.editor.edit(image, EditJob(source_id, prompt, seed), tuple(box) if box else None)
                         seconds = time.perf_counter() - started
                         name = f"{arm.name}-{source_id[:12]}-{prompt.id}-{seed}.png"
-                        atomic_write(out_dir / name, encode_png(result.image))
+                        job = {"eval_id": scope_id, "scope": scope, "arm": arm.name, "editor": arm.editor.name,
+                               "source_id": source_id, "prompt_id": prompt.id, "category": prompt.category,
+                               "seed": seed}  # fmt: skip
+                        data = encode_png(result.image, {EVAL_TEXT_KEY: json.dumps(job, sort_keys=True)})
+                        image_id = hashlib.sha256(data).hexdigest()
+                        atomic_write(out_dir / name, data)
                         score = judge_image(face, judge, np.asarray(result.image))
-                        checked = verify(image, result.image, prompt) if verify else None
+                        check = checker.check(source_id, image, result.image, prompt, box) if checker else None
+                        mine = verification_rows(check, image_id, prompt, run_id) if check else None
+                        for c in mine or []:
+                            c["params"] = {**(c["params"] or {}), **job, "file": _relpath(ws, out_dir / name)}
+                        checks += mine or []
                         rows.append({
                             "arm": arm.name, "editor": arm.editor.name, "category": prompt.category,
                             "source_id": source_id, "prompt_id": prompt.id, "seed": seed, "file": name,
-                            "verdict": score.verdict, "similarity": score.similarity, "seconds": seconds,
-                            "verified": None if checked is None else bool(checked["passed"]), "verifier": checked,
+                            "image_id": image_id, "verdict": score.verdict, "similarity": score.similarity,
+                            "seconds": seconds, "verified": None if check is None else check.passed,
+                            "failed_checks": None if check is None else check.failures,
+                            "checks": None if mine is None else [{k: c[k] for k in ("name", "score", "threshold",
+                                                                                   "passed")} for c in mine],
                             "model_ref": result.model_ref, "loras": result.loras, "steps": result.steps,
                             "guidance": result.guidance, "params": result.params,
                         })  # fmt: skip
                         bar.update()
             if arm.manager is not None:  # release now: the next arm's model must not share the peak
                 arm.manager.release()
-                peaks[arm.name] = max(arm.manager.peaks.values(), default=0.0)
+                if arm.manager.last_peak is not None:
+                    peaks[arm.name] = arm.manager.last_peak
+    if checker is not None:
+        try:
+            catalog.add_checks({"masks": [m.row(run_id) for m in checker.masks.values()], "verifications": checks})
+        except BaseException:
+            for path in checker.new_files():  # masks no row names would be orphans
+                path.unlink(missing_ok=True)
+            raise
     atomic_write(out_dir / "evaluation.json", json.dumps(rows, indent=1, default=str).encode())
     metrics: dict[str, dict[str, float]] = {}
     for arm in arms:
@@ -129,6 +166,13 @@ def compare_editors(
         for key, values in metrics.items():
             catalog.add_metrics(run_id, scope, f"{scope_id}:{key}", values, once=True)
     return Comparison(rows, metrics, out_dir, {k: v for k, v in skipped.items() if v})
+
+
+def _relpath(ws: Workspace, path: Path) -> str:
+    try:
+        return path.relative_to(ws.root).as_posix()
+    except ValueError:  # an evaluation outside the data root (not one flenwheel makes)
+        return str(path)
 
 
 @dataclass
@@ -174,10 +218,11 @@ def evaluate_editors(
     prompt_ids: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
     source_ids: Sequence[str] | None = None,
-    verify: Verifier | None = None,
 ) -> EditorEvaluation:
-    """``flenwheel eval-editors``: the named editors on the same held-out jobs; metrics (scope ``editor_eval``,
-    ids ``<eval_id>:<editor>[:<category>]``), the edits under ``<root>/evals/<eval_id>/`` and a page."""
+    """``flenwheel eval-editors``: the named editors on the same held-out jobs, every edit checked as enrichment
+    checks it (unless ``verify.enabled`` is off); metrics (scope ``editor_eval``, ids
+    ``<eval_id>:<editor>[:<category>]``), checks in ``verifications`` (``params.eval_id``), the edits under
+    ``<root>/evals/<eval_id>/`` and a page."""
     from flenwheel.editing import MODEL_EDITORS, make_editor  # the registry imports every editor
 
     if len(set(editors)) < 2:
@@ -189,7 +234,9 @@ def evaluate_editors(
     prompts = [library[p] for p in prompt_ids] if prompt_ids else list(library.values())
     arms = []
     for name in editors:
-        manager = ModelManager(ws, profile, catalog, run_id) if name in MODEL_EDITORS else None
+        # the process's manager: the critic then shares the qwen arm's text encoder, and the memory rule sees
+        # what each arm holds (runtime.vlm); arms run one after the other, each releasing its model at its end
+        manager = runtime.model_manager(ws, profile.name, run_id) if name in MODEL_EDITORS else None
         arms.append(Arm(name, make_editor(name, ws, manager, catalog, character), manager))
     sources, note = comparison_sources(catalog, character, arms, source_ids)
     if not sources:
@@ -198,18 +245,22 @@ def evaluate_editors(
                 "sources": sorted(s["image_id"] for s in sources), "prompts": [p.id for p in prompts],
                 "seeds": list(seeds)}  # fmt: skip
     eval_id = "editors-" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    checker = checker_for(ws, profile.name, character.identity.backend)
     try:
         done = compare_editors(ws, catalog, character, arms, sources, prompts, seeds, ws.root / "evals" / eval_id,
-                               run_id, "editor_eval", eval_id, verify)  # fmt: skip
+                               run_id, "editor_eval", eval_id, checker)  # fmt: skip
     finally:
         for arm in arms:
             arm.editor.close()
-    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    per_arm = lambda metric: ", ".join(f"{a.name} {cell(done.metrics[a.name].get(metric), metric)}"  # noqa: E731
+                                       for a in arms)  # fmt: skip
     summary = [
-        "Identity pass rate: " + ", ".join(f"{a.name} {pct(done.metrics[a.name].get('pass_rate'))}" for a in arms)
-        + "; seconds per edit: " + ", ".join(f"{a.name} {done.metrics[a.name].get('seconds_per_edit', 0):.2f}"
-                                             for a in arms) + ".",
+        f"Identity pass rate: {per_arm('pass_rate')}; verifier pass rate: {per_arm('verifier_pass_rate')}; "
+        f"seconds per edit: {per_arm('seconds_per_edit')}.",
         f"{note.capitalize()}; {len(done.rows) // max(1, len(arms))} job(s) per editor, same prompts and seeds.",
+        "Every edit checked once as enrichment checks it (same edit regions for every editor, no retries; "
+        "docs/verification.md); failed:KIND counts the edits that failed that kind of check."
+        if checker else "Edits not checked: verify.enabled is off in the settings.",
     ]  # fmt: skip
     summary += [f"Left out for every editor (not supported by {arm}): {', '.join(ids)}."
                 for arm, ids in done.skipped.items()]  # fmt: skip

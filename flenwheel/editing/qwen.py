@@ -66,7 +66,7 @@ class QwenEditor(Editor):
         return EditResult(
             image=result.images[0].convert("RGB"),
             op=self.op,
-            model_ref=loaded.model.ref,
+            model_ref=loaded.ref,
             prompt=job.prompt.prompt,
             prompt_id=job.prompt.id,
             seed=job.seed,

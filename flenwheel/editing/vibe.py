@@ -23,7 +23,8 @@ This module is our own implementation of the same computation on the libraries t
 
 What could not be confirmed offline (the hub's ``model_index.json``/``config.json`` of
 ``iitolstykh/VIBE-Image-Edit``, its scheduler config) is listed in docs/editing.md; nothing here guesses a
-weight: a checkpoint whose layout differs fails to load with diffusers' own missing/unexpected-key error.
+weight: a checkpoint whose layout differs is refused before it loads, with one line naming the component and its
+first missing or unexpected keys (:mod:`flenwheel.weights`; diffusers itself would only warn).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flenwheel.config import PromptEntry, StageSettings
 from flenwheel.editing.jobs import Box, EditError, EditJob, Editor, EditResult
 from flenwheel.vibe_pipeline import (  # the pipeline-level names stay importable from here
     ASPECT_BINS,
+    CONDITIONING,
     DEFAULT_GUIDANCE,
     DEFAULT_IMAGE_GUIDANCE,
     DEFAULT_STEPS,
@@ -152,6 +154,7 @@ class VibeEditor(Editor):
             "sampling": asdict(self.sampling),
             "query": EDIT_QUERY,
             "vlm_pixels": [VLM_MIN_PIXELS, VLM_MAX_PIXELS],
+            "conditioning": CONDITIONING,
         }
 
     def edit(self, image: Image.Image, job: EditJob, face_box: Box | None) -> EditResult:
@@ -168,7 +171,7 @@ class VibeEditor(Editor):
         return EditResult(
             image=result,
             op=self.op,
-            model_ref=loaded.model.ref,
+            model_ref=loaded.ref,
             prompt=job.prompt.prompt,
             prompt_id=job.prompt.id,
             seed=job.seed,
@@ -190,6 +193,7 @@ class VibeEditor(Editor):
                 "output_size": list(result.size),
                 "query": EDIT_QUERY,
                 "vlm_pixels": [VLM_MIN_PIXELS, VLM_MAX_PIXELS],
+                "conditioning": CONDITIONING,
                 "dtype": str(loaded.pipe.transformer.dtype).removeprefix("torch."),
                 "scheduler": _json_safe(dict(loaded.pipe.scheduler.config)),
                 "generator": "torch.Generator('cpu').manual_seed(seed)",

@@ -12,8 +12,9 @@ from typing import Any
 from flenwheel.catalog import Catalog
 from flenwheel.config import ReviewSettings
 from flenwheel.report.checks import enrichment_section, review_section
+from flenwheel.report.format import cell
 from flenwheel.report.grids import image_grid
-from flenwheel.report.page import Section, cell, render_html
+from flenwheel.report.page import Section, render_html
 from flenwheel.report.plots import (
     TARGET_PASS_RATE,
     arm_stats,
@@ -52,7 +53,10 @@ def _grid_tiles(scores: list[dict[str, Any]], best: bool, n: int) -> list[tuple[
     without = [s for s in scores if s["similarity"] is None]
     ordered = sorted(with_sim, key=lambda s: s["similarity"], reverse=best)
     ordered = ordered if best else [*without, *ordered]  # no face at all is the worst outcome
-    return [(Path(s["abs_path"]), f"{s['verdict']} {cell(s['similarity'])} {s['image_id'][:8]}") for s in ordered[:n]]
+    return [
+        (Path(s["abs_path"]), f"{s['verdict']} {cell(s['similarity'], 'similarity')} {s['image_id'][:8]}")
+        for s in ordered[:n]
+    ]
 
 
 def iteration_report(

@@ -1,8 +1,9 @@
-"""One self-contained HTML page per report, rendered from a Jinja2 template; images are linked by relative path."""
+"""One self-contained HTML page per report, rendered from a Jinja2 template; images are linked by relative path.
+
+Table cells read as :func:`flenwheel.report.format.cell` says for their column."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from flenwheel.report.format import cell
 from flenwheel.store import atomic_write
 
 _TEMPLATES = jinja2.Environment(
@@ -29,17 +31,7 @@ class Section:
     table: list[dict[str, Any]] = field(default_factory=list)
 
 
-def cell(v: Any) -> str:
-    """How a table value reads: '-' for nothing, three decimals for floats, JSON for structures."""
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    if isinstance(v, dict | list):
-        return json.dumps(v)
-    return str(v)
-
-
+# Every table cell goes through the one formatting helper, told its column (counts, rates, seconds read as such).
 _TEMPLATES.filters["cell"] = cell
 
 

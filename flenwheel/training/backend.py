@@ -22,6 +22,7 @@ from flenwheel.config import PipelineKind, Profile, TrainerSettings
 from flenwheel.models import resolve_model, torch_dtype
 from flenwheel.training.checkpoints import TrainingError
 from flenwheel.training.data import Example
+from flenwheel.weights import check_component, check_pipeline
 from flenwheel.workspace import Workspace
 
 
@@ -48,14 +49,19 @@ class TrainingBackend(ABC):
 
     # ---- components (loaded from the model folder on demand)
 
+    # Every component is checked against its class before it loads (flenwheel.weights): diffusers and transformers
+    # only warn about missing keys and train on with meta or made-up weights.
+
     def _pipeline_without_transformer(self) -> Any:
         """The pipeline's encoders, for caching; the transformer is loaded separately as the profile says."""
         cls = getattr(diffusers, self.pipeline_class)
+        check_pipeline(self.model.path, skip=["transformer"])
         return cls.from_pretrained(str(self.model.path), transformer=None, dtype=self.dtype)
 
     def _vae_and_scheduler(self) -> tuple[Any, Any]:
         if self._vae is None:
             vae_cls = getattr(diffusers, self.vae_class)
+            check_component(vae_cls, self.model.path / "vae", self.model.path, "vae")
             self._vae = vae_cls.from_pretrained(str(self.model.path), subfolder="vae", dtype=self.dtype)
             self._vae.requires_grad_(False).eval()
             self._scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
@@ -96,7 +102,9 @@ class TrainingBackend(ABC):
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype
             )
-        transformer = getattr(diffusers, self.transformer_class).from_pretrained(str(self.model.path), **kwargs)
+        cls = getattr(diffusers, self.transformer_class)
+        check_component(cls, self.model.path / "transformer", self.model.path, "transformer")
+        transformer = cls.from_pretrained(str(self.model.path), **kwargs)
         return self.prepare_base(transformer)
 
     def prepare_base(self, transformer: torch.nn.Module) -> torch.nn.Module:

@@ -36,12 +36,11 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from flenwheel.config import PromptEntry
+from flenwheel.core.config import PromptEntry, VerifierSpec
 from flenwheel.editing.augment import AugmentEditor
 from flenwheel.editing.jobs import EditJob
-from flenwheel.masks import propose
-from flenwheel.quality import VerifierSpec
-from flenwheel.verify import WORK_SIDE, count_faces, verify
+from flenwheel.editing.masks import propose
+from flenwheel.editing.verify import WORK_SIDE, count_faces, verify
 
 PROJECT = Path(__file__).resolve().parents[1]
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire", "lin_manuel_miranda")
@@ -97,7 +96,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()
 
-    from flenwheel.config import IdentityBackendSettings
+    from flenwheel.core.config import IdentityBackendSettings
     from flenwheel.identity.backends import load_backend
 
     backend = load_backend("dlib", IdentityBackendSettings())

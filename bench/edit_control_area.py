@@ -29,9 +29,9 @@ from flenwheel import gate
 from flenwheel.catalog import Catalog
 from flenwheel.editing import AugmentEditor, EditJob, run_edit_batch
 from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import Example, LoraTrainer, QwenEditBackend, approved_triplets, train_edit_lora
-from flenwheel.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,9 +42,11 @@ def triplets(ws: Workspace, catalog: Catalog, faces: Path) -> list[Example]:
     filter_images(ws, catalog, ws.character("obama"), image_ids=None, run_id=None)  # the reference set
     prompt = ws.prompt_library(ws.character("obama"))["bg-blue"]
     made = run_edit_batch(ws, catalog, "obama", AugmentEditor(), [EditJob(s, prompt, 0) for s in sources], None)
-    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in made], "cli", "bench", None)
-    return [Example(f"t{i}", (ws.root / t.before_path, ws.root / t.after_path), t.instruction)
-            for i, t in enumerate(approved_triplets(catalog, "obama", ("edit", "augment")))]  # fmt: skip
+    gate.Gate(catalog, "obama", "enrich").decide([(i, "approved", None) for i in made], "cli", "bench", None)
+    return [
+        Example(f"t{i}", (ws.root / t.before_path, ws.root / t.after_path), t.instruction)
+        for i, t in enumerate(approved_triplets(catalog, "obama", ("edit", "augment")))
+    ]
 
 
 def arm(ws: Workspace, catalog: Catalog, examples: list[Example], area: int, steps: int) -> dict[str, float]:
@@ -57,7 +59,7 @@ def arm(ws: Workspace, catalog: Catalog, examples: list[Example], area: int, ste
     cache_s = (time.perf_counter() - t0) / len(examples)
     trainer = LoraTrainer(ws, None, backend)
     transformer, params, _ = trainer.prepare_model(settings)
-    optimizer = trainer._optimizer(params)
+    optimizer = trainer.optimizer(params)
     gen = torch.Generator().manual_seed(0)
     t1 = 0.0
     for step in range(steps + 1):
@@ -66,8 +68,12 @@ def arm(ws: Workspace, catalog: Catalog, examples: list[Example], area: int, ste
         trainer.train_step(transformer, params, optimizer, data, lambda k: [k % len(data)], gen, step)
     step_s = (time.perf_counter() - t1) / steps
     tokens = data[0]["control"].shape[1] * data[0]["control"].shape[2] // 4
-    return {"cache_s": cache_s, "step_s": step_s, "control_tokens": tokens, "target_tokens":
-            data[0]["latents"].shape[1] * data[0]["latents"].shape[2] // 4}  # fmt: skip
+    return {
+        "cache_s": cache_s,
+        "step_s": step_s,
+        "control_tokens": tokens,
+        "target_tokens": data[0]["latents"].shape[1] * data[0]["latents"].shape[2] // 4,
+    }
 
 
 def full(ws: Workspace, catalog: Catalog, area: int, steps: int, seed: int) -> float:
@@ -75,8 +81,15 @@ def full(ws: Workspace, catalog: Catalog, area: int, steps: int, seed: int) -> f
     profile = ws.profile("cpu-tiny")
     settings = profile.edit_trainer.model_copy(update={"control_area": area, "seed": seed})
     t0 = time.perf_counter()
-    train_edit_lora(ws, catalog, ws.character("obama"), profile.model_copy(update={"edit_trainer": settings}), None,
-                    steps=steps, ops=("augment",))  # fmt: skip
+    train_edit_lora(
+        ws,
+        catalog,
+        ws.character("obama"),
+        profile.model_copy(update={"edit_trainer": settings}),
+        None,
+        steps=steps,
+        ops=("augment",),
+    )
     return time.perf_counter() - t0
 
 

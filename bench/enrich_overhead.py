@@ -26,16 +26,16 @@ from PIL import Image
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from flenwheel.tasks.enrich import edit_batch
 from prefect import flow
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import PromptEntry
+from flenwheel.cli.samples import sample_photos
+from flenwheel.core.config import PromptEntry
 from flenwheel.editing import EDITORS, EditJob, Editor, EditResult, pending_jobs
-from flenwheel.ingest import ingest_paths
-from flenwheel.runtime import batches
-from flenwheel.samples import sample_photos
-from flenwheel.workspace import Workspace
+from flenwheel.models.runtime import batches
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
+from flenwheel.tasks.enrich import edit_batch
 
 
 class NoopEditor(Editor):
@@ -105,8 +105,9 @@ def main() -> None:
         direct = time.perf_counter() - t
 
         t = time.perf_counter()
-        made = bench_flow(str(ws.root), str(ws.configs_dir), [(j.parent_id, j.prompt.id, j.seed) for j in jobs],
-                          args.batch_size)  # fmt: skip
+        made = bench_flow(
+            str(ws.root), str(ws.configs_dir), [(j.parent_id, j.prompt.id, j.seed) for j in jobs], args.batch_size
+        )
         flowed = time.perf_counter() - t
         assert made == len(jobs) == catalog.rows("SELECT count(*) AS n FROM derivations")[0]["n"]
 

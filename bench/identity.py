@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from flenwheel.config import IdentityBackendSettings
+from flenwheel.core.config import IdentityBackendSettings
 from flenwheel.identity import FACTS, DlibBackend, Judge, build_reference_set, judge_image, score_files
-from flenwheel.store import load_rgb
+from flenwheel.store.objects import load_rgb
 
 PEOPLE = ("obama", "biden", "kit_harington", "rose_leslie", "alex_lacamoire", "lin_manuel_miranda")
 

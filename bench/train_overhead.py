@@ -24,14 +24,14 @@ from pathlib import Path
 
 import torch
 
-from flenwheel import versions
 from flenwheel.catalog import Catalog
-from flenwheel.config import TrainerSettings
-from flenwheel.ingest import ingest_paths
-from flenwheel.samples import sample_photos
+from flenwheel.cli.samples import sample_photos
+from flenwheel.core.config import TrainerSettings
+from flenwheel.dataset import versions
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import FluxBackend, LoraTrainer, TrainJob
 from flenwheel.training.data import version_examples
-from flenwheel.workspace import Workspace
 
 
 def bare_loop(backend: FluxBackend, settings: TrainerSettings, data: list, steps: int) -> float:
@@ -43,8 +43,14 @@ def bare_loop(backend: FluxBackend, settings: TrainerSettings, data: list, steps
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel.from_pretrained(str(backend.model.path), subfolder="transformer")
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian",
-                                       target_modules=list(backend.settings.target_modules)))  # fmt: skip
+    transformer.add_adapter(
+        LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.rank,
+            init_lora_weights="gaussian",
+            target_modules=list(backend.settings.target_modules),
+        )
+    )
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     _, scheduler = backend._vae_and_scheduler()
@@ -64,12 +70,14 @@ def bare_loop(backend: FluxBackend, settings: TrainerSettings, data: list, steps
         noisy = (1 - sig) * x0 + sig * noise
         pred = transformer(
             hidden_states=FluxPipeline._pack_latents(noisy, n, c, h, w),
-            timestep=scheduler.timesteps[idx] / 1000, guidance=torch.full((1,), settings.guidance),
-            pooled_projections=b["pooled"][None], encoder_hidden_states=b["prompt_embeds"][None],
+            timestep=scheduler.timesteps[idx] / 1000,
+            guidance=torch.full((1,), settings.guidance),
+            pooled_projections=b["pooled"][None],
+            encoder_hidden_states=b["prompt_embeds"][None],
             txt_ids=torch.zeros(b["prompt_embeds"].shape[0], 3),
             img_ids=FluxPipeline._prepare_latent_image_ids(n, h // 2, w // 2, "cpu", torch.float32),
             return_dict=False,
-        )[0]  # fmt: skip
+        )[0]
         loss = torch.mean((FluxPipeline._unpack_latents(pred, h * vsf, w * vsf, vsf) - (noise - x0)) ** 2)
         loss.backward()
         opt.step()
@@ -104,12 +112,15 @@ def main() -> None:
             update={"steps": args.steps, "checkpoint_every": args.steps, "sample_prompts": []}
         )
         backend = FluxBackend(ws, profile, settings, profile.generator.model)
-        job = TrainJob("astronaut", version, version_examples(ws, catalog, version), settings, "fw_astronaut",
-                       backend.model.ref)  # fmt: skip
+        job = TrainJob(
+            "astronaut", version, version_examples(ws, catalog, version), settings, "fw_astronaut", backend.model.ref
+        )
         data = backend.cache(job.examples, ws.root / "cache" / "bench")
 
-        rounds = [(bare_loop(backend, settings, data, args.steps), ours_loop(ws, catalog, backend, job, args.steps))
-                  for _ in range(2)]  # fmt: skip
+        rounds = [
+            (bare_loop(backend, settings, data, args.steps), ours_loop(ws, catalog, backend, job, args.steps))
+            for _ in range(2)
+        ]
 
     bare, ours = max(r[0] for r in rounds), max(r[1] for r in rounds)
     print(f"{args.steps} steps, tiny FLUX, rank {settings.rank}, 64-px buckets, 2 threads")

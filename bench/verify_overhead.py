@@ -9,7 +9,7 @@ every (photo, prompt) of four categories goes through, in one process and side b
   ``QwenEditor`` (cpu-tiny: random-weight twin, at the profile's sampling size and steps);
 * **check** — ``EditChecker.check`` as enrichment calls it: edit-region mask (proposed once per photo and
   category, then reused, like a batch does), face count (the identity backend's detector), SSIM/PSNR/change
-  (``flenwheel.verify``); timed with and without the VLM critic, whose yes/no checks (the default
+  (``flenwheel.editing.verify``); timed with and without the VLM critic, whose yes/no checks (the default
   ``critic_checks`` plus one per prompt) run on the tiny Qwen2.5-VL twin that the cpu-tiny editor carries.
 
 Printed: seconds per image for each part, first-call mask cost apart, and the ratio check / editor call. On the
@@ -26,15 +26,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from flenwheel import runtime
 from flenwheel.catalog import Catalog
-from flenwheel.config import Check, PromptEntry
+from flenwheel.core.config import Check, PromptEntry
 from flenwheel.editing import AugmentEditor, EditJob, make_editor
 from flenwheel.editing.checks import EditChecker
+from flenwheel.editing.masks import as_rgb
 from flenwheel.identity import load_backend
-from flenwheel.masks import as_rgb
-from flenwheel.models import ModelManager
-from flenwheel.workspace import Workspace
+from flenwheel.models import runtime
+from flenwheel.models.loading import ModelManager
+from flenwheel.store.workspace import Workspace
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 PROMPTS = ("bg-blue", "light-golden-hour", "outfit-red", "angle-mirror")
@@ -83,8 +83,10 @@ def main() -> None:
     critic = runtime.vlm(ws, args.profile, "editor")
     settings = ws.settings.verify
     images = photos(args.photos, args.side)
-    print(f"{len(images)} photo(s) from {FACES}, longest side {args.side} px; prompts {', '.join(PROMPTS)}; "
-          f"critic {critic.source} ({len(settings.critic_checks) + 1} checks per edit)")  # fmt: skip
+    print(
+        f"{len(images)} photo(s) from {FACES}, longest side {args.side} px; prompts {', '.join(PROMPTS)}; "
+        f"critic {critic.source} ({len(settings.critic_checks) + 1} checks per edit)"
+    )
 
     parts: dict[str, list[float]] = {k: [] for k in ("augment", "qwen", "mask first", "check", "check + critic")}
     # warm-up: the first pipeline call and the first critic pass load lazily

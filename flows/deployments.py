@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flenwheel.flows.editor import EditorParams, editor_flywheel
-from flenwheel.flows.enrich import NightlyParams, nightly_enrich
-from flenwheel.flows.flywheel import FlywheelParams, flywheel
 from prefect import serve as prefect_serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
-from flenwheel.workspace import Workspace
+from flenwheel.flows.editor import EditorParams, editor_flywheel
+from flenwheel.flows.enrich import NightlyParams, nightly_enrich
+from flenwheel.flows.flywheel import FlywheelParams, flywheel
+from flenwheel.flows.setup import configure
+from flenwheel.store.workspace import Workspace
 
 
 def choices(ws: Workspace) -> dict[str, list[str]]:
@@ -105,4 +106,5 @@ def has_server() -> bool:
 
 def serve(ws: Workspace) -> None:
     """Serve the deployments from this process until interrupted (needs a Prefect server: PREFECT_API_URL)."""
+    configure()
     prefect_serve(*deployments(ws))

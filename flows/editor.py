@@ -7,18 +7,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flenwheel.flows.flywheel import artifact_key
-from flenwheel.tasks.training import caption_dataset, evaluate_edit, train_edit
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from flenwheel.locks import character_lock
+from flenwheel.core.types import CharacterName, EditOp, ProfileName, PromptId
+from flenwheel.flows.flywheel import artifact_key
+from flenwheel.flows.setup import configure
 from flenwheel.report.format import cell, format_rows
+from flenwheel.store.locks import character_lock
+from flenwheel.store.workspace import RunContext, Workspace
+from flenwheel.tasks.training import caption_dataset, evaluate_edit, train_edit
 from flenwheel.training import EditEvaluation, TrainResult
-from flenwheel.types import CharacterName, EditOp, ProfileName, PromptId
-from flenwheel.workspace import Workspace
 
 log = logging.getLogger("flenwheel.flows.editor")
 
@@ -46,17 +47,17 @@ class EditorFlywheelResult:
 @flow(name="editor-flywheel", log_prints=True)
 def editor_flywheel(params: EditorParams, root: str | None = None, configs: str | None = None) -> EditorFlywheelResult:
     """Train and evaluate the character's editor LoRA; the comparison goes to metrics, a report and artifacts."""
+    configure()
     ws = Workspace(root=root, configs=configs)
     ws.character(params.character)
     flow_run_id = str(get_run_context().flow_run.id)
-    where = (str(ws.root), str(ws.configs_dir))
     with ws.catalog().run("flow:editor-flywheel", {"params": params.model_dump()}, flow_run_id) as run_id:
+        ctx = RunContext.of(ws, params.character, params.profile, run_id)
         with character_lock(ws, params.character, f"editor flow run {flow_run_id}"):
             if ws.settings.captions.edit_text == "instruction+caption":  # the approved results' captions
-                caption_dataset(*where, params.character, params.profile, run_id)
-            lora = train_edit(*where, params.character, params.profile, params.steps, list(params.ops), run_id)
-            ev = evaluate_edit(*where, params.character, lora.lora_id, params.profile, params.eval_prompts,
-                               params.eval_seeds, run_id)  # fmt: skip
+                caption_dataset(ctx)
+            lora = train_edit(ctx, params.steps, list(params.ops))
+            ev = evaluate_edit(ctx, lora.lora_id, params.eval_prompts, params.eval_seeds)
     table = format_rows([{"arm": arm, **values} for arm, values in ev.metrics.items()])  # 21 edits, not 21.0
     key = artifact_key(f"{params.character}-editor-lora")
     create_table_artifact(table, key=f"{key}-identity", description=f"base vs LoRA, {lora.lora_id}")

@@ -10,24 +10,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from flenwheel.flows.gate import run_gate
-from flenwheel.tasks.enrich import edit_batch, score_images
-from flenwheel.tasks.review import sync_review
 from prefect import flow
 from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from flenwheel import gate, runtime
-from flenwheel.catalog import AwaitingReview
-from flenwheel.config import ConfigError
-from flenwheel.editing import MODEL_EDITORS, editor_plan, make_editor, pending_jobs
-from flenwheel.flywheel import EnrichSummary
-from flenwheel.ingest import ingest_paths
-from flenwheel.locks import CharacterBusy, character_lock
-from flenwheel.models import ModelManager
-from flenwheel.store import expand_paths
-from flenwheel.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
-from flenwheel.workspace import Workspace
+from flenwheel.core.errors import AwaitingReview
+from flenwheel.core.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
+from flenwheel.dataset.iteration import EnrichSummary
+from flenwheel.editing.planning import plan_enrichment
+from flenwheel.flows.gate import run_gate
+from flenwheel.flows.setup import configure
+from flenwheel.gate import Gate
+from flenwheel.models import runtime
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.locks import CharacterBusy, character_lock
+from flenwheel.store.objects import expand_paths
+from flenwheel.store.workspace import RunContext, Workspace
+from flenwheel.tasks import batches
+from flenwheel.tasks.enrich import edit_batch, score_images
+from flenwheel.tasks.review import sync_review
 
 log = logging.getLogger("flenwheel.flows.enrich")
 
@@ -52,57 +53,43 @@ class EnrichParams(BaseModel):
     sources: list[str] | None = Field(None, description="only these source image ids (nightly: the new ones)")
 
 
-def enrich_work(ws: Workspace, params: EnrichParams, run_id: str) -> EnrichSummary:
-    """Edit, store and identity-score every pending job (no review): shared by the enrich, flywheel and
-    nightly flows."""
-    catalog = ws.catalog()
-    root, configs = str(ws.root), str(ws.configs_dir)
-    character = ws.character(params.character)
-    score_images(root, configs, character.name, None, run_id)  # sources: reference set and face boxes
-    library = ws.prompt_library(character)
-    unknown = sorted(set(params.prompts or []) - set(library))
-    if unknown:
-        raise ConfigError(f"unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
-    prompts = [library[p] for p in params.prompts] if params.prompts else list(library.values())
-    plan = editor_plan(params.editor, character, prompts, list(library.values()))
-    work = []
-    for name, routed in plan.items():
-        # model editors' job keys depend on the profile's settings, not on a loaded model
-        planner = ModelManager(ws, ws.profile(params.profile)) if name in MODEL_EDITORS else None
-        editor = make_editor(name, ws, planner, catalog, character)
-        refused = [p.category for p in routed if not editor.supports(p)]
-        if params.editor == "configured" and refused:  # a named editor skips what it cannot do; a route must not
-            raise ConfigError(f"characters/{character.name}.yaml: editors: the {name} editor cannot carry out "
-                              f"{', '.join(sorted(set(refused)))} prompts; route them to another editor")  # fmt: skip
-        jobs = pending_jobs(catalog, character.name, editor, routed, list(range(params.seeds)), params.sources)
-        log.info(f"enrichment of {character.name} with the {name} editor: {len(jobs)} job(s) to do "
-                 f"({', '.join(sorted({p.category for p in routed}))})")  # fmt: skip
-        work.append((name, jobs))
+def enrich_work(ctx: RunContext, params: EnrichParams) -> EnrichSummary:
+    """Edit, store and identity-score every pending job of ``ctx``'s character (no review): shared by the enrich,
+    flywheel and nightly flows."""
+    score_images(ctx, None)  # sources: reference set and face boxes
+    work = plan_enrichment(
+        ctx.ws,
+        ctx.catalog(),
+        ctx.character_config(),
+        params.editor,
+        params.profile,
+        params.prompts,
+        params.seeds,
+        params.sources,
+    )
     made: list[str] = []
     try:
         for name, jobs in work:
-            for batch in runtime.batches(jobs, params.batch_size):
-                ids = edit_batch(
-                    root, configs, character.name, name, params.profile,
-                    [(j.parent_id, j.prompt.id, j.seed) for j in batch], run_id,
-                )  # fmt: skip
-                score_images(root, configs, character.name, ids, run_id)
+            for batch in batches(jobs, params.batch_size):
+                ids = edit_batch(ctx, name, [(j.parent_id, j.prompt.id, j.seed) for j in batch])
+                score_images(ctx, ids)
                 made.extend(ids)
             runtime.release_models()  # the next editor's pipeline must not share the GPU with this one
     finally:
         runtime.release_models()
-    return EnrichSummary(character.name, sum(len(j) for _, j in work), len(made))
+    return EnrichSummary(ctx.character, sum(len(j) for _, j in work), len(made))
 
 
 def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str, holder: str) -> EnrichSummary:
     """The enrichment work (under the character's lock), then the review gate."""
+    ctx = RunContext.of(ws, params.character, params.profile, run_id)
     try:
         with character_lock(ws, params.character, holder):
-            summary = enrich_work(ws, params, run_id)
+            summary = enrich_work(ctx, params)
     except CharacterBusy as e:  # not a failure of this run: another one is working on the character
         return EnrichSummary(params.character, 0, 0, status="busy", message=str(e))
     try:
-        summary.gate = run_gate(ws, ws.catalog(), params.character, "enrich", params.review, run_id, params.wait)
+        summary.gate = run_gate(ctx, "enrich", params.review, params.wait)
     except AwaitingReview as e:
         summary.status, summary.message = "awaiting_review", str(e)
         log.info(str(e))
@@ -112,6 +99,7 @@ def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str, holder: str) 
 @flow(name="enrich", log_prints=True)
 def enrich(params: EnrichParams, root: str | None = None, configs: str | None = None) -> EnrichSummary:
     """Enrich a character's source photos and stop at the review gate."""
+    configure()
     ws = Workspace(root=root, configs=configs)
     catalog = ws.catalog()
     flow_run_id = str(get_run_context().flow_run.id)
@@ -159,8 +147,9 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
     catalog = ws.catalog()
     results = []
     for name in params.characters or ws.character_names():
-        character = ws.character(name)
-        folder = ws.source_dir(character)
+        ctx = RunContext.of(ws, name, params.profile, run_id)
+        the_gate = Gate(catalog, name, "enrich", ws.settings.review)
+        folder = ws.source_dir(ctx.character_config())
         files = expand_paths([folder]) if folder.is_dir() else []
         try:
             with character_lock(ws, name, holder):
@@ -168,27 +157,38 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
                 if not catalog.source_images(name):
                     results.append(NightlyOutcome(name, skipped=f"no source photos (folder {folder})"))
                     continue
-                enrich = EnrichParams(character=name, editor=params.editor, profile=params.profile,
-                                      prompts=params.prompts, seeds=params.seeds, review=params.review,
-                                      batch_size=params.batch_size)  # fmt: skip
-                summary = enrich_work(ws, enrich, run_id)
+                enrich = EnrichParams(
+                    character=name,
+                    editor=params.editor,
+                    profile=params.profile,
+                    prompts=params.prompts,
+                    seeds=params.seeds,
+                    review=params.review,
+                    batch_size=params.batch_size,
+                )
+                summary = enrich_work(ctx, enrich)
                 if params.review == "auto":
-                    gate.auto_review(catalog, name, "enrich", ws.settings.review.auto_margin, run_id)
+                    the_gate.auto_review(run_id)
                 else:
                     if ws.settings.review.auto_clear:
-                        gate.auto_decide_clear(catalog, name, "enrich", ws.settings.review, run_id)
+                        the_gate.auto_decide_clear(run_id)
                     if params.review == "fiftyone":
-                        sync_review(str(ws.root), str(ws.configs_dir), name, run_id)
+                        sync_review(ctx)
         except CharacterBusy as e:
             results.append(NightlyOutcome(name, skipped=str(e)))
             continue
         outcome = NightlyOutcome(
-            name, folder=str(folder), new_photos=sum(o.status == "ingested" for o in outcomes),
-            rejected=[f"{o.path.name}: {o.reason}" for o in outcomes if o.status == "rejected"], enrichment=summary,
-            pending_review=gate.status(catalog, name, "enrich").pending,
-        )  # fmt: skip
-        log.info(f"nightly {name}: {outcome.new_photos} new photo(s), {summary.images} new candidate(s), "
-                 f"{outcome.pending_review} waiting for review")  # fmt: skip
+            name,
+            folder=str(folder),
+            new_photos=sum(o.status == "ingested" for o in outcomes),
+            rejected=[f"{o.path.name}: {o.reason}" for o in outcomes if o.status == "rejected"],
+            enrichment=summary,
+            pending_review=the_gate.status().pending,
+        )
+        log.info(
+            f"nightly {name}: {outcome.new_photos} new photo(s), {summary.images} new candidate(s), "
+            f"{outcome.pending_review} waiting for review"
+        )
         results.append(outcome)
     return results
 
@@ -198,6 +198,7 @@ def nightly_enrich(
     params: NightlyParams | None = None, root: str | None = None, configs: str | None = None
 ) -> list[NightlyOutcome]:
     """Enrich new source photos of every character (scheduled at 03:00 by ``flenwheel serve``)."""
+    configure()
     ws = Workspace(root=root, configs=configs)
     params = params or NightlyParams()
     flow_run_id = str(get_run_context().flow_run.id)

@@ -5,7 +5,7 @@ have: the ``iterations`` table says which are complete (they are skipped), and e
 is idempotent (edit and generation jobs keyed by their parameters, versions by manifest hash, LoRAs by their
 training fingerprint). Running the flow again therefore adds nothing, and a run that stopped at a review gate
 or was killed carries on where it was. What goes into each version and when to stop is decided by the engine
-(:mod:`flenwheel.flywheel`); this module only puts the steps in order.
+(:mod:`flenwheel.dataset.iteration`); this module only puts the steps in order.
 """
 
 from __future__ import annotations
@@ -13,26 +13,28 @@ from __future__ import annotations
 import logging
 import re
 
-from flenwheel.flows.enrich import EnrichParams, enrich_work
-from flenwheel.flows.gate import run_gate
-from flenwheel.tasks.enrich import score_images
-from flenwheel.tasks.generate import generate_batch, make_report
-from flenwheel.tasks.training import caption_dataset, train_lora
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from flenwheel import runtime
-from flenwheel.catalog import AwaitingReview, Catalog, now
-from flenwheel.flywheel import FlywheelResult, FlywheelStopped, IterationOutcome, IterationPolicy
-from flenwheel.flywheel import freeze_iteration_version as freeze_version
-from flenwheel.generation import SyntheticGenerator, pending_generation, synthetic_prompts
-from flenwheel.locks import CharacterBusy, character_lock
-from flenwheel.models import ModelManager
+from flenwheel.catalog import now
+from flenwheel.core.errors import AwaitingReview
+from flenwheel.core.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
+from flenwheel.dataset.generation import plan_generation
+from flenwheel.dataset.iteration import FlywheelResult, FlywheelStopped, IterationOutcome, IterationPolicy
+from flenwheel.dataset.iteration import freeze_iteration_version as freeze_version
+from flenwheel.flows.enrich import EnrichParams, enrich_work
+from flenwheel.flows.gate import run_gate
+from flenwheel.flows.setup import configure
+from flenwheel.models import runtime
 from flenwheel.report.format import format_rows
-from flenwheel.types import CharacterName, EditorChoice, ProfileName, PromptId, ReviewMode
-from flenwheel.workspace import Workspace
+from flenwheel.store.locks import CharacterBusy, character_lock
+from flenwheel.store.workspace import RunContext, Workspace
+from flenwheel.tasks import batches
+from flenwheel.tasks.enrich import score_images
+from flenwheel.tasks.generate import generate_batch, make_report
+from flenwheel.tasks.training import caption_dataset, train_lora
 
 log = logging.getLogger("flenwheel.flows.flywheel")
 
@@ -75,23 +77,30 @@ def artifact_key(text: str) -> str:
 
 def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str) -> FlywheelResult:
     """The flywheel's steps, in order; the result's status is completed, awaiting_review or stopped."""
-    catalog = ws.catalog()
-    character = ws.character(params.character)
+    ctx = RunContext.of(ws, params.character, params.profile, run_id)
+    catalog = ctx.catalog()
+    character = ctx.character_config()
     result = FlywheelResult(character.name)
     enrich = EnrichParams(
-        character=character.name, editor=params.editor, profile=params.profile, prompts=params.enrich_prompts,
-        seeds=params.enrich_seeds, review=params.review, wait=params.wait, batch_size=params.batch_size,
-    )  # fmt: skip
+        character=character.name,
+        editor=params.editor,
+        profile=params.profile,
+        prompts=params.enrich_prompts,
+        seeds=params.enrich_seeds,
+        review=params.review,
+        wait=params.wait,
+        batch_size=params.batch_size,
+    )
     try:
         with character_lock(ws, character.name, holder):
-            result.enrichment = enrich_work(ws, enrich, run_id)
-        run_gate(ws, catalog, character.name, "enrich", params.review, run_id, params.wait)
+            result.enrichment = enrich_work(ctx, enrich)
+        run_gate(ctx, "enrich", params.review, params.wait)
         done = {r["number"]: r for r in catalog.iterations(character.name)}
         for number in range(1, params.iterations + 1):
             if done.get(number, {}).get("status") == "completed":
                 result.iterations.append(IterationOutcome(number, "already completed"))
                 continue
-            result.iterations.append(_iteration(ws, catalog, params, number, run_id, holder))
+            result.iterations.append(_iteration(ctx, params, number, holder))
     except AwaitingReview as e:
         result.status, result.message = "awaiting_review", str(e)
     except FlywheelStopped as e:
@@ -103,48 +112,50 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
     return result
 
 
-def _iteration(
-    ws: Workspace, catalog: Catalog, params: FlywheelParams, number: int, run_id: str, holder: str
-) -> IterationOutcome:
-    character = ws.character(params.character)
-    root, configs = str(ws.root), str(ws.configs_dir)
+def _iteration(ctx: RunContext, params: FlywheelParams, number: int, holder: str) -> IterationOutcome:
+    ws, catalog, run_id = ctx.ws, ctx.catalog(), ctx.run_id
+    character, policy = ctx.character_config(), params.policy()
     with character_lock(ws, character.name, holder):
-        caption_dataset(root, configs, character.name, params.profile, run_id)
-        version = freeze_version(ws, catalog, character, number, params.policy(), run_id)
+        caption_dataset(ctx)
+        version = freeze_version(ws, catalog, character, number, policy, run_id)
         log.info(f"iteration {number} of {character.name}: dataset version {version}")
-        lora = train_lora(root, configs, character.name, version, params.profile, params.train_steps, run_id)
+        lora = train_lora(ctx, version, params.train_steps)
         catalog.update_iteration(character.name, number, run_id, lora_id=lora.lora_id)
-        made = _generate(ws, catalog, params, lora.lora_id, run_id)
+        made = _generate(ctx, params, lora.lora_id)
     try:
-        run_gate(ws, catalog, character.name, "synthetic", params.review, run_id, params.wait)
+        run_gate(ctx, "synthetic", params.review, params.wait)
     except AwaitingReview:
         catalog.update_iteration(character.name, number, run_id, status="awaiting_review")
         raise
     with character_lock(ws, character.name, holder):
-        report = make_report(root, configs, character.name, number, run_id)
+        report = make_report(ctx, number)
         key = artifact_key(f"{character.name}-iteration-{number}")
-        create_table_artifact(format_rows(report.table), key=f"{key}-identity",
-                              description=f"identity by group, iteration {number}")  # fmt: skip
+        create_table_artifact(
+            format_rows(report.table), key=f"{key}-identity", description=f"identity by group, iteration {number}"
+        )
         create_markdown_artifact(report.markdown, key=key, description=f"flywheel iteration {number}")
-        catalog.update_iteration(character.name, number, run_id, status="completed", completed_at=now(),
-                                 report_path=str(report.path.relative_to(ws.root)))  # fmt: skip
+        catalog.update_iteration(
+            character.name,
+            number,
+            run_id,
+            status="completed",
+            completed_at=now(),
+            report_path=str(report.path.relative_to(ws.root)),
+        )
     return IterationOutcome(number, "completed", version, lora.lora_id, made, str(report.path), report.target_met)
 
 
-def _generate(ws: Workspace, catalog: Catalog, params: FlywheelParams, lora_id: str, run_id: str) -> int:
-    character = ws.character(params.character)
-    prompts = synthetic_prompts(ws, params.synthetic_prompts)
-    # job keys depend on the profile's settings and the LoRA, not on a loaded model
-    planner = SyntheticGenerator(ws, ModelManager(ws, ws.profile(params.profile)), catalog, character, lora_id)
-    jobs = pending_generation(catalog, character.name, planner, prompts, list(range(params.synthetic_seeds)))
+def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str) -> int:
+    character = ctx.character_config()
+    jobs = plan_generation(
+        ctx.ws, ctx.catalog(), character, lora_id, params.profile, params.synthetic_prompts, params.synthetic_seeds
+    )
     log.info(f"synthetic generation with {lora_id}: {len(jobs)} job(s) to do")
-    root, configs = str(ws.root), str(ws.configs_dir)
     made = 0
     try:
-        for batch in runtime.batches(jobs, params.batch_size):
-            ids = generate_batch(root, configs, character.name, lora_id, params.profile,
-                                 [(j.prompt.id, j.seed) for j in batch], run_id)  # fmt: skip
-            score_images(root, configs, character.name, ids, run_id)
+        for batch in batches(jobs, params.batch_size):
+            ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
+            score_images(ctx, ids)
             made += len(ids)
     finally:
         runtime.release_models()
@@ -154,6 +165,7 @@ def _generate(ws: Workspace, catalog: Catalog, params: FlywheelParams, lora_id: 
 @flow(name="flywheel", log_prints=True)
 def flywheel(params: FlywheelParams, root: str | None = None, configs: str | None = None) -> FlywheelResult:
     """Run flywheel 1 for a character until it has ``iterations`` completed iterations."""
+    configure()
     ws = Workspace(root=root, configs=configs)
     catalog = ws.catalog()
     flow_run_id = str(get_run_context().flow_run.id)

@@ -6,6 +6,9 @@
 
 With ``review.auto_clear`` the policy first decides the clear cases of the last two (:func:`flenwheel.gate.triage`).
 
+The gate's rules, candidates and rounds are the engine's :class:`flenwheel.gate.Gate`; this module only suspends,
+resumes and logs.
+
 When candidates are still undecided: a deployment run **suspends** (no process, no GPU held) under the pause
 key of a new round recorded in the catalog (:mod:`flenwheel.gate`), and is resumed from the Prefect UI; a
 local run with ``wait`` **pauses** in-process; any other local run stops with "awaiting review" and carries on
@@ -17,16 +20,16 @@ from __future__ import annotations
 
 import logging
 
-from flenwheel.review.service import app_url
-from flenwheel.tasks.review import sync_review
 from prefect.context import get_run_context
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 
-from flenwheel import gate
-from flenwheel.catalog import AwaitingReview, Catalog
-from flenwheel.types import ReviewMode
-from flenwheel.workspace import Workspace
+from flenwheel.core.errors import AwaitingReview
+from flenwheel.core.types import ReviewMode
+from flenwheel.gate import Answer, Gate, GateStatus, Round
+from flenwheel.review.service import app_url
+from flenwheel.store.workspace import RunContext, Workspace
+from flenwheel.tasks.review import sync_review
 
 log = logging.getLogger("flenwheel.flows.gate")
 
@@ -39,11 +42,11 @@ class GateInput(RunInput):
     reviewer: str = ""
     note: str = ""
 
-    def answer(self) -> gate.Answer:
-        return gate.Answer(self.approve_rest, self.auto_decide_rest, self.reviewer.strip(), self.note.strip())
+    def answer(self) -> Answer:
+        return Answer(self.approve_rest, self.auto_decide_rest, self.reviewer.strip(), self.note.strip())
 
 
-def gate_description(ws: Workspace, status: gate.GateStatus, waiting_on: int, character: str, stage: str) -> str:
+def gate_description(ws: Workspace, status: GateStatus, waiting_on: int, character: str, stage: str) -> str:
     return (
         f"## Review needed: {status.gate_id}\n\n"
         f"| candidates | approved | rejected | pending | this run waits on |\n|---|---|---|---|---|\n"
@@ -58,58 +61,47 @@ def gate_description(ws: Workspace, status: gate.GateStatus, waiting_on: int, ch
 
 
 def run_gate(
-    ws: Workspace,
-    catalog: Catalog,
-    character: str,
-    stage: str,
-    mode: ReviewMode,
-    run_id: str,
-    wait: bool = False,
-    timeout_s: int = 24 * 3600,
-) -> gate.GateStatus:
+    ctx: RunContext, stage: str, mode: ReviewMode, wait: bool = False, timeout_s: int = 24 * 3600
+) -> GateStatus:
     """Bring the gate to a decision; raises :class:`AwaitingReview` when a local run must stop and wait."""
-    root, configs = str(ws.root), str(ws.configs_dir)
-    margin = ws.settings.review.auto_margin
+    ws = ctx.ws
+    the_gate = Gate(ctx.catalog(), ctx.character, stage, ws.settings.review)
     if mode == "auto":
-        gate.auto_review(catalog, character, stage, margin, run_id)
-        return _passed(catalog, character, stage)
+        the_gate.auto_review(ctx.run_id)
+        return _passed(the_gate)
     if ws.settings.review.auto_clear:  # people get only the uncertain cases
-        approved, rejected = gate.auto_decide_clear(catalog, character, stage, ws.settings.review, run_id)
+        approved, rejected = the_gate.auto_decide_clear(ctx.run_id)
         if approved or rejected:
-            log.info(f"gate {character}:{stage}: clear cases decided by the policy: {approved} approved, "
-                     f"{rejected} rejected")  # fmt: skip
+            log.info(f"gate {the_gate.id}: clear cases decided by the policy: {approved} approved, {rejected} rejected")
     if mode == "fiftyone":
-        sync_review(root, configs, character, run_id)
-    ctx = get_run_context()
-    flow_run_id = str(ctx.flow_run.id)
-    suspend = ctx.flow_run.deployment_id is not None
-    for rnd in gate.open_rounds(catalog, flow_run_id, character, stage):
+        sync_review(ctx)
+    run = get_run_context()
+    flow_run_id = str(run.flow_run.id)
+    suspend = run.flow_run.deployment_id is not None
+    for rnd in the_gate.open_rounds(flow_run_id):
         # This run stopped here before and was resumed: the stored answer comes back at once under the round's key.
-        answer = _wait(rnd.pause_key, ws, catalog, character, stage, suspend, timeout_s, len(rnd.pending_ids))
-        _apply(ws, catalog, character, stage, mode, rnd, answer, margin, run_id)
-    waiting_on = gate.unasked(catalog, flow_run_id, character, stage)
+        answer = _wait(ctx, the_gate, rnd.pause_key, suspend, timeout_s, len(rnd.pending_ids))
+        _apply(ctx, the_gate, mode, rnd, answer)
+    waiting_on = the_gate.unasked(flow_run_id)
     if not waiting_on:
-        return _passed(catalog, character, stage)
-    status = gate.status(catalog, character, stage)
-    where = f"review them in FiftyOne at {app_url(ws, character)} or with `flenwheel review decide {character}`"
+        return _passed(the_gate)
+    status = the_gate.status()
+    where = f"review them in FiftyOne at {app_url(ws, ctx.character)} or with `flenwheel review decide {ctx.character}`"
     if not suspend and not wait:
         raise AwaitingReview(
             f"awaiting review: {status.pending} candidate(s) in gate {status.gate_id}; {where}, then run again"
         )
-    rnd = gate.open_round(catalog, flow_run_id, character, stage, waiting_on, run_id)
+    rnd = the_gate.open_round(flow_run_id, waiting_on, ctx.run_id)
     log.info(f"gate {status.gate_id} waits on {len(waiting_on)} candidate(s); {where}, then resume this run")
-    answer = _wait(rnd.pause_key, ws, catalog, character, stage, suspend, timeout_s, len(waiting_on))
-    _apply(ws, catalog, character, stage, mode, rnd, answer, margin, run_id)
-    return _passed(catalog, character, stage)
+    answer = _wait(ctx, the_gate, rnd.pause_key, suspend, timeout_s, len(waiting_on))
+    _apply(ctx, the_gate, mode, rnd, answer)
+    return _passed(the_gate)
 
 
-def _wait(
-    key: str, ws: Workspace, catalog: Catalog, character: str, stage: str, suspend: bool, timeout_s: int,
-    waiting_on: int,
-) -> gate.Answer:  # fmt: skip
+def _wait(ctx: RunContext, the_gate: Gate, key: str, suspend: bool, timeout_s: int, waiting_on: int) -> Answer:
     """Suspend (deployment runs: the process exits and the run re-executes on resume) or pause in-process."""
-    status = gate.status(catalog, character, stage)
-    form = GateInput.with_initial_data(description=gate_description(ws, status, waiting_on, character, stage))
+    description = gate_description(ctx.ws, the_gate.status(), waiting_on, ctx.character, the_gate.stage)
+    form = GateInput.with_initial_data(description=description)
     if suspend:
         answer = suspend_flow_run(wait_for_input=form, key=key, timeout=timeout_s)
     else:
@@ -117,23 +109,21 @@ def _wait(
     return answer.answer()
 
 
-def _apply(
-    ws: Workspace, catalog: Catalog, character: str, stage: str, mode: ReviewMode, rnd: gate.Round,
-    answer: gate.Answer, margin: float, run_id: str,
-) -> None:  # fmt: skip
+def _apply(ctx: RunContext, the_gate: Gate, mode: ReviewMode, rnd: Round, answer: Answer) -> None:
     if mode == "fiftyone":  # tags set while the run waited count as people's decisions
-        sync_review(str(ws.root), str(ws.configs_dir), character, run_id)
-    counts = gate.apply_answer(catalog, character, stage, rnd, answer, margin, run_id)
+        sync_review(ctx)
+    counts = the_gate.apply_answer(rnd, answer, ctx.run_id)
     who = answer.reviewer or "the reviewer"
+    how = "approved" if answer.approve_rest else "by the policy" if answer.auto_decide_rest else "more"
     log.info(
         f"gate {rnd.gate_id} resumed by {who}: of {counts['waited_on']} candidate(s) waited on, "
-        f"{counts['decided_by_people']} were decided by people meanwhile and {counts['decided_on_resume']} "
-        f"{'approved' if answer.approve_rest else 'by the policy' if answer.auto_decide_rest else 'more'} on resume"
+        f"{counts['decided_by_people']} were decided by people meanwhile and {counts['decided_on_resume']} {how} "
+        "on resume"
     )
 
 
-def _passed(catalog: Catalog, character: str, stage: str) -> gate.GateStatus:
-    status = gate.status(catalog, character, stage)
+def _passed(the_gate: Gate) -> GateStatus:
+    status = the_gate.status()
     log.info(
         f"gate {status.gate_id}: {status.approved} approved, {status.rejected} rejected, {status.pending} pending "
         f"of {status.candidates} candidate(s)"

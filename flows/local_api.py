@@ -22,8 +22,8 @@ from contextlib import contextmanager
 
 import httpx
 
-from flenwheel.errors import FlenwheelError
-from flenwheel.processes import exit_when_orphaned
+from flenwheel.core.errors import FlenwheelError
+from flenwheel.core.processes import exit_when_orphaned
 
 STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 DEFAULT_STARTUP_BUDGET_S = 600.0  # the first start on a busy 2-core machine measured 40-70 s (docs/benchmarks.md)
@@ -146,9 +146,13 @@ def _serve(port: int, parent: int) -> None:
 
     exit_when_orphaned(parent)
     uvicorn.run(
-        "prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port, log_level="error",
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
         lifespan="on",
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from flenwheel.tasks.training import train_lora
 from prefect import flow
 from prefect.context import get_run_context
 from pydantic import BaseModel, ConfigDict, Field
 
-from flenwheel import versions
+from flenwheel.core.types import CharacterName, ProfileName
+from flenwheel.dataset import versions
+from flenwheel.flows.setup import configure
+from flenwheel.store.workspace import RunContext, Workspace
+from flenwheel.tasks.training import train_lora
 from flenwheel.training import TrainingError, TrainResult
-from flenwheel.types import CharacterName, ProfileName
-from flenwheel.workspace import Workspace
 
 
 class TrainParams(BaseModel):
@@ -24,6 +25,8 @@ class TrainParams(BaseModel):
 
 @flow(name="train", log_prints=True)
 def train(params: TrainParams, root: str | None = None, configs: str | None = None) -> TrainResult:
+    """Train (or resume, or find) the FLUX LoRA of a dataset version."""
+    configure()
     ws = Workspace(root=root, configs=configs)
     catalog = ws.catalog()
     ws.character(params.character)
@@ -33,5 +36,4 @@ def train(params: TrainParams, root: str | None = None, configs: str | None = No
     config = {"params": params.model_dump(), "dataset": version}
     flow_run_id = str(get_run_context().flow_run.id)
     with catalog.run("flow:train", config, prefect_flow_run_id=flow_run_id) as run_id:
-        return train_lora(str(ws.root), str(ws.configs_dir), params.character, version, params.profile,
-                          params.steps, run_id)  # fmt: skip
+        return train_lora(RunContext.of(ws, params.character, params.profile, run_id), version, params.steps)

@@ -12,7 +12,7 @@ import importlib
 import os
 from types import ModuleType
 
-from flenwheel.workspace import Workspace
+from flenwheel.store.workspace import Workspace
 
 
 def configure(ws: Workspace) -> None:

@@ -7,7 +7,7 @@ uniqueness tools); the edit checks ``verified``, ``failed_checks``, ``attempts``
 failed check also as a tag ``check:<name>`` to filter on; the current ``decision``, the ``uncertainty`` the
 gate gives the candidate and ``uncertainty_reason``, why (e.g. which check is borderline, with its score and
 threshold; saved view ``hardest-first``: undecided candidates, the most uncertain first, see
-:func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.captions`).
+:func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.dataset.captions`).
 
 A reviewer edits a caption by changing that field — in the App with the built-in *Edit field values* operator
 (select the sample, open the operator browser with the backtick key, field ``caption``) or from Python; the next
@@ -23,12 +23,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flenwheel.review import fiftyone
-
 from flenwheel import gate
-from flenwheel.captions import with_trigger
 from flenwheel.catalog import Catalog
-from flenwheel.workspace import Workspace
+from flenwheel.dataset.captions import with_trigger
+from flenwheel.review import fiftyone
+from flenwheel.store.workspace import Workspace
 
 APPROVED, REJECTED, AUTO_REJECTED = "approved", "rejected", "auto_rejected"
 GROUP_VIEW = "by-source"
@@ -60,21 +59,29 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
     fo = fiftyone(ws)
     ds = open_dataset(ws, character)
     # Declared, not inferred: a dataset whose candidates were never checked holds only None in them.
-    for name, kind, sub in (("verified", fo.BooleanField, None), ("attempts", fo.IntField, None),
-                            ("failed_checks", fo.ListField, fo.StringField), ("caption", fo.StringField, None),
-                            ("caption_catalog", fo.StringField, None), ("uncertainty", fo.FloatField, None),
-                            ("uncertainty_reason", fo.StringField, None),
-                            ("decision", fo.StringField, None)):  # fmt: skip
+    for name, kind, sub in (
+        ("verified", fo.BooleanField, None),
+        ("attempts", fo.IntField, None),
+        ("failed_checks", fo.ListField, fo.StringField),
+        ("caption", fo.StringField, None),
+        ("caption_catalog", fo.StringField, None),
+        ("uncertainty", fo.FloatField, None),
+        ("uncertainty_reason", fo.StringField, None),
+        ("decision", fo.StringField, None),
+    ):
         if not ds.has_sample_field(name):
             ds.add_sample_field(name, kind, **({"subfield": sub} if sub else {}))
     known = dict(zip(ds.values("image_id"), ds.values("id"), strict=True)) if len(ds) else {}
     gates = {origin: stage for stage, origins in gate.STAGE_ORIGINS.items() for origin in origins}
     review: dict[str, dict[str, Any]] = {}
     for stage in gate.STAGE_ORIGINS:
-        for c in gate.candidates(catalog, character, stage):
+        for c in gate.Gate(catalog, character, stage).candidates():
             t = gate.triage(c, ws.settings.review)
-            review[c["image_id"]] = {"decision": c["decision"], "uncertainty": None if t is None else t.uncertainty,
-                                     "uncertainty_reason": "not scored yet" if t is None else t.why}  # fmt: skip
+            review[c["image_id"]] = {
+                "decision": c["decision"],
+                "uncertainty": None if t is None else t.uncertainty,
+                "uncertainty_reason": "not scored yet" if t is None else t.why,
+            }
     new, updates = [], {}
     for r in catalog.review_dataset_rows(character):
         fields = {
@@ -164,8 +171,16 @@ def pull_captions(
     for sample in ds.select_fields(["image_id", "caption", "caption_catalog"]).iter_samples(progress=False):
         if sample.caption and sample.caption != sample.caption_catalog:
             edited[sample.id] = (sample.image_id, with_trigger(trigger, sample.caption))
-    rows = [{"image_id": image_id, "caption": text, "source": "fiftyone", "author": reviewer,
-             "params": {"edited_in": "fiftyone"}} for image_id, text in edited.values()]  # fmt: skip
+    rows = [
+        {
+            "image_id": image_id,
+            "caption": text,
+            "source": "fiftyone",
+            "author": reviewer,
+            "params": {"edited_in": "fiftyone"},
+        }
+        for image_id, text in edited.values()
+    ]
     written = catalog.add_captions(rows, run_id)
     for sample in ds.select(list(edited)).iter_samples(autosave=True, progress=False):
         sample["caption"] = sample["caption_catalog"] = edited[sample.id][1]

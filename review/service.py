@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 from flenwheel.review import fiftyone
 from flenwheel.review.datasets import dataset_name, open_dataset
-
-from flenwheel.workspace import Workspace
+from flenwheel.store.workspace import Workspace
 
 
 def app_url(ws: Workspace, character: str | None = None) -> str:

@@ -7,36 +7,37 @@ import logging
 from prefect import task
 from prefect.cache_policies import NONE
 
-from flenwheel import runtime
-from flenwheel.generation import GenerationJob, SyntheticGenerator, run_generation_batch, synthetic_prompts
+from flenwheel.dataset.generation import GenerationJob, SyntheticGenerator, run_generation_batch, synthetic_prompts
+from flenwheel.models import runtime
 from flenwheel.report import IterationReport, iteration_report
+from flenwheel.store.workspace import RunContext
 
 log = logging.getLogger(__name__)
 
 
 @task(name="generate-batch", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-def generate_batch(
-    root: str, configs: str, character: str, lora_id: str, profile: str | None, jobs: list[tuple[str, int]], run_id: str
-) -> list[str]:
+def generate_batch(ctx: RunContext, lora_id: str, jobs: list[tuple[str, int]]) -> list[str]:
     """Generate (synthetic prompt id, seed) jobs with the character LoRA ``lora_id``; returns the new image ids."""
-    ws = runtime.workspace(root, configs)
-    cat = ws.catalog()
+    ws, cat = ctx.ws, ctx.catalog()
     prompts = {p.id: p for p in synthetic_prompts(ws, sorted({p for p, _ in jobs}))}
-    gen = SyntheticGenerator(ws, runtime.model_manager(ws, profile, run_id), cat, ws.character(character), lora_id)
-    made = run_generation_batch(ws, cat, character, gen, [GenerationJob(prompts[p], s) for p, s in jobs], run_id)
-    log.info(f"generated {len(made)} synthetic image(s) of {character} with LoRA {lora_id}")
+    manager = runtime.model_manager(ws, ctx.profile, ctx.run_id)
+    gen = SyntheticGenerator(ws, manager, cat, ctx.character_config(), lora_id)
+    todo = [GenerationJob(prompts[p], s) for p, s in jobs]
+    made = run_generation_batch(ws, cat, ctx.character, gen, todo, ctx.run_id)
+    log.info(f"generated {len(made)} synthetic image(s) of {ctx.character} with LoRA {lora_id}")
     return made
 
 
 @task(name="iteration-report", cache_policy=NONE)
-def make_report(root: str, configs: str, character: str, number: int, run_id: str) -> IterationReport:
+def make_report(ctx: RunContext, number: int) -> IterationReport:
     """Write the iteration's HTML report and its metrics (scope ``iteration``)."""
-    ws = runtime.workspace(root, configs)
-    cat = ws.catalog()
-    report = iteration_report(ws.root, cat, character, number, ws.settings.review)
-    cat.add_metrics(run_id, "iteration", f"{character}:{number}", report.metrics, once=True)
+    ws, cat = ctx.ws, ctx.catalog()
+    report = iteration_report(ws.root, cat, ctx.character, number, ws.settings.review)
+    cat.add_metrics(ctx.run_id, "iteration", f"{ctx.character}:{number}", report.metrics, once=True)
     rate = report.metrics.get("pass_rate")
-    log.info(f"iteration {number} of {character}: synthetic identity pass rate "
-             f"{'-' if rate is None else f'{rate:.0%}'} (target 70% {'met' if report.target_met else 'not met'}); "
-             f"report {report.path}")  # fmt: skip
+    shown = "-" if rate is None else f"{rate:.0%}"
+    log.info(
+        f"iteration {number} of {ctx.character}: synthetic identity pass rate {shown} "
+        f"(target 70% {'met' if report.target_met else 'not met'}); report {report.path}"
+    )
     return report

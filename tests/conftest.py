@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flenwheel.catalog import Catalog
-from flenwheel.workspace import Workspace
+from flenwheel.store.workspace import Workspace
 
 # FiftyOne fixes its database location when first imported: one bundled mongod data dir for the session,
 # unique dataset names per test root (see flenwheel.review.datasets.dataset_name).
@@ -75,7 +75,7 @@ def configs_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny pipelines, built once per test session through the production builder."""
-    from flenwheel.tiny import ensure_tiny_models
+    from flenwheel.models.twins import ensure_tiny_models
 
     return ensure_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
@@ -171,10 +171,16 @@ def quantize_nf4_on_cpu(module: torch.nn.Module, compute_dtype: torch.dtype) -> 
 
     for name, child in list(module.named_children()):
         if isinstance(child, torch.nn.Linear):
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                  compute_dtype=compute_dtype, quant_type="nf4")  # fmt: skip
-            q.weight = bnb.nn.Params4bit(child.weight.data.to(compute_dtype).clone(), requires_grad=False,
-                                         quant_type="nf4")  # fmt: skip
+            q = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=compute_dtype,
+                quant_type="nf4",
+            )
+            q.weight = bnb.nn.Params4bit(
+                child.weight.data.to(compute_dtype).clone(), requires_grad=False, quant_type="nf4"
+            )
             if child.bias is not None:
                 q.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
             setattr(module, name, q.to("cpu"))  # moving the parameter quantises it

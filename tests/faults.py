@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flenwheel import doctor, gate, versions
+from flenwheel import gate
+from flenwheel.dataset import versions
 from flenwheel.editing import AugmentEditor, EditJob, run_edit_batch
 from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
-from flenwheel.tiny import ensure_tiny_models
-from flenwheel.workspace import Workspace
+from flenwheel.models.twins import ensure_tiny_models
+from flenwheel.store import doctor
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from tests.conftest import FACES, PROJECT, snapshot
 
 BIN = Path(sys.executable).parent
@@ -63,7 +65,7 @@ def _approved_edits(ws: Workspace) -> None:
     jobs = [EditJob(s, library[p], 0) for s in sources for p in ("angle-mirror", "bg-blue")]
     made = run_edit_batch(ws, catalog, "obama", AugmentEditor(), jobs, None)
     filter_images(ws, catalog, character, image_ids=made, run_id=None)
-    gate.auto_review(catalog, "obama", "enrich", ws.settings.review.auto_margin, None)
+    gate.Gate(catalog, "obama", "enrich", ws.settings.review).auto_review(None)
 
 
 def _frozen(ws: Workspace) -> None:
@@ -224,15 +226,21 @@ def checkpoint_in_progress(root: Path) -> bool:
 
 
 def kill_trial(
-    lab: Lab, command: Command, expected: dict, where: Path, after_s: float | None = None,
-    when: Callable[[Path], bool] | None = None, label: str = "",
-) -> Outcome:  # fmt: skip
+    lab: Lab,
+    command: Command,
+    expected: dict,
+    where: Path,
+    after_s: float | None = None,
+    when: Callable[[Path], bool] | None = None,
+    label: str = "",
+) -> Outcome:
     """SIGKILL the command alone after ``after_s`` seconds (or as soon as ``when(root)`` holds), then recover."""
     ws = lab.fresh(command, where)
     outcome = Outcome(command.name, label or (f"t={after_s:.1f}s" if after_s is not None else "trigger"), True)
     started = time.monotonic()
-    proc = subprocess.Popen(lab.argv(ws, command), env=lab.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        lab.argv(ws, command), env=lab.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     tree: set[int] = set()
     deadline = started + (after_s if after_s is not None else 1800)
     while proc.poll() is None and time.monotonic() < deadline:
@@ -285,8 +293,9 @@ def health(ws: Workspace) -> list[str]:
 
 def mount_tmpfs(path: Path, size_mb: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"cannot mount a size-limited tmpfs at {path} (needs root): {done.stderr.strip()}")
 
@@ -363,8 +372,9 @@ def sweep(base: Path, kills: int, seed: int, commands: list[str], env: dict[str,
             killed += 1
         if name in ("train", "train-edit", "flywheel"):
             where = base / "runs" / f"{name}-kill-checkpoint"
-            result = kill_trial(lab, command, expected, where, when=checkpoint_in_progress,
-                                label="while writing a checkpoint")  # fmt: skip
+            result = kill_trial(
+                lab, command, expected, where, when=checkpoint_in_progress, label="while writing a checkpoint"
+            )
             print(f"  {result.moment:28s} {'ok' if result.ok else 'FAIL'} {'; '.join(result.problems)}", flush=True)
             outcomes.append(result)
             shutil.rmtree(where, ignore_errors=True)

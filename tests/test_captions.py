@@ -8,20 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel import gate, runtime, versions
-from flenwheel.captions import caption_members, clean_description, names_of, training_caption
+from flenwheel import gate
 from flenwheel.catalog import Catalog
+from flenwheel.dataset import versions
+from flenwheel.dataset.captions import caption_members, clean_description, names_of, training_caption
 from flenwheel.editing import AugmentEditor, EditJob, run_edit_batch
 from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
+from flenwheel.models import runtime
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.data import version_examples
 from flenwheel.training.triplets import approved_triplets, export_triplets
-from flenwheel.workspace import Workspace
 
 
 def test_a_description_is_cleaned_of_openers_names_and_excess() -> None:
-    raw = ("The image shows Barack Obama smiling, looking at the camera, wearing a dark suit and a white shirt, "
-           "in soft window light in front of a blue wall.\n\nHe appears confident.")  # fmt: skip
+    raw = (
+        "The image shows Barack Obama smiling, looking at the camera, wearing a dark suit and a white shirt, "
+        "in soft window light in front of a blue wall.\n\nHe appears confident."
+    )
     text = clean_description(raw, ["barack_obama", "barack", "obama"], max_words=40)
     assert text.startswith("the person smiling, looking at the camera")
     assert "obama" not in text.lower() and "\n" not in text and "image shows" not in text
@@ -87,7 +91,7 @@ def _approved_edits(ws: Workspace, catalog: Catalog, faces: Path) -> None:
     jobs = [EditJob(s, library["angle-mirror"], 0) for s in sources]
     made = run_edit_batch(ws, catalog, "obama", AugmentEditor(), jobs, None)
     filter_images(ws, catalog, character, image_ids=made, run_id=None)
-    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in made], "cli", "tester", None)
+    gate.Gate(catalog, "obama", "enrich").decide([(i, "approved", None) for i in made], "cli", "tester", None)
 
 
 def test_captions_are_written_frozen_trained_on_and_edited_in_fiftyone(

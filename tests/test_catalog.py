@@ -13,13 +13,13 @@ import pytest
 
 from flenwheel.catalog import (
     SCHEMA_VERSION,
-    AwaitingReview,
     Catalog,
     CatalogError,
     DerivationRecord,
     ImageRecord,
 )
-from flenwheel.workspace import Workspace
+from flenwheel.core.errors import AwaitingReview
+from flenwheel.store.workspace import Workspace
 from tests.conftest import PROJECT, encode, noise_image
 
 TABLES = {

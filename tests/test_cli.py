@@ -13,7 +13,7 @@ import typer.main
 
 from flenwheel.catalog import Catalog
 from flenwheel.cli import app
-from flenwheel.workspace import Workspace
+from flenwheel.store.workspace import Workspace
 from tests.conftest import PROJECT, encode, noise_image, store_files
 
 
@@ -149,7 +149,7 @@ def test_demo_runs_offline_and_prints_catalog_and_lineage(tmp_path: Path) -> Non
 
 
 def test_failed_catalog_write_leaves_no_files(ws: Workspace, catalog: Catalog, write_file, monkeypatch) -> None:
-    from flenwheel.ingest import ingest_paths
+    from flenwheel.store.ingest import ingest_paths
 
     files = [write_file(f"{i}.png", encode(noise_image(i, (200, 200)))) for i in range(3)]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel.config import ConfigError, validate_character_name
-from flenwheel.workspace import Workspace
+from flenwheel.core.config import ConfigError, validate_character_name
+from flenwheel.store.workspace import Workspace
 
 
 def test_repo_configs_all_load(ws: Workspace) -> None:
@@ -89,7 +89,7 @@ def test_a_new_profile_file_needs_no_code_change(ws: Workspace) -> None:
 
 def test_wheel_defaults_and_starter_configs(tmp_path: Path) -> None:
     """The shipped defaults are found without a configs/ folder, and `init` writes an editable copy."""
-    from flenwheel.workspace import default_configs, write_starter_configs
+    from flenwheel.store.workspace import default_configs, write_starter_configs
 
     assert (default_configs() / "profiles" / "cpu-tiny.yaml").is_file()
     written = write_starter_configs(tmp_path / "configs")

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel import doctor
 from flenwheel.catalog import Catalog, CatalogError
-from flenwheel.ingest import ingest_paths
-from flenwheel.store import object_path, temp_prefix
-from flenwheel.workspace import Workspace
+from flenwheel.core.files import temp_prefix
+from flenwheel.store import doctor
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.objects import object_path
+from flenwheel.store.workspace import Workspace
 from tests.conftest import snapshot
 
 
@@ -92,8 +93,9 @@ def test_doctor_command_exit_status(cli, stocked: Workspace) -> None:
 def test_backup_and_restore_into_a_fresh_root(cli, stocked: Workspace, catalog: Catalog, tmp_path: Path) -> None:
     first = catalog.all_images()[0]["image_id"]
     for decision in ("approved", "rejected"):
-        catalog.add_reviews([{"image_id": first, "gate_id": "obama:enrich", "decision": decision, "source": "cli"}],
-                            None)  # fmt: skip
+        catalog.add_reviews(
+            [{"image_id": first, "gate_id": "obama:enrich", "decision": decision, "source": "cli"}], None
+        )
     backup = tmp_path / "backup"
     assert cli("catalog", "backup", str(backup)).exit_code == 0
     again = cli("catalog", "backup", str(backup))
@@ -101,8 +103,9 @@ def test_backup_and_restore_into_a_fresh_root(cli, stocked: Workspace, catalog: 
     fresh = Catalog(tmp_path / "fresh" / "catalog.duckdb")
     fresh.restore(backup)
     assert snapshot(fresh.path) == snapshot(stocked.catalog_path)
-    fresh.add_reviews([{"image_id": "x" * 64, "gate_id": "obama:enrich", "decision": "approved",
-                        "source": "cli"}], None)  # fmt: skip
+    fresh.add_reviews(
+        [{"image_id": "x" * 64, "gate_id": "obama:enrich", "decision": "approved", "source": "cli"}], None
+    )
     seqs = [r["seq"] for r in fresh.rows("SELECT seq FROM reviews")]
     assert len(seqs) == len(set(seqs))  # the sequence continues where the backup left it
     with pytest.raises(CatalogError, match="pass --replace"):

@@ -16,7 +16,8 @@ from flenwheel import gate
 from flenwheel.catalog import Catalog
 from flenwheel.editing import AugmentEditor, EditJob, make_editor, run_edit_batch
 from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import (
     Example,
     LoraTrainer,
@@ -27,7 +28,6 @@ from flenwheel.training import (
     split_held_out,
     train_edit_lora,
 )
-from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -44,7 +44,7 @@ def make_triplets(ws: Workspace, catalog: Catalog, faces: Path) -> list[str]:
     library = ws.prompt_library(character)
     jobs = [EditJob(s, library[p], 0) for s in sorted(sources) for p in PROMPTS]
     made = run_edit_batch(ws, catalog, "obama", AugmentEditor(), jobs, None)
-    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in made], "cli", "test", None)
+    gate.Gate(catalog, "obama", "enrich").decide([(i, "approved", None) for i in made], "cli", "test", None)
     return sources
 
 
@@ -103,7 +103,7 @@ def test_loss_falls_when_overfitting_and_only_the_target_tokens_count(ws: Worksp
     # the condition steers the prediction: another control image gives another loss on the same target and noise
     swapped = [{**data[0], "control": torch.flip(data[0]["control"], dims=[-1])}]
     assert fixed_loss(swapped) != start
-    optimizer = trainer._optimizer(params)
+    optimizer = trainer.optimizer(params)
     for step in range(80):
         trainer.train_step(transformer, params, optimizer, data, lambda _k: [0], torch.Generator().manual_seed(7), step)
     assert fixed_loss(data) < 0.7 * start
@@ -128,7 +128,10 @@ def test_train_edit_lora_saves_both_formats_that_load_and_change_the_edit(
     comfy = load_file(str(result.comfy_weights))
     assert comfy and all(k.startswith("diffusion_model.") for k in comfy)
     assert {k.rsplit(".", 2)[-2] if k.endswith(".weight") else "alpha" for k in comfy} == {
-        "lora_down", "lora_up", "alpha"}  # fmt: skip
+        "lora_down",
+        "lora_up",
+        "alpha",
+    }
     diffusers_sd = load_file(str(result.weights))
     assert all(k.startswith("transformer.") for k in diffusers_sd)
 
@@ -136,9 +139,16 @@ def test_train_edit_lora_saves_both_formats_that_load_and_change_the_edit(
     source = Image.open(ws.root / catalog.source_images("obama")[0]["path"]).convert("RGB").resize((64, 64))
 
     def edit() -> np.ndarray:
-        out = pipe(image=[source], prompt="将镜头向左旋转45度 Rotate the camera 45 degrees to the left.",
-                   negative_prompt=" ", true_cfg_scale=1.0, num_inference_steps=2, height=64, width=64,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = pipe(
+            image=[source],
+            prompt="将镜头向左旋转45度 Rotate the camera 45 degrees to the left.",
+            negative_prompt=" ",
+            true_cfg_scale=1.0,
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(0),
+        )
         return np.asarray(out.images[0])
 
     base = edit()
@@ -171,7 +181,7 @@ def test_killed_edit_training_resumes_to_identical_weights(
 
 
 def test_enrichment_selects_the_editor_lora_by_config(ws: Workspace, catalog: Catalog, sources) -> None:
-    from flenwheel.models import ModelManager
+    from flenwheel.models.loading import ModelManager
 
     result = train_edit_lora(ws, catalog, ws.character("obama"), without_samples(ws), None, ops=AUGMENT)
     path = ws.configs_dir / "characters" / "obama.yaml"
@@ -206,8 +216,10 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
     assert not base["loras"] and lora["loras"][0]["ref"].startswith(f"catalog:{lora_id}")
     a, b = (np.asarray(Image.open(ws.root / "evals" / lora_id / r["file"])) for r in (base, lora))
     assert not np.array_equal(a, b)
-    metrics = {(r["scope_id"], r["name"]): r["value"] for r in catalog.rows(
-        "SELECT scope_id, name, value FROM metrics WHERE scope = 'edit_eval'")}  # fmt: skip
+    metrics = {
+        (r["scope_id"], r["name"]): r["value"]
+        for r in catalog.rows("SELECT scope_id, name, value FROM metrics WHERE scope = 'edit_eval'")
+    }
     for arm in ("base", "lora"):
         assert metrics[(f"{lora_id}:{arm}", "n")] == 1
         assert metrics[(f"{lora_id}:{arm}", "pass_rate")] == 0.0  # tiny weights: noise, no face
@@ -224,11 +236,13 @@ def test_train_edit_and_eval_edit_commands_compare_both_arms(cli, ws: Workspace,
 
 
 def test_editor_flywheel_flow_trains_evaluates_and_resumes(prefect_harness, ws: Workspace, catalog, sources) -> None:
-    from flenwheel.flows.editor import EditorParams, editor_flywheel
     from prefect.exceptions import ParameterTypeError
 
-    params = EditorParams(character="obama", profile="cpu-tiny", steps=4, ops=["edit", "augment"],
-                          eval_prompts=["angle-left-45"])  # fmt: skip
+    from flenwheel.flows.editor import EditorParams, editor_flywheel
+
+    params = EditorParams(
+        character="obama", profile="cpu-tiny", steps=4, ops=["edit", "augment"], eval_prompts=["angle-left-45"]
+    )
     first = editor_flywheel(params, root=str(ws.root), configs=str(ws.configs_dir))
     assert first.lora.trained and first.evaluation.held_out and {"base", "lora"} <= set(first.evaluation.metrics)
     assert all(m["n"] == 1 for m in first.evaluation.metrics.values()) and first.evaluation.report.is_file()

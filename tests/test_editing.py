@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flenwheel import gate, versions
+from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.config import PromptEntry
+from flenwheel.core.config import PromptEntry
+from flenwheel.dataset import versions
 from flenwheel.editing import AugmentEditor, EditJob, pending_jobs, run_edit_batch
 from flenwheel.identity import filter_images
-from flenwheel.ingest import ingest_paths
-from flenwheel.workspace import Workspace
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def test_edit_jobs_record_everything_and_run_once(ws: Workspace, catalog: Catalo
         first,
         tuple(json.loads(rows[0]["params"])["face_box"]),
     )
-    from flenwheel.store import encode_png
+    from flenwheel.store.objects import encode_png
 
     assert hashlib.sha256(encode_png(again.image)).hexdigest() in made
 
@@ -95,11 +96,11 @@ def test_auto_review_cli_decisions_and_freeze(
     jobs = pending_jobs(catalog, "obama", editor, prompts(ws, "angle-mirror", "angle-close-up", "bg-blue"), [0])
     made = run_edit_batch(ws, catalog, "obama", editor, jobs, None)
     filter_images(ws, catalog, ws.character("obama"), image_ids=made)
-    before = gate.status(catalog, "obama", "enrich")
+    before = gate.Gate(catalog, "obama", "enrich").status()
     assert before.candidates == 6 and before.pending == 6 and before.unscored == 0
-    approved, rejected = gate.auto_review(catalog, "obama", "enrich", 0.02, None)
+    approved, rejected = gate.Gate(catalog, "obama", "enrich").auto_review(None)
     assert approved + rejected == 6 and approved >= 4
-    assert gate.auto_review(catalog, "obama", "enrich", 0.02, None) == (0, 0)  # idempotent
+    assert gate.Gate(catalog, "obama", "enrich").auto_review(None) == (0, 0)  # idempotent
     reviews = catalog.rows("SELECT * FROM review_state")
     assert {r["source"] for r in reviews} == {"auto"} and all(r["note"].startswith("auto: ") for r in reviews)
 
@@ -116,7 +117,7 @@ def test_auto_review_cli_decisions_and_freeze(
     target = next(r["image_id"] for r in reviews if r["decision"] == "approved")
     csv_file = tmp_path / "d.csv"
     csv_file.write_text(f"image_id,decision,note\n{target[:10]},reject,blurry\n")
-    changed = gate.decide(catalog, "obama", "enrich", gate.read_decisions_csv(csv_file), "cli", "me", None)
+    changed = gate.Gate(catalog, "obama", "enrich").decide(gate.read_decisions_csv(csv_file), "cli", "me", None)
     assert changed == 1
     v2 = versions.freeze(ws, catalog, ws.character("obama"), None)
     assert v2.version_id == "obama@v2" and v2.n_images == v1.n_images - 1
@@ -134,8 +135,8 @@ def test_decide_checks_every_id_first(ws: Workspace, catalog: Catalog, obama: li
         ws, catalog, "obama", editor, pending_jobs(catalog, "obama", editor, prompts(ws, "angle-mirror"), [0]), None
     )
     with pytest.raises(gate.ReviewError, match="not a candidate"):
-        gate.decide(
-            catalog, "obama", "enrich", [(made[0], "approved", None), ("abcdef12", "approved", None)], "cli", None, None
+        gate.Gate(catalog, "obama", "enrich").decide(
+            [(made[0], "approved", None), ("abcdef12", "approved", None)], "cli", None, None
         )
     assert catalog.rows("SELECT count(*) AS n FROM reviews")[0]["n"] == 0
     with pytest.raises(gate.ReviewError, match="decision must be approve or reject"):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import ConfigError
+from flenwheel.core.config import ConfigError
 from flenwheel.editing import editor_plan
-from flenwheel.ingest import ingest_paths
-from flenwheel.workspace import Workspace
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 
 ROUTED = "editors:\n  default: qwen\n  categories: {lighting: vibe}\n"
 
@@ -55,8 +55,9 @@ def test_configured_enrichment_routes_each_category_and_keys_differ(
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
     prompts = ["light-studio-soft", "angle-left-45"]
-    params = EnrichParams(character="obama", editor="configured", profile="cpu-tiny", prompts=prompts, seeds=1,
-                          review="auto")  # fmt: skip
+    params = EnrichParams(
+        character="obama", editor="configured", profile="cpu-tiny", prompts=prompts, seeds=1, review="auto"
+    )
     made = enrich(params, root=str(ws.root), configs=str(ws.configs_dir)).images
     # tiny random weights paint noise: every attempt fails the face check and is retried (docs/verification.md)
     assert made == len(catalog.rows("SELECT * FROM derivations")) >= 2
@@ -81,8 +82,20 @@ def test_configured_enrichment_routes_each_category_and_keys_differ(
 def test_enrich_with_the_vibe_editor_from_the_cli(prefect_harness, cli, ws: Workspace, faces: Path) -> None:
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
-    result = cli("enrich", "obama", "--editor", "vibe", "--profile", "cpu-tiny",
-                 "--prompts", "light-studio-soft,bg-blue", "--seeds", "1", "--review", "auto")  # fmt: skip
+    result = cli(
+        "enrich",
+        "obama",
+        "--editor",
+        "vibe",
+        "--profile",
+        "cpu-tiny",
+        "--prompts",
+        "light-studio-soft,bg-blue",
+        "--seeds",
+        "1",
+        "--review",
+        "auto",
+    )
     assert result.exit_code == 0, result.output
     rows = catalog.rows("SELECT d.*, i.width, i.height FROM derivations d JOIN images i ON i.image_id = d.child_id")
     assert {r["prompt_id"] for r in rows} == {"bg-blue", "light-studio-soft"}
@@ -104,11 +117,23 @@ def test_enrich_with_the_vibe_editor_from_the_cli(prefect_harness, cli, ws: Work
 def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, faces: Path) -> None:
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
-    result = cli("eval-editors", "obama", "--editors", "qwen,vibe", "--profile", "cpu-tiny",
-                 "--prompts", "light-studio-soft,angle-left-45", "--seeds", "1")  # fmt: skip
+    result = cli(
+        "eval-editors",
+        "obama",
+        "--editors",
+        "qwen,vibe",
+        "--profile",
+        "cpu-tiny",
+        "--prompts",
+        "light-studio-soft,angle-left-45",
+        "--seeds",
+        "1",
+    )
     assert result.exit_code == 0, result.output
-    metrics = {(r["scope_id"], r["name"]): r["value"] for r in catalog.rows(
-        "SELECT scope_id, name, value FROM metrics WHERE scope = 'editor_eval'")}  # fmt: skip
+    metrics = {
+        (r["scope_id"], r["name"]): r["value"]
+        for r in catalog.rows("SELECT scope_id, name, value FROM metrics WHERE scope = 'editor_eval'")
+    }
     [eval_id] = {k.split(":")[0] for k, _ in metrics}
     for editor in ("qwen", "vibe"):
         assert metrics[(f"{eval_id}:{editor}", "n")] == 1  # angles are left out for both: vibe does not do them
@@ -125,8 +150,18 @@ def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, 
     rows = json.loads((ws.root / "evals" / eval_id / "evaluation.json").read_text())
     assert {r["editor"] for r in rows} == {"qwen", "vibe"} and {r["seed"] for r in rows} == {0}
 
-    again = cli("eval-editors", "obama", "--editors", "qwen,vibe", "--profile", "cpu-tiny",
-                "--prompts", "light-studio-soft,angle-left-45", "--seeds", "1")  # fmt: skip
+    again = cli(
+        "eval-editors",
+        "obama",
+        "--editors",
+        "qwen,vibe",
+        "--profile",
+        "cpu-tiny",
+        "--prompts",
+        "light-studio-soft,angle-left-45",
+        "--seeds",
+        "1",
+    )
     assert again.exit_code == 0 and eval_id in again.output  # same jobs, same id; metrics recorded once
     assert len(catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")) == len(metrics)
     bad = cli("eval-editors", "obama", "--editors", "qwen,dalle")
@@ -150,20 +185,39 @@ def test_eval_editors_checks_every_edit_like_enrichment_and_the_page_matches_sql
 ) -> None:
     """Issue 28.1: the comparison runs enrichment's masks, verifier (face count included) and critic on every
     edit of every editor; its checks are in `verifications`, and the page's numbers are what SQL says."""
-    from flenwheel import doctor, gate
+    from flenwheel import gate
     from flenwheel.report.format import cell
+    from flenwheel.store import doctor
 
     settings = ws.configs_dir / "flenwheel.yaml"
-    settings.write_text(settings.read_text().replace("enabled: true", "enabled: true\n  critic: editor").replace(
-        "strength_factor: 0.7", "strength_factor: 0.7\n  critic_checks: [{id: photo, question: 'Is this a photo?',"
-        " threshold: 0.05}]"))  # fmt: skip
+    settings.write_text(
+        settings.read_text()
+        .replace("enabled: true", "enabled: true\n  critic: editor")
+        .replace(
+            "strength_factor: 0.7",
+            "strength_factor: 0.7\n  critic_checks: [{id: photo, question: 'Is this a photo?', threshold: 0.05}]",
+        )
+    )
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
-    result = cli("eval-editors", "obama", "--editors", "augment,vibe", "--profile", "cpu-tiny",
-                 "--prompts", "bg-blue,light-golden-hour", "--seeds", "1")  # fmt: skip
+    result = cli(
+        "eval-editors",
+        "obama",
+        "--editors",
+        "augment,vibe",
+        "--profile",
+        "cpu-tiny",
+        "--prompts",
+        "bg-blue,light-golden-hour",
+        "--seeds",
+        "1",
+    )
     assert result.exit_code == 0, result.output
-    [eval_id] = {r["scope_id"].split(":")[0] for r in catalog.rows("SELECT scope_id FROM metrics")
-                 if r["scope_id"].startswith("editors-")}  # fmt: skip
+    [eval_id] = {
+        r["scope_id"].split(":")[0]
+        for r in catalog.rows("SELECT scope_id FROM metrics")
+        if r["scope_id"].startswith("editors-")
+    }
 
     # Every edit of every editor is checked, keyed by the sha256 of its file under evals/
     edits = json.loads((ws.root / "evals" / eval_id / "evaluation.json").read_text())
@@ -171,8 +225,10 @@ def test_eval_editors_checks_every_edit_like_enrichment_and_the_page_matches_sql
     for e in edits:
         data = (ws.root / "evals" / eval_id / e["file"]).read_bytes()
         assert e["image_id"] == hashlib.sha256(data).hexdigest()
-    checks = catalog.rows("SELECT image_id, name, passed, params->>'$.arm' AS arm FROM verifications"
-                          " WHERE params->>'$.eval_id' = ?", [eval_id])  # fmt: skip
+    checks = catalog.rows(
+        "SELECT image_id, name, passed, params->>'$.arm' AS arm FROM verifications WHERE params->>'$.eval_id' = ?",
+        [eval_id],
+    )
     by_image: dict[str, set[str]] = {}
     for c in checks:
         by_image.setdefault(c["image_id"], set()).add(c["name"])
@@ -199,8 +255,10 @@ def test_eval_editors_checks_every_edit_like_enrichment_and_the_page_matches_sql
         {"id": eval_id},
     )
     per_arm, per_category = page_tables((ws.root / "reports" / "obama" / eval_id / "index.html").read_text())
-    metrics = {(r["scope_id"], r["name"]): r["value"]
-               for r in catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")}  # fmt: skip
+    metrics = {
+        (r["scope_id"], r["name"]): r["value"]
+        for r in catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")
+    }
 
     def shown(row: dict) -> dict[str, str]:
         return per_category[f"{row['arm']}:{row['category']}"] if row["category"] else per_arm[row["arm"]]
@@ -217,6 +275,6 @@ def test_eval_editors_checks_every_edit_like_enrichment_and_the_page_matches_sql
     # Evaluation edits are no candidates and no images: gates, FiftyOne's rows, reports and doctor ignore them
     assert catalog.rows("SELECT count(*) AS n FROM images")[0]["n"] == 1
     assert catalog.rows("SELECT * FROM image_checks") == []  # the view of catalogued images' checks
-    assert gate.candidates(catalog, "obama", "enrich") == [] and catalog.edit_outcomes("obama") == []
+    assert gate.Gate(catalog, "obama", "enrich").candidates() == [] and catalog.edit_outcomes("obama") == []
     assert [r["origin"] for r in catalog.review_dataset_rows("obama")] == ["source"]
     assert doctor.examine(ws, catalog, grace_s=0).healthy

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel import gate, versions
+from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.ingest import ingest_paths
-from flenwheel.workspace import Workspace
+from flenwheel.dataset import versions
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from tests.conftest import PROJECT, snapshot
 
 PROMPTS = ["angle-mirror", "angle-close-up", "light-golden-hour", "bg-blue"]
@@ -40,7 +41,7 @@ def test_enrich_flow_auto_review_freeze_and_rerun(prefect_harness, ws: Workspace
         assert r["seed"] in (0, 1) and r["prompt_id"] in PROMPTS and r["prompt"] and r["model_ref"]
         assert json.loads(r["params"])["augment"]["op"] and len(r["job_key"]) == 64
     assert catalog.rows("SELECT count(*) AS n FROM identity_scores")[0]["n"] == 18  # 2 sources + 16 candidates
-    status = gate.status(catalog, "obama", "enrich")
+    status = gate.Gate(catalog, "obama", "enrich").status()
     assert status.done and status.approved + status.rejected == 16 and status.approved > 8
     assert {r["source"] for r in catalog.rows("SELECT source FROM reviews")} == {"auto"}
     flows = catalog.rows("SELECT flow, status, prefect_flow_run_id FROM runs WHERE flow = 'flow:enrich'")
@@ -67,8 +68,9 @@ def test_qwen_editor_end_to_end_on_the_tiny_pipeline(prefect_harness, ws: Worksp
     from flenwheel.flows.enrich import EnrichParams, enrich
 
     ingest_obama(ws, faces)
-    params = EnrichParams(character="obama", editor="qwen", profile="cpu-tiny", prompts=["angle-left-45"], seeds=1,
-                          review="auto")  # fmt: skip
+    params = EnrichParams(
+        character="obama", editor="qwen", profile="cpu-tiny", prompts=["angle-left-45"], seeds=1, review="auto"
+    )
     result = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
     # Noise has no face: every attempt fails the verifier's face check and is retried twice (seeds 1000, 2000).
     assert result.jobs == 2 and result.images == 6
@@ -84,16 +86,17 @@ def test_qwen_editor_end_to_end_on_the_tiny_pipeline(prefect_harness, ws: Worksp
         assert r["steps"] == 2 and r["guidance"] == 4.0
         assert r["negative_prompt"] == " " and json.loads(r["params"])["pipeline"] == "QwenImageEditPlusPipeline"
         assert r["verdict"] == "no_face"  # tiny random weights paint noise: by design, and the filter says so
-    assert gate.status(catalog, "obama", "enrich").rejected == 2
+    assert gate.Gate(catalog, "obama", "enrich").status().rejected == 2
     peaks = catalog.rows("SELECT * FROM metrics WHERE scope = 'stage' AND scope_id = 'qwen-image-edit'")
     assert peaks and peaks[0]["value"] > 0
 
 
 def test_gate_pauses_and_resumes_with_input(prefect_harness, ws: Workspace, faces: Path) -> None:
-    from flenwheel.flows.enrich import EnrichParams, enrich
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.flow_runs import resume_flow_run
+
+    from flenwheel.flows.enrich import EnrichParams, enrich
 
     ingest_obama(ws, faces)
     params = EnrichParams(character="obama", prompts=["angle-mirror", "bg-blue"], seeds=1, review="cli", wait=True)
@@ -113,10 +116,9 @@ def test_gate_pauses_and_resumes_with_input(prefect_harness, ws: Workspace, face
                 if fr.state and fr.state.is_paused() and fr.parameters["params"]["character"] == "obama":
                     run_id = fr.id
     assert run_id is not None, "the flow did not pause at the gate"
-    cands = gate.candidates(catalog, "obama", "enrich")
+    cands = gate.Gate(catalog, "obama", "enrich").candidates()
     assert len(cands) == 4 and all(c["decision"] is None for c in cands)
-    gate.decide(catalog, "obama", "enrich", [(cands[0]["image_id"], "approved", "looks right")], "cli", "me",
-                     None)  # fmt: skip
+    gate.Gate(catalog, "obama", "enrich").decide([(cands[0]["image_id"], "approved", "looks right")], "cli", "me", None)
     resume_flow_run(run_id, run_input={"auto_decide_rest": True, "note": "rest by policy"})
     flow_thread.join(timeout=300)
     assert outcome["result"].status == "completed" and outcome["result"].gate.pending == 0
@@ -133,8 +135,8 @@ def test_local_run_exits_awaiting_review_and_carries_on(prefect_harness, ws: Wor
     assert first.status == "awaiting_review" and "awaiting review: 2 candidate(s)" in first.message
     catalog = Catalog(ws.catalog_path)
     assert catalog.rows("SELECT status FROM runs WHERE flow = 'flow:enrich'")[0]["status"] == "awaiting_review"
-    ids = [c["image_id"] for c in gate.candidates(catalog, "obama", "enrich")]
-    gate.decide(catalog, "obama", "enrich", [(i, "approved", None) for i in ids], "cli", None, None)
+    ids = [c["image_id"] for c in gate.Gate(catalog, "obama", "enrich").candidates()]
+    gate.Gate(catalog, "obama", "enrich").decide([(i, "approved", None) for i in ids], "cli", None, None)
     second = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
     assert second.status == "completed" and second.images == 0 and second.gate.approved == 2
 
@@ -146,6 +148,8 @@ def test_pause_keys_are_stable_per_gate_and_round() -> None:
 
 
 def test_fiftyone_dataset_fields_tags_and_persistence(ws: Workspace, catalog: Catalog, faces: Path) -> None:
+    from flenwheel.editing import AugmentEditor, pending_jobs, run_edit_batch
+    from flenwheel.identity import filter_images
     from flenwheel.review.datasets import (
         AUTO_REJECTED,
         GROUP_VIEW,
@@ -154,9 +158,6 @@ def test_fiftyone_dataset_fields_tags_and_persistence(ws: Workspace, catalog: Ca
         pull_decisions,
         sync_candidates,
     )
-
-    from flenwheel.editing import AugmentEditor, pending_jobs, run_edit_batch
-    from flenwheel.identity import filter_images
 
     ingest_obama(ws, faces)
     filter_images(ws, catalog, ws.character("obama"))
@@ -198,8 +199,13 @@ def test_fiftyone_dataset_fields_tags_and_persistence(ws: Workspace, catalog: Ca
         "import fiftyone as fo, sys; ds = fo.load_dataset(sys.argv[1]); "
         "print(len(ds), sorted(ds.count_sample_tags().items()))"
     )
-    out = subprocess.run([sys.executable, "-c", code, dataset_name(ws, "obama")], capture_output=True, text=True,
-                         env=_cli_env(), timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, dataset_name(ws, "obama")],
+        capture_output=True,
+        text=True,
+        env=_cli_env(),
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("6 [('approved', 1), ('auto_rejected', 1), ('rejected', 1)]")
 
@@ -253,9 +259,23 @@ def test_review_serve_runs_the_app(ws: Workspace, faces: Path, configs_dir: Path
         port = s.getsockname()[1]
     (configs_dir / "flenwheel.yaml").write_text(f"review:\n  app_port: {port}\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flenwheel", "--root", str(ws.root), "--configs", str(configs_dir), "review", "serve",
-         "obama"], env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "flenwheel",
+            "--root",
+            str(ws.root),
+            "--configs",
+            str(configs_dir),
+            "review",
+            "serve",
+            "obama",
+        ],
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, body = time.monotonic() + 180, ""
         while time.monotonic() < deadline and not body:

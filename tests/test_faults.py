@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from flenwheel import gate
-from flenwheel.store import expand_paths
+from flenwheel.store.objects import expand_paths
 from tests.conftest import FACES, snapshot
 from tests.faults import (
     COMMANDS,
@@ -81,9 +81,14 @@ def test_killed_at_a_seeded_moment_then_rerun(lab: Lab, references, name: str, t
 
 
 def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights(lab: Lab, references, tmp_path: Path) -> None:
-    outcome = kill_trial(lab, COMMANDS["train"], references["train"].catalog, tmp_path / "root",
-                         when=checkpoint_in_progress,
-                         label="while writing a checkpoint")  # fmt: skip
+    outcome = kill_trial(
+        lab,
+        COMMANDS["train"],
+        references["train"].catalog,
+        tmp_path / "root",
+        when=checkpoint_in_progress,
+        label="while writing a checkpoint",
+    )
     assert "finished before" not in outcome.moment
     assert outcome.ok, outcome.problems  # the loras row's sha256 is in the snapshot: bitwise the same weights
 
@@ -133,8 +138,10 @@ def test_disk_full_while_writing_the_report(lab: Lab, references, tmp_path: Path
 
 
 def run_at_once(lab: Lab, ws_argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    procs = [subprocess.Popen(argv, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for argv in ws_argvs]  # fmt: skip
+    procs = [
+        subprocess.Popen(argv, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv in ws_argvs
+    ]
     results = []
     for argv, p in zip(ws_argvs, procs, strict=True):
         out, err = p.communicate(timeout=1800)
@@ -172,7 +179,7 @@ def test_nightly_and_flywheel_of_one_character_at_once(lab: Lab, tmp_path: Path)
 def test_two_characters_at_once_do_not_interfere(lab: Lab, references, tmp_path: Path) -> None:
     """obama's flywheel beside biden's: obama ends exactly as when it ran alone."""
     ws = lab.fresh(COMMANDS["flywheel"], tmp_path / "root")
-    from flenwheel.ingest import ingest_paths
+    from flenwheel.store.ingest import ingest_paths
 
     ingest_paths(ws, ws.catalog(), "biden", expand_paths([FACES / "biden"])[:2], None)
     biden = [*lab.argv(ws, COMMANDS["flywheel"])[:5], "flywheel", "biden", *FLYWHEEL_ARGS]
@@ -193,17 +200,38 @@ def test_review_decide_while_a_flow_writes(lab: Lab, tmp_path: Path) -> None:
     """A reviewer's decisions land while an enrichment writes to the same catalog (lock retries, no loss)."""
     ws = lab.fresh(COMMANDS["train-edit"], tmp_path / "root")  # has approved augment edits of obama
     catalog = ws.catalog()
-    pending = [c["image_id"] for c in gate.candidates(catalog, "obama", "enrich")]
-    enrich = [*lab.argv(ws, COMMANDS["enrich"])[:5], "enrich", "obama", "--editor", "augment", "--review", "cli",
-              "--seeds", "2", "--prompts", "light-golden-hour,bg-studio-grey", "--batch-size", "1"]  # fmt: skip
+    pending = [c["image_id"] for c in gate.Gate(catalog, "obama", "enrich").candidates()]
+    enrich = [
+        *lab.argv(ws, COMMANDS["enrich"])[:5],
+        "enrich",
+        "obama",
+        "--editor",
+        "augment",
+        "--review",
+        "cli",
+        "--seeds",
+        "2",
+        "--prompts",
+        "light-golden-hour,bg-studio-grey",
+        "--batch-size",
+        "1",
+    ]
     proc = subprocess.Popen(enrich, env=lab.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(gate.candidates(catalog, "obama", "enrich")) == len(pending):
+    while time.monotonic() < deadline and len(gate.Gate(catalog, "obama", "enrich").candidates()) == len(pending):
         time.sleep(0.2)  # until the flow is writing its first batch
     decided = []
     for image_id in pending[:3]:
-        argv = [*lab.argv(ws, COMMANDS["enrich"])[:5], "review", "decide", "obama", "--reject", image_id,
-                "--reviewer", "carol"]  # fmt: skip
+        argv = [
+            *lab.argv(ws, COMMANDS["enrich"])[:5],
+            "review",
+            "decide",
+            "obama",
+            "--reject",
+            image_id,
+            "--reviewer",
+            "carol",
+        ]
         result = subprocess.run(argv, env=lab.env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         decided.append(image_id)
@@ -220,8 +248,12 @@ def test_scoring_workers_still_starting_when_their_command_dies_exit(lab: Lab, t
     and a worker that asked for its parent's pid after the kill watched its new parent forever."""
     ws = lab.fresh(COMMANDS["dataset freeze"], tmp_path / "root")  # sources of obama, not yet all scored
     ws.catalog().write(lambda con: con.execute("DELETE FROM identity_scores"))  # so there is scoring to do
-    proc = subprocess.Popen([*lab.argv(ws, COMMANDS["enrich"])[:5], "identity", "filter", "obama"], env=lab.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [*lab.argv(ws, COMMANDS["enrich"])[:5], "identity", "filter", "obama"],
+        env=lab.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tree: set[int] = set()
     while proc.poll() is None and not any("spawn_main" in command_line(p) for p in tree):
         tree |= descendants(proc.pid)

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from flenwheel import gate
-from flenwheel.ingest import ingest_paths
-from flenwheel.workspace import Workspace
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 from tests.conftest import ARTIFACTS, PROJECT
 
 pytestmark = [pytest.mark.tiny, pytest.mark.slow]
@@ -88,8 +88,14 @@ class Server:
     def prefect(
         self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "prefect"), *args], env={**self.env, **(env or {})}, cwd=cwd,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "prefect"), *args],
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         return self.api.get(f"/flow_runs/{run_id}").raise_for_status().json()
@@ -110,8 +116,12 @@ class Server:
         """Every log line of the run, oldest first (the API pages by 200)."""
         lines: list[str] = []
         while True:
-            body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "offset": len(lines),
-                    "sort": "TIMESTAMP_ASC"}  # fmt: skip
+            body = {
+                "logs": {"flow_run_id": {"any_": [run_id]}},
+                "limit": 200,
+                "offset": len(lines),
+                "sort": "TIMESTAMP_ASC",
+            }
             page = [r["message"] for r in self.api.post("/logs/filter", json=body).raise_for_status().json()]
             lines += page
             if len(page) < 200:
@@ -125,12 +135,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}/api"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-        "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_UI_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-    }  # fmt: skip
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": url,
+        "PREFECT_UI_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     api = RetryingClient(base_url=url, timeout=30)
     try:
 
@@ -164,8 +182,14 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, P
 
 
 def flenwheel(ws: Workspace, *args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "flenwheel"), "--root", str(ws.root), "--configs", str(ws.configs_dir), *args],
-                          env=env, capture_output=True, text=True, timeout=600, **kw)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "flenwheel"), "--root", str(ws.root), "--configs", str(ws.configs_dir), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -194,12 +218,17 @@ def test_ui_run_suspends_keeps_the_reviewers_word_and_completes(
     form = deployment["parameter_openapi_schema"]["definitions"]["FlywheelParams"]["properties"]
     assert "obama" in form["character"]["enum"] and "cpu-tiny" in json.dumps(form["profile"])
     assert "light-studio-soft" in json.dumps(form["enrich_prompts"])
-    bad = server.api.post(f"/deployments/{deployment['id']}/create_flow_run",
-                          json={"parameters": {"params": {**PARAMS, "enrich_prompts": ["light-studio"]}}})  # fmt: skip
+    bad = server.api.post(
+        f"/deployments/{deployment['id']}/create_flow_run",
+        json={"parameters": {"params": {**PARAMS, "enrich_prompts": ["light-studio"]}}},
+    )
     assert bad.status_code in (409, 422) and "light-studio" in bad.text
 
-    run = server.api.post(f"/deployments/{deployment['id']}/create_flow_run",
-                          json={"parameters": {"params": PARAMS}}).raise_for_status().json()  # fmt: skip
+    run = (
+        server.api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {"params": PARAMS}})
+        .raise_for_status()
+        .json()
+    )
     run_id = run["id"]
     server.wait_state(run_id, "PAUSED")
     assert server.state(run_id)[1] == "Suspended"
@@ -208,8 +237,9 @@ def test_ui_run_suspends_keeps_the_reviewers_word_and_completes(
 
     # The reviewer decides some candidates in the CLI while the run waits, then resumes with auto_decide_rest.
     ids = first_round["pending_ids"]
-    decided = flenwheel(ws, "review", "decide", "obama", "--approve", ids[0], "--reject", ids[1], "--reviewer",
-                        "alice", env=server.env)  # fmt: skip
+    decided = flenwheel(
+        ws, "review", "decide", "obama", "--approve", ids[0], "--reject", ids[1], "--reviewer", "alice", env=server.env
+    )
     assert decided.returncode == 0, decided.stderr
     resume = {"run_input": {"auto_decide_rest": True, "reviewer": "alice", "note": "policy for the rest"}}
     server.api.post(f"/flow_runs/{run_id}/resume", json=resume).raise_for_status()
@@ -227,15 +257,16 @@ def test_ui_run_suspends_keeps_the_reviewers_word_and_completes(
     enrich = rounds[0]
     assert enrich["reviewer"] == "alice" and enrich["note"] == "policy for the rest" and enrich["auto_decide_rest"]
     assert enrich["decided_by_people"] == 2 and enrich["decided_by_policy"] == 2
-    status = gate.status(catalog, "obama", "enrich")
+    status = gate.Gate(catalog, "obama", "enrich").status()
     assert status.pending == 0 and status.candidates == 4
     by_image = {r["image_id"]: r for r in catalog.rows("SELECT * FROM review_state WHERE gate_id = 'obama:enrich'")}
     assert by_image[ids[0]]["source"] == by_image[ids[1]]["source"] == "cli"
     assert {by_image[i]["source"] for i in ids[2:]} == {"auto"}
     assert all("alice" in by_image[i]["note"] and "policy for the rest" in by_image[i]["note"] for i in ids[2:])
 
-    server.api.post(f"/flow_runs/{run_id}/resume",
-                    json={"run_input": {"approve_rest": True, "reviewer": "bob"}}).raise_for_status()  # fmt: skip
+    server.api.post(
+        f"/flow_runs/{run_id}/resume", json={"run_input": {"approve_rest": True, "reviewer": "bob"}}
+    ).raise_for_status()
     server.wait_state(run_id, "COMPLETED")
     [iteration] = catalog.iterations("obama")
     assert iteration["status"] == "completed" and (ws.root / iteration["report_path"]).is_file()
@@ -247,9 +278,18 @@ def test_ui_run_suspends_keeps_the_reviewers_word_and_completes(
     assert {"obama-iteration-1", "obama-iteration-1-identity"} <= {a["key"] for a in artifacts.json()}
 
     # the run tells its story in the UI's log view (the last lines arrive when the run's process flushes them)
-    lines = ("enrichment of obama with the augment editor", "identity of", "gate obama:enrich waits on 4",
-             "http://127.0.0.1:", "resumed by alice", "dataset version obama@v1", "chosen checkpoint step",
-             "generated 1 synthetic image", "gate obama:synthetic waits on", "target 70% not met); report")  # fmt: skip
+    lines = (
+        "enrichment of obama with the augment editor",
+        "identity of",
+        "gate obama:enrich waits on 4",
+        "http://127.0.0.1:",
+        "resumed by alice",
+        "dataset version obama@v1",
+        "chosen checkpoint step",
+        "generated 1 synthetic image",
+        "gate obama:synthetic waits on",
+        "target 70% not met); report",
+    )
     wait_for("the run's last log lines", lambda: all(line in server.logs(run_id) for line in lines), timeout_s=120)
 
 
@@ -272,17 +312,22 @@ def test_prefect_yaml_work_pool_worker_runs_to_the_first_gate(
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     where = {"FLENWHEEL_HOME": str(workspace.root), "FLENWHEEL_CONFIGS": str(workspace.configs_dir)}
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "flenwheel"],
-                              env={**server.env, **where}, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "flenwheel"],
+        env={**server.env, **where},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         params = {**PARAMS, "enrich_prompts": ["light-golden-hour"]}  # new jobs, so a new gate round
         run = server.prefect("deployment", "run", "flywheel/flywheel", "--params", json.dumps({"params": params}))
         assert run.returncode == 0, run.stdout + run.stderr
         run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID" in line)
         server.wait_state(run_id, "PAUSED")
-        rounds = workspace.catalog().rows("SELECT gate_id, pending_ids FROM gate_rounds WHERE flow_run_id = ?",
-                                          [run_id])  # fmt: skip
+        rounds = workspace.catalog().rows(
+            "SELECT gate_id, pending_ids FROM gate_rounds WHERE flow_run_id = ?", [run_id]
+        )
         assert [r["gate_id"] for r in rounds] == ["obama:enrich"] and len(rounds[0]["pending_ids"]) == 2
     finally:
         stop(worker)
@@ -294,26 +339,46 @@ def test_fiftyone_app_shows_the_samples_without_a_consent_banner(workspace: Work
     # the service must turn tracking off itself; unbuffered, so its "FiftyOne App: URL" line reaches the log
     env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DO_NOT_TRACK"} | {"PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "app.log").open("w")
-    cmd = [str(BIN / "flenwheel"), "--root", str(workspace.root), "--configs", str(workspace.configs_dir), "review",
-           "serve", "obama"]  # fmt: skip
+    cmd = [
+        str(BIN / "flenwheel"),
+        "--root",
+        str(workspace.root),
+        "--configs",
+        str(workspace.configs_dir),
+        "review",
+        "serve",
+        "obama",
+    ]
     app = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = wait_for("the FiftyOne App", lambda: _app_url(tmp_path / "app.log", app), timeout_s=300)
         count = len(open_dataset(workspace, "obama"))
         browser = shutil.which("chromium")
         assert browser, "chromium is not installed: `make test` installs it"
-        flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}"]  # fmt: skip
-        dom = subprocess.run([*flags, "--virtual-time-budget=30000", "--dump-dom", url], capture_output=True,
-                             text=True, timeout=300).stdout  # fmt: skip
+        flags = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+        ]
+        dom = subprocess.run(
+            [*flags, "--virtual-time-budget=30000", "--dump-dom", url], capture_output=True, text=True, timeout=300
+        ).stdout
         text = " ".join(re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", dom, flags=re.S).split())
         assert f"{count} samples" in text, text[-3000:]  # the grid's header counts the dataset's samples
         assert "Help us improve FiftyOne" not in text and "googletagmanager" not in dom  # no consent, no tracking
         ARTIFACTS.mkdir(exist_ok=True)
         shot = f"--screenshot={ARTIFACTS / 'fiftyone-app.png'}"
-        subprocess.run([*flags, "--virtual-time-budget=30000", "--window-size=1400,900", shot, url],
-                       capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            [*flags, "--virtual-time-budget=30000", "--window-size=1400,900", shot, url],
+            capture_output=True,
+            timeout=300,
+        )
     finally:
         stop(app)
 
@@ -334,8 +399,21 @@ def test_cli_run_on_a_fresh_busy_machine(workspace: Workspace, tmp_path: Path) -
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env |= {"PREFECT_HOME": str(tmp_path / "fresh-prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         started = time.monotonic()
-        cmd = [str(BIN / "flenwheel"), "--root", str(workspace.root), "--configs", str(workspace.configs_dir),
-               "enrich", "obama", "--prompts", "light-studio-soft", "--seeds", "1", "--review", "auto"]  # fmt: skip
+        cmd = [
+            str(BIN / "flenwheel"),
+            "--root",
+            str(workspace.root),
+            "--configs",
+            str(workspace.configs_dir),
+            "enrich",
+            "obama",
+            "--prompts",
+            "light-studio-soft",
+            "--seeds",
+            "1",
+            "--review",
+            "auto",
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stdout, stderr = proc.communicate(timeout=900)
         took = time.monotonic() - started

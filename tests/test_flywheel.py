@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from flenwheel import flywheel as flywheel_policy
-from flenwheel import gate, versions
+from flenwheel import gate
 from flenwheel.catalog import Catalog, DerivationRecord
-from flenwheel.ingest import ingest_paths
-from flenwheel.outputs import store_outputs
-from flenwheel.workspace import Workspace
+from flenwheel.dataset import iteration as flywheel_policy
+from flenwheel.dataset import versions
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.outputs import store_outputs
+from flenwheel.store.workspace import Workspace
 from tests.conftest import ARTIFACTS, PROJECT, snapshot
 
 pytestmark = pytest.mark.tiny
@@ -28,10 +29,17 @@ def flywheel_params(**overrides: object):
     from flenwheel.flows.flywheel import FlywheelParams
 
     values = dict(
-        character="obama", iterations=2, profile="cpu-tiny", editor="augment", review="auto",
-        enrich_prompts=["angle-mirror", "light-golden-hour", "bg-blue"], enrich_seeds=1,
-        synthetic_prompts=["pose-portrait", "scene-park"], synthetic_seeds=1, min_new_synthetics=0,
-    )  # fmt: skip
+        character="obama",
+        iterations=2,
+        profile="cpu-tiny",
+        editor="augment",
+        review="auto",
+        enrich_prompts=["angle-mirror", "light-golden-hour", "bg-blue"],
+        enrich_seeds=1,
+        synthetic_prompts=["pose-portrait", "scene-park"],
+        synthetic_seeds=1,
+        min_new_synthetics=0,
+    )
     return FlywheelParams(**{**values, **overrides})
 
 
@@ -61,8 +69,9 @@ def test_two_iterations_make_two_versions_two_loras_metrics_and_reports(two_iter
     assert [r["dataset_version"] for r in its] == ["obama@v1", "obama@v2"]
     loras = {r["lora_id"]: r for r in catalog.rows("SELECT * FROM loras")}
     assert len(loras) == 2 and {r["dataset_version"] for r in loras.values()} == {"obama@v1", "obama@v2"}
-    assert [r["lora_id"] for r in its] == [next(k for k, v in loras.items() if v["dataset_version"] == f"obama@v{n}")
-                                           for n in (1, 2)]  # fmt: skip
+    assert [r["lora_id"] for r in its] == [
+        next(k for k, v in loras.items() if v["dataset_version"] == f"obama@v{n}") for n in (1, 2)
+    ]
     # v2 is v1 plus what the v1 LoRA's approved synthetics brought (none: tiny models paint noise), and says so
     manifest = json.loads(
         (
@@ -151,22 +160,32 @@ def test_report_renders_in_headless_chromium(two_iterations) -> None:
     assert browser, "chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
     page = ws.root / catalog.iterations("obama")[1]["report_path"]
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     total = int(dom.split('data-images-total="')[1].split('"')[0])
     loaded = int(dom.split('data-images-loaded="')[1].split('"')[0])
     assert total >= 9 and loaded == total
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "flywheel-report.png"
-    subprocess.run([*flags, "--window-size=1200,3800", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [*flags, "--window-size=1200,3800", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (3800, 1200) and pixels.std() > 20  # charts and photos, not an empty page
 
 
 def test_invalid_flywheel_parameters_are_rejected_naming_the_field(prefect_harness) -> None:
-    from flenwheel.flows.flywheel import flywheel
     from prefect.exceptions import ParameterTypeError
+
+    from flenwheel.flows.flywheel import flywheel
 
     with pytest.raises(ParameterTypeError, match="iterations"):
         flywheel(params={"character": "obama", "iterations": 0})
@@ -179,8 +198,9 @@ def test_invalid_flywheel_parameters_are_rejected_naming_the_field(prefect_harne
 def test_deployments_serve_flywheel_and_a_nightly_cron_with_cancel_new(prefect_harness, ws: Workspace) -> None:
     import asyncio
 
-    from flenwheel.flows.deployments import deployments, has_server
     from prefect.client.orchestration import get_client
+
+    from flenwheel.flows.deployments import deployments, has_server
 
     assert has_server()  # the harness points Prefect at its server, as `prefect config set PREFECT_API_URL` does
     fly, editor, nightly = deployments(ws)
@@ -218,8 +238,9 @@ def test_nightly_enrichment_picks_up_new_inbox_photos_once(prefect_harness, ws: 
     inbox = ws.inbox_dir("obama")
     inbox.mkdir(parents=True)
     shutil.copy(faces / "obama" / OBAMA[0], inbox)
-    params = NightlyParams(characters=["obama", "biden"], editor="augment", prompts=["angle-mirror", "bg-blue"],
-                           seeds=1, review="auto")  # fmt: skip
+    params = NightlyParams(
+        characters=["obama", "biden"], editor="augment", prompts=["angle-mirror", "bg-blue"], seeds=1, review="auto"
+    )
     first = nightly_enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
     by_name = {r.character: r for r in first}
     assert by_name["obama"].new_photos == 1 and by_name["obama"].enrichment.images == 2
@@ -233,7 +254,7 @@ def test_nightly_enrichment_picks_up_new_inbox_photos_once(prefect_harness, ws: 
 
 
 def test_two_runs_of_one_character_never_work_at_once(ws: Workspace) -> None:
-    from flenwheel.locks import CharacterBusy, character_lock
+    from flenwheel.store.locks import CharacterBusy, character_lock
 
     with character_lock(ws, "obama", "flow run A"):
         with pytest.raises(CharacterBusy, match="flow run A"):
@@ -257,14 +278,27 @@ def test_next_version_drops_near_duplicates_and_caps_the_synthetic_share(
         photos[1].transpose(Image.Transpose.FLIP_LEFT_RIGHT),  # mirrored sources: same person, other pictures
         photos[2].transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     ]
-    outputs = [(img, DerivationRecord("", None, "generate", prompt=f"photo of fw_obama {i}", prompt_id="pose-portrait",
-                                      seed=i, params={"lora_id": "obama-v1-flux-x"}, job_key=f"k{i}"))
-               for i, img in enumerate(fakes)]  # fmt: skip
+    outputs = [
+        (
+            img,
+            DerivationRecord(
+                "",
+                None,
+                "generate",
+                prompt=f"photo of fw_obama {i}",
+                prompt_id="pose-portrait",
+                seed=i,
+                params={"lora_id": "obama-v1-flux-x"},
+                job_key=f"k{i}",
+            ),
+        )
+        for i, img in enumerate(fakes)
+    ]
     ids = store_outputs(ws, catalog, "obama", "generate", outputs, None)
     from flenwheel.identity import filter_images
 
     filter_images(ws, catalog, ws.character("obama"), image_ids=None, run_id=None)
-    gate.decide(catalog, "obama", "synthetic", [(i, "approved", None) for i in ids], "cli", "t", None)
+    gate.Gate(catalog, "obama", "synthetic").decide([(i, "approved", None) for i in ids], "cli", "t", None)
     character = ws.character("obama")
 
     members, sel = flywheel_policy.next_version_members(ws, catalog, character, None, "obama-v1-flux-x", 0.9, 6)

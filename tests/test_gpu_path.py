@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 
 from flenwheel.catalog import Catalog
-from flenwheel.models import ModelManager, hub_snapshot
+from flenwheel.models.loading import ModelManager
+from flenwheel.models.refs import hub_snapshot
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import Example, FluxBackend, LoraTrainer, QwenEditBackend, TrainingError, bucket_size
 from flenwheel.training.checkpoints import atomic_write_text
 from flenwheel.training.export import finished_result
-from flenwheel.workspace import Workspace
 from tests.conftest import quantize_nf4_on_cpu
 
 pytestmark = pytest.mark.tiny
@@ -55,8 +56,15 @@ def test_edit_trainer_conditions_the_transformer_as_the_pipeline_does(ws: Worksp
     with ModelManager(ws, ws.profile("cpu-tiny")) as manager:
         pipe = manager.get("qwen-image-edit").pipe
         used = record_transformer_calls(pipe.transformer)
-        pipe(image=[before], prompt="Mirror the photo.", true_cfg_scale=1.0, height=height, width=width,
-             num_inference_steps=1, generator=torch.Generator().manual_seed(0))  # fmt: skip
+        pipe(
+            image=[before],
+            prompt="Mirror the photo.",
+            true_cfg_scale=1.0,
+            height=height,
+            width=width,
+            num_inference_steps=1,
+            generator=torch.Generator().manual_seed(0),
+        )
     # the real profiles' condition size (cpu-tiny's own edit trainer conditions at its 64-px training size)
     backend = edit_backend(ws, control_area=ws.profile("gpu-24gb").edit_trainer.control_area)
     [item] = backend.cache([Example("pair", (before_path, after_path), "Mirror the photo.")], ws.root / "cache")
@@ -112,8 +120,9 @@ def test_qlora_forward_attends_in_bf16_with_fp32_lora_weights(ws: Workspace, cat
         from diffusers import QwenImageTransformer2DModel
 
         seen.clear()
-        base = QwenImageTransformer2DModel.from_pretrained(str(backend.model.path), subfolder="transformer",
-                                                           dtype=torch.bfloat16)  # fmt: skip
+        base = QwenImageTransformer2DModel.from_pretrained(
+            str(backend.model.path), subfolder="transformer", dtype=torch.bfloat16
+        )
         quantize_nf4_on_cpu(base, torch.bfloat16)  # what BitsAndBytesConfig(load_in_4bit, nf4) does on a GPU
         base = backend.prepare_base(base)
         if upcast_like_kbit_prep:
@@ -121,8 +130,7 @@ def test_qlora_forward_attends_in_bf16_with_fp32_lora_weights(ws: Workspace, cat
         trainer = LoraTrainer(ws, catalog, backend)
         transformer, params, _ = trainer.add_lora(base, backend.settings)
         assert params and all(p.dtype == torch.float32 for p in params)  # fp32 master weights of the LoRA
-        item = {"latents": torch.randn(4, 8, 8), "control": torch.randn(4, 16, 16),
-                "prompt_embeds": torch.randn(5, 16)}  # fmt: skip
+        item = {"latents": torch.randn(4, 8, 8), "control": torch.randn(4, 16, 16), "prompt_embeds": torch.randn(5, 16)}
         optimizer = torch.optim.AdamW(params, lr=1e-3)
         loss = trainer.train_step(transformer, params, optimizer, [item], lambda _k: [0], torch.Generator(), 0)
         assert loss == loss  # a number, and gradients reached the LoRA through the 4-bit base
@@ -147,9 +155,10 @@ def test_lora_targets_follow_the_reference_trainers(ws: Workspace, catalog: Cata
     transformer, _, _ = LoraTrainer(ws, catalog, qwen).prepare_model(qwen.settings)
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in transformer.named_parameters() if ".lora_A." in n}
     block_linears = {
-        n.removesuffix(".base_layer") for n, m in transformer.named_modules()
+        n.removesuffix(".base_layer")
+        for n, m in transformer.named_modules()
         if n.startswith("transformer_blocks.") and isinstance(m, torch.nn.Linear) and ".lora_" not in n
-    }  # fmt: skip
+    }
     assert {n for n in block_linears if "_mod" not in n} == adapted
     assert any(".img_mlp." in n for n in adapted) and any(".txt_mlp." in n for n in adapted)
 
@@ -192,30 +201,53 @@ def test_hub_downloads_only_what_the_pipeline_loads(monkeypatch, tmp_path: Path)
     from huggingface_hub.utils import filter_repo_objects
 
     listing = [
-        ".gitattributes", "LICENSE.md", "README.md", "ae.safetensors", "dev_grid.jpg", "flux1-dev.safetensors",
-        "model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
-        "text_encoder/model.safetensors", "text_encoder_2/config.json",
+        ".gitattributes",
+        "LICENSE.md",
+        "README.md",
+        "ae.safetensors",
+        "dev_grid.jpg",
+        "flux1-dev.safetensors",
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder_2/config.json",
         "text_encoder_2/model-00001-of-00002.safetensors",
-        "text_encoder_2/model-00002-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
-        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-        "tokenizer/vocab.json", "tokenizer_2/special_tokens_map.json", "tokenizer_2/spiece.model",
-        "tokenizer_2/tokenizer.json", "tokenizer_2/tokenizer_config.json", "transformer/config.json",
+        "text_encoder_2/model-00002-of-00002.safetensors",
+        "text_encoder_2/model.safetensors.index.json",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/spiece.model",
+        "tokenizer_2/tokenizer.json",
+        "tokenizer_2/tokenizer_config.json",
+        "transformer/config.json",
         "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
         "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
         "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
-        "transformer/diffusion_pytorch_model.safetensors.index.json", "vae/config.json",
+        "transformer/diffusion_pytorch_model.safetensors.index.json",
+        "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
-    ]  # fmt: skip
+    ]
     index = tmp_path / "snapshot" / "model_index.json"
     index.parent.mkdir()
-    index.write_text(json.dumps({
-        "_class_name": "FluxPipeline", "_diffusers_version": "0.30.0.dev0",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "T5TokenizerFast"], "transformer": ["diffusers", "FluxTransformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }))  # fmt: skip
+    index.write_text(
+        json.dumps(
+            {
+                "_class_name": "FluxPipeline",
+                "_diffusers_version": "0.30.0.dev0",
+                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "text_encoder_2": ["transformers", "T5EncoderModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "tokenizer_2": ["transformers", "T5TokenizerFast"],
+                "transformer": ["diffusers", "FluxTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            }
+        )
+    )
     asked: dict[str, Any] = {}
 
     info = type("ModelInfo", (), {"siblings": [type("Sibling", (), {"rfilename": f})() for f in listing]})()
@@ -233,8 +265,9 @@ def test_hub_downloads_only_what_the_pipeline_loads(monkeypatch, tmp_path: Path)
     monkeypatch.setattr(pu, "snapshot_download", snapshot)
     monkeypatch.setattr(pu, "_resolve_revision", lambda *a, **kw: None, raising=False)
     assert hub_snapshot("black-forest-labs/FLUX.1-dev", "flux") == index.parent
-    chosen = set(filter_repo_objects(listing, allow_patterns=asked["allow_patterns"],
-                                     ignore_patterns=asked["ignore_patterns"]))  # fmt: skip
+    chosen = set(
+        filter_repo_objects(listing, allow_patterns=asked["allow_patterns"], ignore_patterns=asked["ignore_patterns"])
+    )
     assert "flux1-dev.safetensors" not in chosen and "ae.safetensors" not in chosen
     assert {f for f in listing if fnmatch.fnmatch(f, "transformer/*.safetensors")} <= chosen
     assert "vae/diffusion_pytorch_model.safetensors" in chosen and "model_index.json" in chosen

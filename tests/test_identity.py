@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import IdentityBackendSettings
+from flenwheel.core.config import IdentityBackendSettings
 from flenwheel.identity import (
     FACTS,
     DlibBackend,
@@ -28,8 +28,8 @@ from flenwheel.identity import (
     reference_set_for,
     score_files,
 )
-from flenwheel.store import load_rgb
-from flenwheel.workspace import Workspace
+from flenwheel.store.objects import load_rgb
+from flenwheel.store.workspace import Workspace
 
 SETTINGS = IdentityBackendSettings()
 

@@ -23,13 +23,17 @@ def wheel_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     what the build printed."""
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
-    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "datasets", "test-artifacts", "__pycache__",
-                                  "*.egg-info")  # fmt: skip
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "datasets", "test-artifacts", "__pycache__", "*.egg-info"
+    )
     shutil.copytree(PROJECT, source, ignore=skip)
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(base), str(source)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return next(base.glob("flenwheel-*.whl")), build.stdout + build.stderr
 
 
@@ -51,24 +55,67 @@ def test_wheel_ships_the_top_level_folders_inside_the_package(wheel: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("flenwheel-")}
     assert tops == {"flenwheel"}, f"generic top-level names in site-packages: {tops}"
-    for expected in ("flenwheel/flows/flywheel.py", "flenwheel/tasks/enrich.py", "flenwheel/review/datasets.py",
-                     "flenwheel/defaults/profiles/gpu-24gb.yaml", "flenwheel/defaults/prompts/enrich.yaml",
-                     "flenwheel/report/templates/page.html.j2", "flenwheel/catalog/schema.py"):  # fmt: skip
+    for expected in (
+        "flenwheel/flows/flywheel.py",
+        "flenwheel/tasks/enrich.py",
+        "flenwheel/review/datasets.py",
+        "flenwheel/defaults/profiles/gpu-24gb.yaml",
+        "flenwheel/defaults/prompts/enrich.yaml",
+        "flenwheel/report/templates/page.html.j2",
+        "flenwheel/catalog/schema.py",
+    ):
         assert expected in names
 
 
-def test_import_contracts_hold(wheel: Path, tmp_path: Path) -> None:
-    """import-linter on the installed layout (an editable install maps flows/ etc. where it cannot look)."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(target)}
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed into a folder of its own (an editable install maps flows/ etc. where import-linter
+    cannot look)."""
+    target = tmp_path_factory.mktemp("installed") / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=600)
+    return target
+
+
+def lint_imports(site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter with the contracts of pyproject.toml over the package installed in ``site``; run outside the
+    checkout (lint-imports puts its working directory first on sys.path)."""
     lint = Path(sys.executable).with_name("lint-imports")
-    # run outside the checkout: lint-imports puts its working directory first on sys.path
-    result = subprocess.run([str(lint), str(PROJECT / "pyproject.toml")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    command = [str(lint), str(PROJECT / "pyproject.toml")]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_import_contracts_hold(installed: Path, tmp_path: Path) -> None:
+    result = lint_imports(installed, tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "4 kept, 0 broken" in result.stdout
+
+
+def test_the_contracts_cover_a_new_module_of_a_package(installed: Path, tmp_path: Path) -> None:
+    """The contracts name packages: a module added to one is checked without editing pyproject.toml. A new store
+    module that imports DuckDB (and so reaches past the catalog) breaks the DuckDB contract."""
+    site = tmp_path / "site"
+    shutil.copytree(installed, site)
+    (site / "flenwheel" / "store" / "shortcut.py").write_text(
+        '"""Reads the catalog file directly."""\n\nimport duckdb\n'
+    )
+    result = lint_imports(site, tmp_path)
+    assert result.returncode != 0
+    assert "DuckDB only in the catalog BROKEN" in result.stdout and "flenwheel.store.shortcut" in result.stdout
+
+
+def test_importing_the_flows_changes_no_setting() -> None:
+    """Prefect is set up by the entry points (the CLI, each flow as it starts), not by an import."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DO_NOT_TRACK", "PREFECT_LOGGING_EXTRA_LOGGERS")}
+    code = (
+        "import logging, os\n"
+        "import flenwheel.flows.flywheel, flenwheel.flows.enrich, flenwheel.flows.editor, flenwheel.flows.deployments\n"
+        "print(os.environ.get('DO_NOT_TRACK'), logging.getLogger('flenwheel').handlers)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["None", "[]"]
 
 
 @pytest.mark.slow
@@ -78,8 +125,12 @@ def test_an_installed_wheel_runs_the_demo_outside_the_checkout(wheel: Path, tmp_
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(site)
     Path(site, "deps-from-project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -88,11 +139,23 @@ def test_an_installed_wheel_runs_the_demo_outside_the_checkout(wheel: Path, tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLENWHEEL_", "PREFECT_API_URL"))}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "FLENWHEEL_HOME": str(tmp_path / "data")}
     code = "from flenwheel.cli import main; import flenwheel; print(flenwheel.__file__); main()"
-    where = subprocess.run([str(python), "-c", "import flenwheel; print(flenwheel.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    where = subprocess.run(
+        [str(python), "-c", "import flenwheel; print(flenwheel.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(site), f"flenwheel imported from {where}, not the wheel"
-    demo = subprocess.run([str(python), "-c", code, "demo", "--iterations", "1"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=1200)  # fmt: skip
+    demo = subprocess.run(
+        [str(python), "-c", code, "demo", "--iterations", "1"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "iteration 1: dataset hopper@v1" in demo.stdout and "report:" in demo.stdout
 

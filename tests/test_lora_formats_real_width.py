@@ -33,7 +33,8 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from flenwheel.tiny import SIZES
+from flenwheel.models.flux.twin import SIZES as FLUX_SIZES
+from flenwheel.models.qwen_image_edit.twin import SIZES as QWEN_SIZES
 from flenwheel.training.lora_formats import flux_to_comfy, qwen_to_comfy
 
 pytestmark = pytest.mark.slow
@@ -70,8 +71,9 @@ MIN_EFFECT = 0.05  # ||lora - base|| / ||base||: the LoRA was applied
 
 
 def real_width(kind: str, **depth: int) -> dict:
-    """The published transformer config (``flenwheel.tiny.SIZES["real"]``) with fewer blocks."""
-    return {**SIZES["real"][kind], **depth}
+    """The published transformer config (the family twin's ``SIZES["real"]``) with fewer blocks."""
+    sizes = FLUX_SIZES if kind.startswith("flux") else QWEN_SIZES
+    return {**sizes["real"][kind], **depth}
 
 
 def random_adapter(
@@ -165,15 +167,20 @@ def assert_same_output(base: torch.Tensor, reference: torch.Tensor, outputs: dic
 def flux_pipe(transformer: torch.nn.Module) -> FluxPipeline:
     """A FluxPipeline around the transformer alone: load_lora_weights only needs the transformer."""
     return FluxPipeline(
-        scheduler=None, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+        scheduler=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
         transformer=transformer,
-    )  # fmt: skip
+    )
 
 
 def flux_forward() -> Callable[[torch.nn.Module], torch.Tensor]:
     """The transformer on fixed random inputs: 4x4 packed latent tokens, 8 text tokens, guidance (FLUX.1-dev)."""
     gen = torch.Generator().manual_seed(SEED + 3)
-    cfg = SIZES["real"]["flux_transformer"]
+    cfg = FLUX_SIZES["real"]["flux_transformer"]
     inputs = dict(
         hidden_states=torch.randn(1, 16, cfg["in_channels"], generator=gen),
         encoder_hidden_states=torch.randn(1, 8, cfg["joint_attention_dim"], generator=gen),
@@ -241,7 +248,7 @@ def test_diffusers_rejects_tiny_twin_comfy_file(tmp_path: Path) -> None:
     never be read by it: testing them against it needs the real-width twin above. Should diffusers ever take
     the widths from the model, this test fails, and the tiny twin could then serve for this check.
     """
-    cfg = SIZES["tiny"]["flux_transformer"]
+    cfg = FLUX_SIZES["tiny"]["flux_transformer"]
     torch.manual_seed(SEED)
     model = FluxTransformer2DModel(**cfg)
     model.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights="gaussian", target_modules=["attn.to_q"]))
@@ -270,7 +277,7 @@ def qwen_forward() -> Callable[[torch.nn.Module], torch.Tensor]:
     the last 2 are padding (masked by ``encoder_hidden_states_mask``; diffusers > 0.38 takes no txt_seq_lens).
     """
     gen = torch.Generator().manual_seed(SEED + 3)
-    cfg = SIZES["real"]["qwen_transformer"]
+    cfg = QWEN_SIZES["real"]["qwen_transformer"]
     mask = torch.ones(1, 7, dtype=torch.long)
     mask[:, 5:] = 0
     inputs = dict(

@@ -1,6 +1,6 @@
 """What sits on the GPU together, counted without a GPU; and how each model ran, on record.
 
-The real-size figures come from the published architectures built on the meta device (flenwheel.tiny's "real"
+The real-size figures come from the published architectures built on the meta device (flenwheel.models.twins's "real"
 configs): a count of shapes, no weights. The runtime's rule is shown on the tiny twins with a budget between the
 size of one of them and the size of both.
 """
@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from flenwheel import memory, runtime, tiny
-from flenwheel.workspace import Workspace
+from flenwheel.models import memory, runtime, twins
+from flenwheel.store.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
 def real_size() -> dict[str, object]:
     with torch.device("meta"):
-        return {kind: tiny.MAKERS[kind](0, "real") for kind in ("vibe", "qwen-image-edit")}
+        return {kind: twins.make_pipeline(kind, 0, "real") for kind in ("vibe", "qwen-image-edit")}
 
 
 def test_a_bf16_critic_beside_vibe_is_over_the_24gb_budget_and_the_profiles_nf4_critic_fits(
@@ -41,8 +41,9 @@ def test_a_bf16_critic_beside_vibe_is_over_the_24gb_budget_and_the_profiles_nf4_
     assert after.fits and 5.0 < nf4.total_gib < 6.5 and after.weights_gib + profile.headroom_gib <= 22
     # the qwen editor under model offload holds nothing between edits: the critic sits beside it at its largest part
     qwen = profile.editor
-    editor = memory.footprint("qwen", real_size["qwen-image-edit"].components, profile.dtype, qwen.quantize,
-                              qwen.offload)  # fmt: skip
+    editor = memory.footprint(
+        "qwen", real_size["qwen-image-edit"].components, profile.dtype, qwen.quantize, qwen.offload
+    )
     assert editor.idle_gib == 0 and memory.may_sit_together(editor, nf4, 22, profile.headroom_gib).fits
 
 
@@ -86,7 +87,7 @@ def test_the_runtime_releases_what_does_not_fit_beside_the_vlm(ws: Workspace, fa
 def test_each_load_of_the_vlm_is_recorded_with_its_precision(tiny_models, faces: Path, ws: Workspace) -> None:
     """The same weights in nf4 and in full precision answer differently, so their records differ; so do the
     editor's text encoder as the editor holds it and the edits it makes."""
-    from flenwheel.critic import Critic
+    from flenwheel.models.critic import Critic
 
     snapshot = tiny_models["qwen-image-edit"]
     image = Image.open(faces / "obama" / "obama_1.jpg").convert("RGB")

@@ -13,18 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import ConfigError, LoraUse
-from flenwheel.models import (
-    ModelError,
-    ModelManager,
-    StackEntry,
-    check_device,
-    load_pipeline,
-    lora_stack,
-    resolve_model,
-)
-from flenwheel.tiny import build_model, ensure_tiny_models
-from flenwheel.workspace import Workspace
+from flenwheel.core.config import ConfigError, LoraUse
+from flenwheel.models.loading import ModelManager, check_device, load_pipeline
+from flenwheel.models.loras import StackEntry, lora_stack
+from flenwheel.models.refs import ModelError, resolve_model
+from flenwheel.models.twins import build_model, ensure_tiny_models
+from flenwheel.store.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -141,8 +135,15 @@ def test_lora_stack_changes_output_and_weight_zero_restores_it(ws: Workspace, tm
 
 def flux_latents(pipe) -> np.ndarray:
     """The denoised latents of a fixed prompt and seed, as floats: a weight that moved by one ulp shows here."""
-    out = pipe(prompt="photo of fw_person", num_inference_steps=2, height=64, width=64, guidance_scale=3.5,
-               generator=torch.Generator("cpu").manual_seed(0), output_type="latent")  # fmt: skip
+    out = pipe(
+        prompt="photo of fw_person",
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        guidance_scale=3.5,
+        generator=torch.Generator("cpu").manual_seed(0),
+        output_type="latent",
+    )
     return out.images.float().numpy()
 
 

@@ -1,5 +1,5 @@
 """`flenwheel models check` on a machine without the real weights: what to accept, what to download, how much
-disk it takes (the sizes come from a table, flenwheel.downloads: the hub cannot be asked offline)."""
+disk it takes (the sizes come from a table, flenwheel.models.downloads: the hub cannot be asked offline)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flenwheel import downloads, models
-from flenwheel.workspace import Workspace
+from flenwheel.models import downloads
+from flenwheel.models import refs as models
+from flenwheel.store.workspace import Workspace
 
 
 @pytest.fixture
@@ -47,8 +48,9 @@ def test_models_check_names_the_gated_model_the_sizes_and_the_disk(cli, ws: Work
 
 def test_models_check_says_how_much_disk_is_missing(cli, ws: Workspace, offline: Path, monkeypatch) -> None:
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda _p: usage(100 * downloads.GB, 60 * downloads.GB,
-                                                                        40 * downloads.GB))  # fmt: skip
+    monkeypatch.setattr(
+        downloads.shutil, "disk_usage", lambda _p: usage(100 * downloads.GB, 60 * downloads.GB, 40 * downloads.GB)
+    )
     text = cli("models", "check", "--profile", "gpu-24gb").stdout
     assert "free disk at the Hugging Face cache" in text and ": 40.0 GB" in text
     assert "not enough disk: 62.2 GB short; free space there or point HF_HOME at a larger disk" in text

@@ -36,9 +36,18 @@ def test_a_cell_reads_as_its_column_says(column: str, value: object, text: str) 
 
 
 def test_report_pages_and_artifacts_format_every_table_cell(tmp_path: Path) -> None:
-    table = [{"arm": "vibe", "n": 21.0, "pass_rate": 0.619, "seconds_per_edit": 1.349, "peak_gib": None,
-              "failed:faces": 6.0}]  # fmt: skip
+    table = [
+        {"arm": "vibe", "n": 21.0, "pass_rate": 0.619, "seconds_per_edit": 1.349, "peak_gib": None, "failed:faces": 6.0}
+    ]
     page = render_html("t", [], [Section("s", table=table)], tmp_path / "index.html").read_text()
     assert "<td>vibe</td><td>21</td><td>61.9%</td><td>1.35</td><td>-</td><td>6</td>" in page
-    assert format_rows(table) == [{"arm": "vibe", "n": "21", "pass_rate": "61.9%", "seconds_per_edit": "1.35",
-                                   "peak_gib": "-", "failed:faces": "6"}]  # fmt: skip
+    assert format_rows(table) == [
+        {
+            "arm": "vibe",
+            "n": "21",
+            "pass_rate": "61.9%",
+            "seconds_per_edit": "1.35",
+            "peak_gib": "-",
+            "failed:faces": "6",
+        }
+    ]

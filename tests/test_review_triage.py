@@ -7,21 +7,27 @@ from pathlib import Path
 
 from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.config import ReviewSettings
+from flenwheel.core.config import ReviewSettings
 from flenwheel.editing import AugmentEditor, EditJob, run_edit_batch
 from flenwheel.editing.checks import EditChecker
 from flenwheel.identity import filter_images, load_backend
-from flenwheel.ingest import ingest_paths
 from flenwheel.report.checks import enrichment_section, failure_kinds, per_prompt, review_section
-from flenwheel.workspace import Workspace
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 
 SETTINGS = ReviewSettings(auto_margin=0.02, clear_band=0.08, check_band=0.1)
 
 
 def _cand(sim: float | None, verdict: str | None = "pass", failed=(), margin: float | None = None) -> dict:
     threshold = 0.5 if sim is not None else None
-    return {"image_id": f"{sim}-{verdict}-{len(failed)}-{margin}", "verdict": verdict, "similarity": sim,
-            "threshold": threshold, "failed_checks": list(failed), "check_margin": margin}  # fmt: skip
+    return {
+        "image_id": f"{sim}-{verdict}-{len(failed)}-{margin}",
+        "verdict": verdict,
+        "similarity": sim,
+        "threshold": threshold,
+        "failed_checks": list(failed),
+        "check_margin": margin,
+    }
 
 
 def test_triage_puts_near_threshold_and_failed_checks_first_and_clear_cases_aside() -> None:
@@ -56,28 +62,32 @@ def _enriched(ws: Workspace, catalog: Catalog, faces: Path) -> list[str]:
 
 def test_the_queue_the_clear_cases_and_the_agreement_report(ws: Workspace, catalog: Catalog, faces: Path) -> None:
     _enriched(ws, catalog, faces)
-    queue = gate.review_queue(catalog, "obama", "enrich", SETTINGS)
-    assert len(queue) == len(gate.candidates(catalog, "obama", "enrich")) == 6
+    queue = gate.Gate(catalog, "obama", "enrich", SETTINGS).review_queue()
+    assert len(queue) == len(gate.Gate(catalog, "obama", "enrich").candidates()) == 6
     us = [r["uncertainty"] for r in queue]
     assert us == sorted(us, reverse=True) and all(u is not None for u in us)  # hardest first
     clear = [r for r in queue if gate.triage(r, SETTINGS).clear is not None]
     uncertain = [r for r in queue if r not in clear]
 
-    approved, rejected = gate.auto_decide_clear(catalog, "obama", "enrich", SETTINGS, None)
+    approved, rejected = gate.Gate(catalog, "obama", "enrich", SETTINGS).auto_decide_clear(None)
     assert approved + rejected == len(clear)
-    assert {r["image_id"] for r in gate.review_queue(catalog, "obama", "enrich", SETTINGS)} == {
+    assert {r["image_id"] for r in gate.Gate(catalog, "obama", "enrich", SETTINGS).review_queue()} == {
         r["image_id"] for r in uncertain
     }
     notes = {r["image_id"]: r["note"] for r in catalog.rows("SELECT * FROM review_state")}
     assert all(notes[r["image_id"]].startswith("clear: ") for r in clear)
 
     # people: decide every uncertain one against the policy, and override one clear decision
-    people = [(r["image_id"], "rejected" if gate.policy_decision(r, 0.02)[0] == "approved" else "approved", None)
-              for r in uncertain]  # fmt: skip
+    people = [
+        (r["image_id"], "rejected" if gate.policy_decision(r, 0.02)[0] == "approved" else "approved", None)
+        for r in uncertain
+    ]
     overridden = clear[0]
     flip = "rejected" if gate.policy_decision(overridden, 0.02)[0] == "approved" else "approved"
-    gate.decide(catalog, "obama", "enrich", [*people, (overridden["image_id"], flip, "looks off")], "cli", "ann", None)
-    stats = gate.review_stats(catalog, "obama", "enrich", SETTINGS)
+    gate.Gate(catalog, "obama", "enrich").decide(
+        [*people, (overridden["image_id"], flip, "looks off")], "cli", "ann", None
+    )
+    stats = gate.Gate(catalog, "obama", "enrich", SETTINGS).review_stats()
     counts = (stats.candidates, stats.by_policy, stats.by_people, stats.pending)
     assert counts == (6, len(clear) - 1, len(people) + 1, 0)
     assert stats.compared == len(people) + 1 and stats.agreed == 0 and stats.agreement == 0.0
@@ -93,7 +103,7 @@ def test_the_report_shows_pass_rates_retries_and_failures_per_prompt(
     ws: Workspace, catalog: Catalog, faces: Path, tmp_path: Path
 ) -> None:
     _enriched(ws, catalog, faces)
-    gate.auto_review(catalog, "obama", "enrich", 0.02, None)
+    gate.Gate(catalog, "obama", "enrich").auto_review(None)
     outcomes = catalog.edit_outcomes("obama")
     attempts = catalog.rows("SELECT * FROM edit_attempts")
     assert len(outcomes) == len(attempts)  # every attempt, chosen or not
@@ -128,7 +138,7 @@ def test_the_report_shows_pass_rates_retries_and_failures_per_prompt(
 
 def test_people_see_the_queue_in_the_cli_and_in_fiftyone(ws: Workspace, catalog: Catalog, faces: Path, cli) -> None:
     _enriched(ws, catalog, faces)
-    queue = gate.review_queue(catalog, "obama", "enrich", ws.settings.review)
+    queue = gate.Gate(catalog, "obama", "enrich", ws.settings.review).review_queue()
     shown = cli("review", "queue", "obama")
     assert shown.exit_code == 0 and "6 undecided in obama:enrich" in shown.output
     assert shown.output.index(queue[0]["image_id"][:12]) < shown.output.index(queue[-1]["image_id"][:12])
@@ -139,7 +149,7 @@ def test_people_see_the_queue_in_the_cli_and_in_fiftyone(ws: Workspace, catalog:
     view = open_dataset(ws, "obama").load_saved_view(QUEUE_VIEW)
     assert len(view) == 6  # the candidates, not the two source photos
     assert view.values("uncertainty") == sorted((r["uncertainty"] for r in queue), reverse=True)
-    gate.decide(catalog, "obama", "enrich", [(queue[0]["image_id"], "approved", None)], "cli", "ann", None)
+    gate.Gate(catalog, "obama", "enrich").decide([(queue[0]["image_id"], "approved", None)], "cli", "ann", None)
     sync_candidates(ws, catalog, "obama")
     assert queue[0]["image_id"] not in open_dataset(ws, "obama").load_saved_view(QUEUE_VIEW).values("image_id")
     status = cli("review", "status", "obama")
@@ -157,19 +167,25 @@ def test_a_borderline_check_is_named_with_its_score_and_threshold(
     ws = Workspace(root=ws.root, configs=ws.configs_dir)  # read the settings again
     assert ws.settings.review.check_band == 1.0
     _enriched(ws, catalog, faces)
-    closest = {r["image_id"]: r for r in catalog.rows(
-        """SELECT image_id, name, score, threshold, abs(score - threshold) / abs(threshold) AS margin
+    closest = {
+        r["image_id"]: r
+        for r in catalog.rows(
+            """SELECT image_id, name, score, threshold, abs(score - threshold) / abs(threshold) AS margin
            FROM verifications WHERE name <> 'faces' AND threshold IS NOT NULL
-           QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY margin, name) = 1""")}  # fmt: skip
-    queue = gate.review_queue(catalog, "obama", "enrich", ws.settings.review)
-    borderline = [r for r in queue if not r["failed_checks"] and r["check_margin"] is not None
-                  and r["check_margin"] < 1.0]  # fmt: skip
+           QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY margin, name) = 1"""
+        )
+    }
+    queue = gate.Gate(catalog, "obama", "enrich", ws.settings.review).review_queue()
+    borderline = [
+        r for r in queue if not r["failed_checks"] and r["check_margin"] is not None and r["check_margin"] < 1.0
+    ]
     assert borderline
     said = {}
     for r in borderline:
         c = closest[r["image_id"]]
-        said[r["image_id"]] = (f"check {c['name']} {c['score']:.4g} within {c['margin']:.1%} of its threshold "
-                               f"{c['threshold']:.4g}")  # fmt: skip
+        said[r["image_id"]] = (
+            f"check {c['name']} {c['score']:.4g} within {c['margin']:.1%} of its threshold {c['threshold']:.4g}"
+        )
         assert said[r["image_id"]] in r["why"] and "a check within" not in r["why"]
 
     shown = cli("review", "queue", "obama")

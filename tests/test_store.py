@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flenwheel.config import StoreSettings
-from flenwheel.store import ImageRejected, encode_png, ingest_file, load_image, normalise, object_path
+from flenwheel.core.config import StoreSettings
+from flenwheel.store.objects import ImageRejected, encode_png, ingest_file, load_image, normalise, object_path
 from tests.conftest import encode, noise_image, store_files
 
 SETTINGS = StoreSettings()

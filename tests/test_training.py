@@ -12,11 +12,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from flenwheel import versions
 from flenwheel.catalog import Catalog
+from flenwheel.dataset import versions
 from flenwheel.identity import DlibBackend, build_reference_set, judge_image
-from flenwheel.ingest import ingest_paths
-from flenwheel.store import load_rgb
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.objects import load_rgb
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import (
     CheckpointScore,
     FluxBackend,
@@ -31,7 +32,6 @@ from flenwheel.training import (
     train_flux,
 )
 from flenwheel.training.data import version_examples
-from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -78,7 +78,7 @@ def test_loss_falls_and_only_lora_parameters_change(ws: Workspace, catalog: Cata
             return float(backend.loss(transformer, data, torch.Generator().manual_seed(123)))
 
     before = fixed_loss()
-    optimizer = trainer._optimizer(params)
+    optimizer = trainer.optimizer(params)
     for step in range(120):  # overfit one example on the same noise
         trainer.train_step(
             transformer, params, optimizer, data, lambda _k: [0], torch.Generator().manual_seed(123), step
@@ -118,8 +118,9 @@ def test_train_saves_both_formats_that_load(ws: Workspace, catalog: Catalog, v1:
     pipe = FluxPipeline.from_pretrained(ws.root / "models" / "tiny" / "flux")
 
     def run() -> np.ndarray:
-        out = pipe("photo of fw_obama", height=64, width=64, num_inference_steps=2,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = pipe(
+            "photo of fw_obama", height=64, width=64, num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+        )
         return np.asarray(out.images[0])
 
     base = run()
@@ -130,11 +131,17 @@ def test_train_saves_both_formats_that_load(ws: Workspace, catalog: Catalog, v1:
     # back to the same tensors
     comfy = load_file(str(result.comfy_weights))
     names = {k.split(".")[0] for k in comfy}
-    assert {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_txt_attn_qkv",
-            "lora_unet_double_blocks_0_img_attn_proj", "lora_unet_double_blocks_0_txt_attn_proj",
-            "lora_unet_double_blocks_0_img_mlp_0", "lora_unet_double_blocks_0_img_mlp_2",
-            "lora_unet_double_blocks_0_txt_mlp_0", "lora_unet_double_blocks_0_txt_mlp_2",
-            "lora_unet_single_blocks_0_linear1"} == names  # fmt: skip
+    assert {
+        "lora_unet_double_blocks_0_img_attn_qkv",
+        "lora_unet_double_blocks_0_txt_attn_qkv",
+        "lora_unet_double_blocks_0_img_attn_proj",
+        "lora_unet_double_blocks_0_txt_attn_proj",
+        "lora_unet_double_blocks_0_img_mlp_0",
+        "lora_unet_double_blocks_0_img_mlp_2",
+        "lora_unet_double_blocks_0_txt_mlp_0",
+        "lora_unet_double_blocks_0_txt_mlp_2",
+        "lora_unet_single_blocks_0_linear1",
+    } == names
     assert all(f"{n}.alpha" in comfy for n in names)
     back, alpha = comfy_to_flux(comfy, inner_dim=32, mlp_dim=128)
     original = load_file(str(result.weights))
@@ -153,14 +160,20 @@ def test_fused_comfy_lora_computes_the_same_delta() -> None:
     down = comfy["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"]
     up = comfy["lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight"]
     fused = up @ down * (float(comfy["lora_unet_double_blocks_0_img_attn_qkv.alpha"]) / down.shape[0])
-    separate = torch.cat([sd[f"transformer.transformer_blocks.0.attn.{m}.lora_B.weight"]
-                          @ sd[f"transformer.transformer_blocks.0.attn.{m}.lora_A.weight"] * (1.0 / 2)
-                          for m in ("to_q", "to_k", "to_v")])  # fmt: skip
+    separate = torch.cat(
+        [
+            sd[f"transformer.transformer_blocks.0.attn.{m}.lora_B.weight"]
+            @ sd[f"transformer.transformer_blocks.0.attn.{m}.lora_A.weight"]
+            * (1.0 / 2)
+            for m in ("to_q", "to_k", "to_v")
+        ]
+    )
     assert torch.allclose(fused, separate, atol=1e-6)
 
 
-def test_killed_run_resumes_to_identical_weights(ws: Workspace, catalog: Catalog, v1: str, tmp_path: Path,
-                                                configs_dir: Path, tiny_models, faces: Path) -> None:  # fmt: skip
+def test_killed_run_resumes_to_identical_weights(
+    ws: Workspace, catalog: Catalog, v1: str, tmp_path: Path, configs_dir: Path, tiny_models, faces: Path
+) -> None:
     whole_ws = Workspace(root=tmp_path / "whole", configs=configs_dir)  # the same photos in a second root
     (whole_ws.root / "models").mkdir(parents=True)
     (whole_ws.root / "models" / "tiny").symlink_to(next(iter(tiny_models.values())).parent)
@@ -191,11 +204,13 @@ def test_choice_follows_identity_not_the_last_checkpoint(ws: Workspace, catalog:
 
     judge = Judge("dlib", ws.settings.identity, refset.embeddings, 0.4)
     # what each checkpoint's samples look like: step 4 half right, step 8 all right, step 12 drifted away
-    per_checkpoint = iter([
-        [faces / "obama" / "obama_3.jpg", faces / "biden" / "biden_1.jpg"],
-        [faces / "obama" / "obama_3.jpg", faces / "obama" / "obama_small.jpg"],
-        [faces / "rose_leslie" / "rose_1.jpg", faces / "kit_harington" / "kit_1.jpg"],
-    ])  # fmt: skip
+    per_checkpoint = iter(
+        [
+            [faces / "obama" / "obama_3.jpg", faces / "biden" / "biden_1.jpg"],
+            [faces / "obama" / "obama_3.jpg", faces / "obama" / "obama_small.jpg"],
+            [faces / "rose_leslie" / "rose_1.jpg", faces / "kit_harington" / "kit_1.jpg"],
+        ]
+    )
 
     def score(images: list[Image.Image]) -> list:
         return [judge_image(backend_dlib, judge, load_rgb(p)) for p in next(per_checkpoint)]

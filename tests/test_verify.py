@@ -17,15 +17,15 @@ from PIL import Image
 
 from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.config import VerifySettings
+from flenwheel.core.config import VerifySettings
 from flenwheel.editing import AugmentEditor, EditJob, EditResult, pending_jobs, retry_jobs, run_edit_batch
 from flenwheel.editing.checks import EditChecker
 from flenwheel.editing.jobs import RETRY_SEED_STRIDE
+from flenwheel.editing.masks import MaskError, propose, read_mask
+from flenwheel.editing.verify import count_faces, verifier_for, verify
 from flenwheel.identity import load_backend
-from flenwheel.ingest import ingest_paths
-from flenwheel.masks import MaskError, propose, read_mask
-from flenwheel.verify import count_faces, verifier_for, verify
-from flenwheel.workspace import Workspace
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 
 
 def photo(faces: Path, name: str) -> Image.Image:
@@ -35,7 +35,7 @@ def photo(faces: Path, name: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def dlib(faces: Path):
-    from flenwheel.config import IdentityBackendSettings
+    from flenwheel.core.config import IdentityBackendSettings
 
     return load_backend("dlib", IdentityBackendSettings())
 
@@ -116,8 +116,9 @@ class FirstAttemptReturnsInput(AugmentEditor):
         return result
 
 
-def test_a_failed_edit_is_retried_with_the_next_seed_and_recorded(ws: Workspace, catalog: Catalog, faces: Path,
-                                                                  dlib) -> None:  # fmt: skip
+def test_a_failed_edit_is_retried_with_the_next_seed_and_recorded(
+    ws: Workspace, catalog: Catalog, faces: Path, dlib
+) -> None:
     [source] = ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_1.jpg"], None)
     from flenwheel.identity import filter_images
 
@@ -131,7 +132,9 @@ def test_a_failed_edit_is_retried_with_the_next_seed_and_recorded(ws: Workspace,
     assert len(made) == 2  # the failed first attempt and the passing retry: both are images
     attempts = catalog.rows("SELECT * FROM edit_attempts ORDER BY attempt")
     assert [(a["attempt"], a["seed"], a["passed"], a["chosen"]) for a in attempts] == [
-        (0, 0, False, False), (1, RETRY_SEED_STRIDE, True, True)]  # fmt: skip
+        (0, 0, False, False),
+        (1, RETRY_SEED_STRIDE, True, True),
+    ]
     assert attempts[0]["failures"] == ["change"] and attempts[0]["job_key"] == editor.key(jobs[0])
     first, retry = attempts[0]["image_id"], attempts[1]["image_id"]
     lineage = {r["child_id"]: r for r in catalog.rows("SELECT * FROM derivations")}
@@ -146,7 +149,7 @@ def test_a_failed_edit_is_retried_with_the_next_seed_and_recorded(ws: Workspace,
     [size] = catalog.rows("SELECT width, height FROM images WHERE image_id = ?", [source.image_id])
     assert read_mask(ws.root / mask["path"]).shape == (size["height"], size["width"])
     # Only the passing attempt is a review candidate; the job is done (a re-run makes nothing).
-    assert [c["image_id"] for c in gate.candidates(catalog, "obama", "enrich")] == [retry]
+    assert [c["image_id"] for c in gate.Gate(catalog, "obama", "enrich").candidates()] == [retry]
     assert pending_jobs(catalog, "obama", editor, [prompt], [0]) == []
     per_prompt = catalog.rows("SELECT * FROM attempts_per_prompt")
     assert [(r["prompt_id"], r["jobs"], r["attempts"], r["jobs_passed"]) for r in per_prompt] == [("bg-blue", 1, 2, 1)]
@@ -157,8 +160,8 @@ def test_a_failed_edit_is_retried_with_the_next_seed_and_recorded(ws: Workspace,
 
 @pytest.mark.tiny
 def test_critic_reuses_the_editor_text_encoder_and_reads_yes_against_no(tiny_models, faces: Path, tmp_path) -> None:
-    from flenwheel.critic import Critic, CriticWeightsMissing, critic_source
-    from flenwheel.quality import Check
+    from flenwheel.core.config import Check
+    from flenwheel.models.critic import Critic, CriticWeightsMissing, critic_source
 
     snapshot = tiny_models["qwen-image-edit"]
     source = critic_source(snapshot)
@@ -169,8 +172,13 @@ def test_critic_reuses_the_editor_text_encoder_and_reads_yes_against_no(tiny_mod
     assert 0 < p_yes < 1 and abs(p_yes + p_no - 1) < 1e-6
     assert critic.p_yes(image, "Is there exactly one person in the image?") == p_yes  # one pass, deterministic
     assert critic.p_yes(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "Is the person facing left?") != p_yes
-    [low, high] = critic.answer(image, [Check(id="a", question="Is it a photo?", threshold=min(p_yes, 0.5) / 2),
-                                        Check(id="b", question="Is it a photo?", threshold=0.99)])  # fmt: skip
+    [low, high] = critic.answer(
+        image,
+        [
+            Check(id="a", question="Is it a photo?", threshold=min(p_yes, 0.5) / 2),
+            Check(id="b", question="Is it a photo?", threshold=0.99),
+        ],
+    )
     assert low.passed and not high.passed  # the threshold decides: calibratable, no text parsing
 
     encoder_only = tmp_path / "encoder"
@@ -188,9 +196,14 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     from flenwheel.flows.enrich import EnrichParams, enrich
 
     settings = ws.configs_dir / "flenwheel.yaml"
-    settings.write_text(settings.read_text().replace("enabled: true", "enabled: true\n  critic: editor").replace(
-        "strength_factor: 0.7", "strength_factor: 0.7\n  critic_checks: [{id: photo, question: 'Is this a photo?',"
-        " threshold: 0.05}]"))  # fmt: skip
+    settings.write_text(
+        settings.read_text()
+        .replace("enabled: true", "enabled: true\n  critic: editor")
+        .replace(
+            "strength_factor: 0.7",
+            "strength_factor: 0.7\n  critic_checks: [{id: photo, question: 'Is this a photo?', threshold: 0.05}]",
+        )
+    )
     # bg-blue asks one more question, whose bar the tiny random critic cannot reach: it fails and is retried.
     (ws.configs_dir / "characters" / "obama.yaml").write_text(
         "name: obama\ntrigger: fw_obama\nidentity:\n  backend: dlib\nprompts:\n"
@@ -200,8 +213,9 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     )
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_1.jpg", faces / "obama" / "obama_2.jpg"], None)
-    params = EnrichParams(character="obama", editor="augment", prompts=["bg-blue", "light-golden-hour"], seeds=1,
-                          review="auto")  # fmt: skip
+    params = EnrichParams(
+        character="obama", editor="augment", prompts=["bg-blue", "light-golden-hour"], seeds=1, review="auto"
+    )
     result = enrich(params, root=str(ws.root), configs=str(ws.configs_dir))
     attempts = catalog.rows("SELECT * FROM edit_attempts ORDER BY prompt_id, job_key, attempt")
     by_prompt = {p: [a for a in attempts if a["prompt_id"] == p] for p in ("bg-blue", "light-golden-hour")}
@@ -219,13 +233,16 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
 
     # One candidate per job; the failed bg-blue jobs' least bad attempt is shown to people with its failures,
     # and the auto policy rejects it for them.
-    candidates = gate.candidates(catalog, "obama", "enrich")
+    candidates = gate.Gate(catalog, "obama", "enrich").candidates()
     assert len(candidates) == 4
     failed = [c for c in candidates if c["prompt_id"] == "bg-blue"]
     assert all(c["verified"] is False and "critic:blue-wall" in c["failed_checks"] for c in failed)
     notes = {r["image_id"]: r for r in catalog.rows("SELECT * FROM review_state")}
-    assert all(notes[c["image_id"]]["decision"] == "rejected" and "failed checks: critic:blue-wall" in
-               notes[c["image_id"]]["note"] for c in failed)  # fmt: skip
+    assert all(
+        notes[c["image_id"]]["decision"] == "rejected"
+        and "failed checks: critic:blue-wall" in notes[c["image_id"]]["note"]
+        for c in failed
+    )
     chosen = failed[0]["image_id"]
     lineage = catalog.attempts_of(chosen)
     assert [a["attempt"] for a in lineage] == [0, 1, 2] and sum(a["chosen"] for a in lineage) == 1
@@ -240,12 +257,13 @@ def test_verified_enrichment_records_masks_checks_retries_and_critic_answers(
     assert "check:critic:blue-wall" in sample.tags
 
 
-def test_the_critic_is_the_resident_editors_text_encoder_when_it_is_loaded(ws: Workspace, faces: Path,
-                                                                           tiny_models) -> None:  # fmt: skip
+def test_the_critic_is_the_resident_editors_text_encoder_when_it_is_loaded(
+    ws: Workspace, faces: Path, tiny_models
+) -> None:
     """With the qwen editor loaded, checks use its text encoder in memory (no second 7B copy beside it on a 24 GB
     card); the answers equal those of the critic loaded on its own from the same snapshot."""
-    from flenwheel import runtime
-    from flenwheel.critic import Critic
+    from flenwheel.models import runtime
+    from flenwheel.models.critic import Critic
 
     image = Image.open(faces / "obama" / "obama_1.jpg")
     question = "Is there exactly one person in the image?"

@@ -18,9 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from flenwheel import models
 from flenwheel.catalog import Catalog
-from flenwheel.config import Profile, StageSettings
+from flenwheel.core.config import Profile, StageSettings
 from flenwheel.editing import EditError, EditJob, make_editor, pending_jobs, run_edit_batch
 from flenwheel.editing.vibe import (
     ASPECT_BINS,
@@ -33,11 +32,12 @@ from flenwheel.editing.vibe import (
     bin_table,
     closest_size,
 )
-from flenwheel.ingest import ingest_paths
-from flenwheel.models import ModelManager, load_pipeline
-from flenwheel.tiny import build_model
-from flenwheel.vibe_tiny import SANA_SCHEDULER
-from flenwheel.workspace import Workspace
+from flenwheel.models import refs as models
+from flenwheel.models.loading import ModelManager, load_pipeline
+from flenwheel.models.twins import build_model
+from flenwheel.models.vibe.twin import SANA_SCHEDULER
+from flenwheel.store.ingest import ingest_paths
+from flenwheel.store.workspace import Workspace
 
 PROMPT = "Relight with soft even studio lighting; keep the person unchanged."
 
@@ -113,8 +113,10 @@ def test_reference_checkpoint_names_map_to_our_classes(vibe_dir: Path, pipe: Vib
     folder = tmp_path / "reference-names"
     shutil.copytree(vibe_dir, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index.update(_class_name="VIBESanaEditingPipeline", transformer=["vibe.transformer.vibe_sana_editing",
-                                                                     "VIBESanaEditingModel"])  # fmt: skip
+    index.update(
+        _class_name="VIBESanaEditingPipeline",
+        transformer=["vibe.transformer.vibe_sana_editing", "VIBESanaEditingModel"],
+    )
     (folder / "model_index.json").write_text(json.dumps(index))
     config = json.loads((folder / "transformer" / "config.json").read_text())
     (folder / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "VIBESanaEditingModel"}))
@@ -123,6 +125,24 @@ def test_reference_checkpoint_names_map_to_our_classes(vibe_dir: Path, pipe: Vib
     assert "vibe.transformer.vibe_sana_editing" not in sys.modules
     ours, theirs = pipe.transformer.state_dict(), loaded.transformer.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_folder_saved_before_the_transformer_moved_still_loads(
+    vibe_dir: Path, pipe: VibePipeline, tmp_path: Path
+) -> None:
+    """Twins and copies saved by an earlier flenwheel name the transformer's old module (``flenwheel.vibe_pipeline``);
+    they load into the class where it lives now, and their memory is still counted."""
+    from flenwheel.models.memory import meta_components
+
+    folder = tmp_path / "saved-earlier"
+    shutil.copytree(vibe_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(
+        json.dumps({**index, "transformer": ["flenwheel.vibe_pipeline", "VibeSanaTransformer"]})
+    )
+    loaded = VibePipeline.from_pretrained(folder, dtype=torch.float32)
+    assert isinstance(loaded.transformer, VibeSanaTransformer) and "flenwheel.vibe_pipeline" not in sys.modules
+    assert set(meta_components(folder)) == {"text_encoder", "transformer", "vae"}
 
 
 # --------------------------------------------------------------------------- conditioning and sampling
@@ -175,11 +195,22 @@ def test_binning_and_revert_resize_give_the_input_size(pipe: VibePipeline) -> No
     assert abs(width / height - 1.5) < 0.05  # the closest aspect-ratio bin; the input is stretched to it
     assert out.content_box == (0, 0, width, height)  # no padding (tests/test_vibe_conditioning.py)
 
-    kept = pipe(image=image, prompt=PROMPT, num_inference_steps=1, revert_resize=False,
-                generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
+    kept = pipe(
+        image=image,
+        prompt=PROMPT,
+        num_inference_steps=1,
+        revert_resize=False,
+        generator=torch.Generator("cpu").manual_seed(0),
+    )
     assert kept.images[0].size == (width, height)  # the whole canvas, not resized back
-    plain = pipe(image=image, prompt=PROMPT, num_inference_steps=1, resolution_binning=False, revert_resize=False,
-                 generator=torch.Generator("cpu").manual_seed(0))  # fmt: skip
+    plain = pipe(
+        image=image,
+        prompt=PROMPT,
+        num_inference_steps=1,
+        resolution_binning=False,
+        revert_resize=False,
+        generator=torch.Generator("cpu").manual_seed(0),
+    )
     assert plain.images[0].size == (128, 96)  # no binning: the VAE's multiple below the input
 
 

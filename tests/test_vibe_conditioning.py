@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flenwheel.vibe_pipeline import VibePipeline
+from flenwheel.models.vibe.pipeline import VibePipeline
 
 PROMPT = "Relight with soft even studio lighting; keep the person unchanged."
 

@@ -1,4 +1,4 @@
-"""Strict loading (flenwheel.weights): a checkpoint whose tensors do not fit its classes is refused at load time
+"""Strict loading (flenwheel.models.weights): a checkpoint whose tensors do not fit its classes is refused at load time
 with one line naming the checkpoint, the component and the first keys; the undamaged twins load.
 
 diffusers 0.42.1 only warns about missing keys (the parameters stay on the meta device, or uninitialised) and
@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flenwheel.models import ModelError, load_pipeline
+from flenwheel.models.loading import load_pipeline
+from flenwheel.models.refs import ModelError
+from flenwheel.models.vibe.pipeline import VibePipeline
+from flenwheel.models.weights import CheckpointMismatch, check_component, check_pipeline, key_report
+from flenwheel.store.workspace import Workspace
 from flenwheel.training import QwenEditBackend
-from flenwheel.vibe_pipeline import VibePipeline
-from flenwheel.weights import CheckpointMismatch, check_component, check_pipeline, key_report
-from flenwheel.workspace import Workspace
 
 pytestmark = pytest.mark.tiny
 
@@ -49,8 +50,11 @@ def test_the_undamaged_twins_pass_and_load(twins: dict[str, Path]) -> None:
 
 def test_a_vibe_checkpoint_of_another_layout_fails_at_load_with_one_line(twins: dict[str, Path]) -> None:
     folder = twins["vibe"]
-    damage(folder / "transformer" / "diffusion_pytorch_model.safetensors", drop="edit_head.attn_blocks.0.mlp.",
-           rename=("meta_queries", "meta_tokens"))  # fmt: skip
+    damage(
+        folder / "transformer" / "diffusion_pytorch_model.safetensors",
+        drop="edit_head.attn_blocks.0.mlp.",
+        rename=("meta_queries", "meta_tokens"),
+    )
     with pytest.raises(CheckpointMismatch) as err:
         VibePipeline.from_pretrained(folder, dtype=torch.float32)
     message = str(err.value)
@@ -69,8 +73,10 @@ def test_load_pipeline_names_a_damaged_transformers_component(
     folder = twins["qwen-image-edit"]
     damage(folder / "text_encoder" / "model.safetensors", drop="model.layers.1.")
     profile = ws.profile("cpu-tiny")
-    expected = (r"component text_encoder \(Qwen2_5_VLForConditionalGeneration\) does not match its class, \d+ "
-                r"weight\(s\) missing: model\.language_model\.layers\.1\.")  # fmt: skip
+    expected = (
+        r"component text_encoder \(Qwen2_5_VLForConditionalGeneration\) does not match its class, \d+ "
+        r"weight\(s\) missing: model\.language_model\.layers\.1\."
+    )
     with pytest.raises(ModelError, match=expected):
         load_pipeline("qwen-image-edit", profile.editor.model_copy(update={"model": str(folder)}), profile, ws)
 
@@ -145,23 +151,27 @@ def _header_only(path: Path, shapes: dict[str, list[int]]) -> None:
 
 
 def test_the_real_qwen25_vl_hub_layout_passes_and_a_missing_key_fails(tmp_path: Path) -> None:
-    """Real width: Qwen2.5-VL-7B's config (flenwheel.tiny's real size) and its hub layout (``visual.``,
+    """Real width: Qwen2.5-VL-7B's config (flenwheel.models.twins's real size) and its hub layout (``visual.``,
     ``model.layers.``, 5 shards and an index), as header-only files; 8.3 B parameters, built on the meta device."""
     from accelerate import init_empty_weights
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from flenwheel.tiny import SIZES
+    from flenwheel.models.qwen_image_edit.twin import SIZES
 
     real = SIZES["real"]
     text = dict(real["qwen_vl_text"])
     section = text.pop("mrope_section")
-    config = Qwen2_5_VLConfig(text_config={**text, "rope_scaling": {"type": "mrope", "mrope_section": section}},
-                              vision_config=real["qwen_vl_vision"])  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config={**text, "rope_scaling": {"type": "mrope", "mrope_section": section}},
+        vision_config=real["qwen_vl_vision"],
+    )
     with init_empty_weights():
         model = Qwen2_5_VLForConditionalGeneration(config)
     assert sum(p.numel() for p in model.parameters()) > 8e9
-    hub = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): list(v.shape)
-           for k, v in model.state_dict().items()}  # fmt: skip
+    hub = {
+        k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): list(v.shape)
+        for k, v in model.state_dict().items()
+    }
     folder = tmp_path / "text_encoder"
     folder.mkdir()
     config.save_pretrained(folder)
@@ -185,7 +195,7 @@ def test_the_real_qwen25_vl_hub_layout_passes_and_a_missing_key_fails(tmp_path: 
 
 
 def test_the_critic_refuses_a_damaged_vlm_before_transformers_makes_weights_up(twins: dict[str, Path]) -> None:
-    from flenwheel.critic import Critic
+    from flenwheel.models.critic import Critic
 
     snapshot = twins["qwen-image-edit"]
     Critic.from_pretrained(snapshot)  # the undamaged encoder answers

@@ -1,7 +1,7 @@
 """The GPU bench: peak memory and seconds of every gpu-24gb stage on real-size models with random weights.
 
 Why random weights: nothing can be downloaded, and memory and time depend on shapes, not on values. The real
-FLUX.1-dev, Qwen-Image-Edit-2509 and VIBE architectures (``flenwheel.tiny.SIZES["real"]``) are built with random
+FLUX.1-dev, Qwen-Image-Edit-2509 and VIBE architectures (each family twin's ``SIZES["real"]``) are built with random
 weights and run through flenwheel's *production* code under the gpu-24gb profile: ``ModelManager.stacked`` (so
 ``load_pipeline``: nf4, model CPU offload, VAE tiling; the LoRA stack as adapters) for generation and editing, the
 trainers' ``prepare_model`` / ``train_step`` / ``sample`` for LoRA steps and checkpoint samples,

@@ -20,15 +20,15 @@ from bench.gpu.meter import now
 
 @functools.cache
 def meta_pipeline(kind: str, size: str) -> Any:
-    """The pipeline of ``kind`` as ``flenwheel.tiny`` makes it, on the meta device: its components' configs and
+    """The pipeline of ``kind`` as ``flenwheel.models.twins`` makes it, on the meta device: its components' configs and
     module shapes, without a byte of weights; the same makers as the tests' twins, so the bench can never drift from
     the configs they use."""
     import torch
 
-    from flenwheel import tiny
+    from flenwheel.models.twins import make_pipeline
 
     with torch.device("meta"):
-        return tiny.MAKERS[kind](0, size)
+        return make_pipeline(kind, 0, size)
 
 
 def built(folder: Path, part: str) -> bool:
@@ -61,7 +61,7 @@ def build_parts(kind: str, parts: Sequence[str], size: str, folder: Path) -> Non
 
 def _build_base(kind: str, tmp: Path, folder: Path) -> None:
     """model_index.json, scheduler, tokenizers and processor: the same at every size, taken from a tiny build."""
-    from flenwheel.tiny import ensure_models
+    from flenwheel.models.twins import ensure_models
 
     src = ensure_models(tmp, "tiny", (kind,))[kind]
     for entry in sorted(src.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last: the marker
@@ -132,6 +132,7 @@ def write_lora(
             a = torch.randn(rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
             b = torch.randn(module.out_features, rank, generator=gen) * 0.01
             layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"] = a.to(dtype), b.to(dtype)
-    getattr(diffusers, PIPELINES[kind]).save_lora_weights(path.parent, transformer_lora_layers=layers,
-                                                          weight_name=path.name)  # fmt: skip
+    getattr(diffusers, PIPELINES[kind]).save_lora_weights(
+        path.parent, transformer_lora_layers=layers, weight_name=path.name
+    )
     return path, len(layers) // 2

@@ -42,12 +42,23 @@ class Ctx:
             with contextlib.suppress(Exception):
                 versions[name] = __import__(name).__version__
         row = {
-            "key": key, "stage": self.stage.name, "what": what, "px": None if px is None else str(px),
-            "size": self.size, "profile": self.profile.name,
+            "key": key,
+            "stage": self.stage.name,
+            "what": what,
+            "px": None if px is None else str(px),
+            "size": self.size,
+            "profile": self.profile.name,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
-            "gpu": torch.cuda.is_available(), **(mem or {}), "s_step": None, "s_image": None, "load_s": None,
-            "settings": "", **fields, "versions": versions, "date": datetime.date.today().isoformat(),
-        }  # fmt: skip
+            "gpu": torch.cuda.is_available(),
+            **(mem or {}),
+            "s_step": None,
+            "s_image": None,
+            "load_s": None,
+            "settings": "",
+            **fields,
+            "versions": versions,
+            "date": datetime.date.today().isoformat(),
+        }
         with self.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -98,8 +109,10 @@ def train_steps(trainer: Any, transformer: Any, params: Any, optimizer: Any, ite
 
 
 def stage_settings(stage: Any) -> str:
-    return (f"nf4 {'+'.join(stage.quantize) or 'none'}, offload {stage.offload}, "
-            f"tiling {'on' if stage.vae_tiling else 'off'}")  # fmt: skip
+    return (
+        f"nf4 {'+'.join(stage.quantize) or 'none'}, offload {stage.offload}, "
+        f"tiling {'on' if stage.vae_tiling else 'off'}"
+    )
 
 
 def trainer_settings(s: Any) -> str:

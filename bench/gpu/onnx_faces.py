@@ -49,8 +49,10 @@ class _Graph:
         import onnx
         from onnx import helper
 
-        model = helper.make_model(helper.make_graph(self.nodes, name, inputs, outputs, self.inits),
-                                  opset_imports=[helper.make_opsetid("", 13)])  # fmt: skip
+        model = helper.make_model(
+            helper.make_graph(self.nodes, name, inputs, outputs, self.inits),
+            opset_imports=[helper.make_opsetid("", 13)],
+        )
         model.ir_version = 8
         onnx.save(model, str(path))
         return sum(int(self.np.prod(t.dims)) for t in self.inits)
@@ -72,8 +74,12 @@ def write_recognizer(path: Path) -> int:
     flat = g.node("Flatten", [x], "flatten", axis=1)
     fc = g.const("fc.w", (g.rng.standard_normal((512 * 7 * 7, 512)) / math.sqrt(512 * 7 * 7)).astype(g.np.float32))
     g.node("MatMul", [flat, fc], "fc1")
-    return g.save(path, "iresnet50", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
-                  [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 512])])  # fmt: skip
+    return g.save(
+        path,
+        "iresnet50",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 512])],
+    )
 
 
 def write_detector(path: Path) -> int:

@@ -117,24 +117,38 @@ def plan() -> str:
         for name in group:
             stage, kind = STAGES[name], STAGES[name].kind
             nf4 = kind in QUANTISED
-            parts = ", ".join(
-                "base" if p == "base" else f"{p} ({sz[kind, p][0]:.1f} GB {'nf4' if nf4 and p == 'transformer' else 'bf16'})"  # noqa: E501
-                for p in stage.parts
-            ) if kind else "2 ONNX files (0.2 GB)"  # fmt: skip
+            parts = (
+                ", ".join(
+                    "base"
+                    if p == "base"
+                    else f"{p} ({sz[kind, p][0]:.1f} GB {'nf4' if nf4 and p == 'transformer' else 'bf16'})"
+                    for p in stage.parts
+                )
+                if kind
+                else "2 ONNX files (0.2 GB)"
+            )
             disk, alone, _ = estimate(name, {}, sz)
             _, seq, how = estimate(name, have, sz)
             for k, needed in stage.needs.items():
                 have[k] = have.get(k, set()) | set(needed)
             minutes += seq
             cmd = f"python bench/gpu_memory.py --stage {name} --out $OUT/{name}.jsonl"
-            lines.append(f"| {name} | {parts} | {disk:.1f} | {alone:.1f} | {seq:.1f} ({how}) | {stage.measures} | "
-                         f"`{cmd}` |")  # fmt: skip
+            lines.append(
+                f"| {name} | {parts} | {disk:.1f} | {alone:.1f} | {seq:.1f} ({how}) | {stage.measures} | `{cmd}` |"
+            )
         keep = any(k in later for n in group for k in STAGES[n].needs)
         have = {k: v for k, v in have.items() if keep and k in later}
-        calls.append((f"python bench/gpu_memory.py --stage {' '.join(group)}{' --keep' if keep else ''} "
-                      f"--out $OUT/rows-{i}.jsonl", minutes))  # fmt: skip
+        calls.append(
+            (
+                f"python bench/gpu_memory.py --stage {' '.join(group)}{' --keep' if keep else ''} "
+                f"--out $OUT/rows-{i}.jsonl",
+                minutes,
+            )
+        )
     lines += ["", "Device calls (each under 10 minutes; stages of one call share their models, --keep hands them on):"]
     lines += [f"{n}. `{cmd}`  ≈ {m:.1f} min" for n, (cmd, m) in enumerate(calls, 1)]
-    lines.append(f"Total ≈ {sum(m for _, m in calls):.1f} min of commands, plus the machine's start and the carried "
-                 "wheels' install (docs/benchmarks.md).")  # fmt: skip
+    lines.append(
+        f"Total ≈ {sum(m for _, m in calls):.1f} min of commands, plus the machine's start and the carried "
+        "wheels' install (docs/benchmarks.md)."
+    )
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ def measure(name: str, size: str, models: Path, work: Path, out: Path, steps: in
     import torch
 
     from bench.gpu.stages import MEASURES
-    from flenwheel.workspace import Workspace
+    from flenwheel.store.workspace import Workspace
 
     stage = STAGES[name]
     folders = {kind: models / size / kind for kind in stage.needs}
@@ -96,9 +96,15 @@ def _tidy(models: Path, size: str, later: Sequence[str], keep: bool) -> None:
 
 
 def run_stages(
-    names: Sequence[str], size: str, models: Path, out: Path, keep: bool, steps: int,
-    deadlines: Sequence[float] | None = None, after_each: object = None,
-) -> int:  # fmt: skip
+    names: Sequence[str],
+    size: str,
+    models: Path,
+    out: Path,
+    keep: bool,
+    steps: int,
+    deadlines: Sequence[float] | None = None,
+    after_each: object = None,
+) -> int:
     """Build what each stage loads, measure it, and delete what no later stage loads. ``deadlines`` (monotonic
     seconds, one per stage) stop a stage that runs over; ``after_each()`` runs after every stage."""
     from bench.gpu.build import built
@@ -122,13 +128,19 @@ def run_stages(
         if code == 0:
             phase = "measurement"
             timeout = None if deadlines is None else max(1.0, deadlines[i] - time.monotonic())
-            code = child(["--measure", name, "--size", size, "--models", str(models), "--out", str(out),
-                          "--steps", str(steps)], timeout)  # fmt: skip
+            code = child(
+                ["--measure", name, "--size", size, "--models", str(models), "--out", str(out), "--steps", str(steps)],
+                timeout,
+            )
         if code != 0:
             failures += 1
             if code == 124:
-                _failed_row(out, name, size, f"{name} STOPPED at its time slice in the {phase} (the rows before it "
-                            "are what it measured)")  # fmt: skip
+                _failed_row(
+                    out,
+                    name,
+                    size,
+                    f"{name} STOPPED at its time slice in the {phase} (the rows before it are what it measured)",
+                )
             elif phase == "build" or not any(f'"{name}-failed"' in line for line in _lines(out)[rows_before:]):
                 # a failed build, or a process that could not write its own row (killed by the OOM killer, say)
                 what = f"{name} FAILED: the {phase} process exited with {code} (its log says why)"
@@ -157,8 +169,10 @@ def check_plan() -> str:
             have[kind] = have.get(kind, set()) | set(parts)
         total += minutes
         lines.append(f"| {n} | {name} | {stage.measures} | {disk:.1f} | {minutes:.1f} ({how}) | {slice_s:.0f} |")
-    lines.append(f"\nEstimated {total:.1f} min in all; the command stops at {CHECK_BUDGET_S / 60:.0f} min whatever is "
-                 "left (a stage past its slice is stopped, its rows kept).")  # fmt: skip
+    lines.append(
+        f"\nEstimated {total:.1f} min in all; the command stops at {CHECK_BUDGET_S / 60:.0f} min whatever is "
+        "left (a stage past its slice is stopped, its rows kept)."
+    )
     return "\n".join(lines) + "\n"
 
 

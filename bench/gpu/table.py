@@ -43,7 +43,7 @@ def fits(gib: float, budget: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The whole Markdown table, then the seed's criteria derived from it, with a verdict each."""
-    from flenwheel.workspace import Workspace
+    from flenwheel.store.workspace import Workspace
 
     if not rows:
         return "no rows\n"
@@ -60,8 +60,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         + f"; profile {profile_name}; {first.get('date', '')}",
     ]
     if cpu:
-        lines.append("**CPU smoke run with the tiny twins: memory is the process's peak RSS, no GPU figure; the times "
-                     "say nothing about a GPU.**")  # fmt: skip
+        lines.append(
+            "**CPU smoke run with the tiny twins: memory is the process's peak RSS, no GPU figure; the times "
+            "say nothing about a GPU.**"
+        )
     lines += [
         "",
         f"| stage | measurement | px | max allocated GiB{' (CPU: peak RSS)' if cpu else ''} | max reserved GiB | "
@@ -77,8 +79,17 @@ def table(rows: list[dict[str, Any]]) -> str:
             rss = r.get("rss_gib")
             mem = ["-" if rss is None else f"{rss:.2f} RSS (CPU)", "-", "-"]
             verdict = "n/a (CPU)" if rss is not None else "-"
-        cells = [r["stage"], r["what"], r.get("px") or "-", *mem, verdict, _f(r.get("s_step")), _f(r.get("s_image")),
-                 _f(r.get("load_s"), 1), r.get("settings", "")]  # fmt: skip
+        cells = [
+            r["stage"],
+            r["what"],
+            r.get("px") or "-",
+            *mem,
+            verdict,
+            _f(r.get("s_step")),
+            _f(r.get("s_image")),
+            _f(r.get("load_s"), 1),
+            r.get("settings", ""),
+        ]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     lines += ["", *criteria(rows, profile, budget, cpu)]
     return "\n".join(lines) + "\n"
@@ -123,8 +134,10 @@ def criteria(rows: list[dict[str, Any]], profile: Any, budget: float, cpu: bool)
         per_sample += (ident or {}).get("s_image") or 0.0
         total += checkpoints * n_samples * per_sample
         hours = total / 3600
-    out.append(f"| hours to train the editor LoRA on 10 triplets | {_f(hours, 2)} h | < 2 h | "
-               f"{verdict(hours, hours is not None and hours < 2)} |")  # fmt: skip
+    out.append(
+        f"| hours to train the editor LoRA on 10 triplets | {_f(hours, 2)} h | < 2 h | "
+        f"{verdict(hours, hours is not None and hours < 2)} |"
+    )
     stages: dict[str, float] = {}
     for r in rows:
         big = largest(r) if r.get("gpu") else r.get("rss_gib")

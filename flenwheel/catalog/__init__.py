@@ -9,7 +9,7 @@ views.
 
 from flenwheel.catalog.captions import CaptionsMixin
 from flenwheel.catalog.checks import ChecksMixin
-from flenwheel.catalog.core import AwaitingReview, CatalogBusy, CatalogError, code_version, now, sha256_json
+from flenwheel.catalog.core import CatalogBusy, CatalogError, code_version, now, sha256_json
 from flenwheel.catalog.identity import IdentityMixin
 from flenwheel.catalog.images import ImagesMixin
 from flenwheel.catalog.iterations import IterationsMixin
@@ -36,6 +36,6 @@ class Catalog(
 
 
 __all__ = [
-    "ORIGINS", "SCHEMA_VERSION", "VERDICTS", "AwaitingReview", "Catalog", "CatalogBusy", "CatalogError",
+    "ORIGINS", "SCHEMA_VERSION", "VERDICTS", "Catalog", "CatalogBusy", "CatalogError",
     "DerivationRecord", "ImageRecord", "Lineage", "code_version", "now", "sha256_json",
 ]  # fmt: skip

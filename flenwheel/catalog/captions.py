@@ -36,8 +36,18 @@ class CaptionsMixin(CatalogCore):
                     continue
                 seen.add(r["image_id"])
                 params = json.dumps(r.get("params") or {}, sort_keys=True)
-                new.append([r["image_id"], r["caption"], r["source"], r.get("model_ref"), params, r.get("author"),
-                            run_id, now()])  # fmt: skip
+                new.append(
+                    [
+                        r["image_id"],
+                        r["caption"],
+                        r["source"],
+                        r.get("model_ref"),
+                        params,
+                        r.get("author"),
+                        run_id,
+                        now(),
+                    ]
+                )
             if new:
                 con.executemany(
                     "INSERT INTO captions (image_id, caption, source, model_ref, params, author, run_id, created_at)"

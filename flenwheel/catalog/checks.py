@@ -36,9 +36,14 @@ class ChecksMixin(CatalogCore):
                 continue
             columns = _COLUMNS[table]
             frame = pd.DataFrame(
-                [{c: json.dumps(r[c], sort_keys=True, default=str) if t == "JSON" else r[c] for c, t in columns.items()}
-                 for r in records]
-            )  # fmt: skip
+                [
+                    {
+                        c: json.dumps(r[c], sort_keys=True, default=str) if t == "JSON" else r[c]
+                        for c, t in columns.items()
+                    }
+                    for r in records
+                ]
+            )
             frame["stamp"] = stamp
             con.register("check_rows", frame)
             names = ", ".join((*columns, _STAMP[table]))

@@ -31,7 +31,7 @@ import pandas as pd
 
 import flenwheel
 from flenwheel.catalog.schema import MIGRATIONS, SCHEMA_VERSION
-from flenwheel.errors import DiskFull, FlenwheelError
+from flenwheel.core.errors import AwaitingReview, DiskFull, FlenwheelError
 
 T = TypeVar("T")
 
@@ -42,10 +42,6 @@ class CatalogError(FlenwheelError, RuntimeError):
 
 class CatalogBusy(CatalogError):
     """Another process held the catalog for longer than the lock timeout."""
-
-
-class AwaitingReview(Exception):
-    """Raised to stop a run that waits for human review; the run is recorded as ``awaiting_review``."""
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -84,7 +80,7 @@ def code_version() -> str:
 
 _CODE_VERSION: str | None = None
 
-_PROCESS_LOCK = threading.RLock()
+PROCESS_LOCK = threading.RLock()
 _MIGRATED: set[Path] = set()  # catalogs this process has already brought to SCHEMA_VERSION
 
 
@@ -124,7 +120,7 @@ class CatalogCore:
 
     def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn`` in one write transaction; the whole transaction is retried if the file is locked."""
-        with _PROCESS_LOCK:
+        with PROCESS_LOCK:
             self._ensure_schema()
             return self._transact(fn)
 
@@ -163,7 +159,7 @@ class CatalogCore:
 
     def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run ``fn`` on a read-only connection."""
-        with _PROCESS_LOCK:
+        with PROCESS_LOCK:
             con = self._connect(read_only=True)
             try:
                 return fn(con)
@@ -173,7 +169,7 @@ class CatalogCore:
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection for several queries in a row (closed on exit)."""
-        with _PROCESS_LOCK:
+        with PROCESS_LOCK:
             con = self._connect(read_only=True)
             try:
                 yield con
@@ -228,7 +224,7 @@ class CatalogCore:
 
     def migrate(self) -> int:
         """Create or upgrade the schema (idempotent); returns the schema version."""
-        with _PROCESS_LOCK:
+        with PROCESS_LOCK:
             self._ensure_schema()
         return SCHEMA_VERSION
 

@@ -14,20 +14,44 @@ class LorasMixin(CatalogCore):
     """Writer and readers of ``loras``; readers of the ``triplets`` view and of editor evaluation metrics."""
 
     def register_lora(
-        self, *, lora_id: str, character: str, kind: str, base_model_ref: str, dataset_version: str | None,
-        hyperparams: dict[str, Any], steps: int, path: str, sha256: str, comfy_path: str | None,
-        chosen_checkpoint: int, run_id: str | None,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        lora_id: str,
+        character: str,
+        kind: str,
+        base_model_ref: str,
+        dataset_version: str | None,
+        hyperparams: dict[str, Any],
+        steps: int,
+        path: str,
+        sha256: str,
+        comfy_path: str | None,
+        chosen_checkpoint: int,
+        run_id: str | None,
+    ) -> None:
         """Record a finished LoRA (paths relative to the data root); registering the same id again is a no-op."""
         self.write(
             lambda con: con.execute(
                 "INSERT OR IGNORE INTO loras (lora_id, character, kind, base_model_ref, dataset_version, hyperparams,"
                 " steps, path, sha256, comfy_path, chosen_checkpoint, run_id, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [lora_id, character, kind, base_model_ref, dataset_version, json.dumps(hyperparams, sort_keys=True),
-                 steps, path, sha256, comfy_path, chosen_checkpoint, run_id, now()],
+                [
+                    lora_id,
+                    character,
+                    kind,
+                    base_model_ref,
+                    dataset_version,
+                    json.dumps(hyperparams, sort_keys=True),
+                    steps,
+                    path,
+                    sha256,
+                    comfy_path,
+                    chosen_checkpoint,
+                    run_id,
+                    now(),
+                ],
             )
-        )  # fmt: skip
+        )
 
     def lora(self, lora_id: str) -> dict[str, Any] | None:
         """The ``loras`` row of ``lora_id`` (``hyperparams`` decoded), or None."""

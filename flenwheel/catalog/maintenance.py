@@ -15,8 +15,8 @@ from typing import Any
 
 import duckdb
 
-from flenwheel.catalog.core import _PROCESS_LOCK, CatalogCore, CatalogError
-from flenwheel.store import clear_leftovers, temp_prefix
+from flenwheel.catalog.core import PROCESS_LOCK, CatalogCore, CatalogError
+from flenwheel.core.files import clear_leftovers, temp_prefix
 
 
 class MaintenanceMixin(CatalogCore):
@@ -82,7 +82,7 @@ class MaintenanceMixin(CatalogCore):
         fd, staging = tempfile.mkstemp(prefix=temp_prefix(self.path.name), dir=self.path.parent)
         os.close(fd)
         os.unlink(staging)  # DuckDB creates the file itself
-        with _PROCESS_LOCK:
+        with PROCESS_LOCK:
             try:
                 con = duckdb.connect(staging)
                 try:

@@ -118,9 +118,14 @@ class ReviewsMixin(CatalogCore):
         )
 
     def open_gate_round(
-        self, flow_run_id: str, gate_id: str, number: int, pause_key: str, pending_ids: Sequence[str],
+        self,
+        flow_run_id: str,
+        gate_id: str,
+        number: int,
+        pause_key: str,
+        pending_ids: Sequence[str],
         run_id: str | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Record that the run stops at the gate now (round ``number``), waiting on ``pending_ids``."""
         self.write(
             lambda con: con.execute(
@@ -131,16 +136,35 @@ class ReviewsMixin(CatalogCore):
         )
 
     def close_gate_round(
-        self, flow_run_id: str, gate_id: str, number: int, *, reviewer: str | None, note: str | None,
-        auto_decide_rest: bool, approve_rest: bool, decided_by_people: int, decided_by_policy: int,
-    ) -> None:  # fmt: skip
+        self,
+        flow_run_id: str,
+        gate_id: str,
+        number: int,
+        *,
+        reviewer: str | None,
+        note: str | None,
+        auto_decide_rest: bool,
+        approve_rest: bool,
+        decided_by_people: int,
+        decided_by_policy: int,
+    ) -> None:
         """Record the reviewer's answer to a round (who, note, and how its candidates were decided)."""
         self.write(
             lambda con: con.execute(
                 "UPDATE gate_rounds SET resumed_at = ?, reviewer = ?, note = ?, auto_decide_rest = ?,"
                 " approve_rest = ?, decided_by_people = ?, decided_by_policy = ?"
                 " WHERE flow_run_id = ? AND gate_id = ? AND round = ?",
-                [now(), reviewer, note, auto_decide_rest, approve_rest, decided_by_people, decided_by_policy,
-                 flow_run_id, gate_id, number],
+                [
+                    now(),
+                    reviewer,
+                    note,
+                    auto_decide_rest,
+                    approve_rest,
+                    decided_by_people,
+                    decided_by_policy,
+                    flow_run_id,
+                    gate_id,
+                    number,
+                ],
             )
-        )  # fmt: skip
+        )

@@ -6,7 +6,7 @@ opening an old catalog upgrades it once and a catalog newer than the code is ref
 
 from __future__ import annotations
 
-from flenwheel.types import ORIGINS, VERDICTS
+from flenwheel.core.types import ORIGINS, VERDICTS
 
 SCHEMA_VERSION = 6
 
@@ -347,5 +347,11 @@ _SCHEMA_V6 = [
                    FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5,
-                                    6: _SCHEMA_V6}  # fmt: skip
+MIGRATIONS: dict[int, list[str]] = {
+    1: _SCHEMA_V1,
+    2: _SCHEMA_V2,
+    3: _SCHEMA_V3,
+    4: _SCHEMA_V4,
+    5: _SCHEMA_V5,
+    6: _SCHEMA_V6,
+}

@@ -17,6 +17,7 @@ import typer
 
 from flenwheel.cli import catalog, dataset, demo, flywheel, identity, models, review, train
 from flenwheel.cli.common import OneLineErrors
+from flenwheel.flows.setup import private_defaults
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -50,6 +51,7 @@ app.add_typer(dataset.dataset_app, name="dataset")
 def main() -> None:
     """Console entry point."""
     _light_spawned_children()
+    private_defaults()  # before any command imports Prefect
     app()
 
 

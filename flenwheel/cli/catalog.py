@@ -11,12 +11,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flenwheel import doctor as health
 from flenwheel.catalog import Lineage
 from flenwheel.cli.common import CharacterArg, UserError, err, group, out, progress_bar, workspace
-from flenwheel.ingest import IngestOutcome, ingest_paths
-from flenwheel.store import expand_paths
-from flenwheel.workspace import write_starter_configs
+from flenwheel.store import doctor as health
+from flenwheel.store.ingest import IngestOutcome, ingest_paths
+from flenwheel.store.objects import expand_paths
+from flenwheel.store.workspace import write_starter_configs
 
 
 def register(app: typer.Typer) -> None:
@@ -189,16 +189,21 @@ def doctor(
             out.print(f"{'':20s}   {'kept: ' + finding.spared if finding.spared else finding.hint}", markup=False)
     left = report.left
     checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
-    out.print(f"checked {checked or 'nothing (no catalog yet)'}: {len(left)} problem(s)"
-              + (f", {len(report.fixed)} fixed" if report.fixed else ""))  # fmt: skip
+    out.print(
+        f"checked {checked or 'nothing (no catalog yet)'}: {len(left)} problem(s)"
+        + (f", {len(report.fixed)} fixed" if report.fixed else "")
+    )
     if fix:
         removed = Counter(f.kind for f in report.findings if f.what in report.fixed)
         out.print("removed: " + (", ".join(f"{n} {kind}" for kind, n in removed.items()) or "nothing"))
     if report.spared:
-        out.print(f"{'kept' if fix else '--fix keeps'} {len(report.spared)} orphan(s) younger than --grace "
-                  f"({grace:g} s): a running command may be between writing such a file and recording it. Run "
-                  "`flenwheel doctor --fix` again once they are older, or, when no flenwheel command is running, "
-                  "`flenwheel doctor --fix --grace 0`.", markup=False)  # fmt: skip
+        out.print(
+            f"{'kept' if fix else '--fix keeps'} {len(report.spared)} orphan(s) younger than --grace "
+            f"({grace:g} s): a running command may be between writing such a file and recording it. Run "
+            "`flenwheel doctor --fix` again once they are older, or, when no flenwheel command is running, "
+            "`flenwheel doctor --fix --grace 0`.",
+            markup=False,
+        )
     if not fix and any(f.fixable for f in left):
         out.print("run `flenwheel doctor --fix` to remove the orphans and leftovers")
     manual = [kind for kind in dict.fromkeys(f.kind for f in left) if kind in health.ADVICE]

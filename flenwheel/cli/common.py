@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from typer.core import TyperGroup
 
-from flenwheel.errors import DISK_FULL_ERRNOS, FlenwheelError
-from flenwheel.types import EditorChoice, ReviewMode, ReviewStage
-from flenwheel.workspace import Workspace
+from flenwheel.core.errors import DISK_FULL_ERRNOS, FlenwheelError
+from flenwheel.core.types import EditorChoice, ReviewMode, ReviewStage
+from flenwheel.store.workspace import Workspace
 
 EXIT_AWAITING_REVIEW = 3
 

@@ -7,13 +7,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flenwheel import runtime, versions
-from flenwheel.captions import caption_members
 from flenwheel.catalog import Catalog
 from flenwheel.cli.common import ProfileOpt, group, out, progress_bar, workspace
-from flenwheel.config import Character
-from flenwheel.critic import Critic
-from flenwheel.workspace import Workspace
+from flenwheel.core.config import Character
+from flenwheel.dataset import versions
+from flenwheel.dataset.captions import caption_members
+from flenwheel.models import runtime
+from flenwheel.models.critic import Critic
+from flenwheel.store.workspace import Workspace
 
 dataset_app = group("Frozen dataset versions: caption, freeze, list, diff.")
 

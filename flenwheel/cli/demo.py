@@ -10,8 +10,8 @@ import typer
 from flenwheel.cli.catalog import print_lineage, sql
 from flenwheel.cli.common import err, out, workspace
 from flenwheel.cli.flywheel import print_flywheel
-from flenwheel.ingest import ingest_paths
-from flenwheel.samples import sample_photos
+from flenwheel.cli.samples import sample_photos
+from flenwheel.store.ingest import ingest_paths
 
 
 def register(app: typer.Typer) -> None:
@@ -51,10 +51,16 @@ def demo(
         "  image keeps the identity and the demo retrains anyway (min_new_synthetics=0) to show the loop."
     )
     params = FlywheelParams(
-        character=DEMO_CHARACTER, iterations=iterations, profile="cpu-tiny", editor="augment", review="auto",
-        enrich_seeds=1, synthetic_prompts=["pose-portrait", "pose-three-quarter", "scene-park", "light-studio"],
-        synthetic_seeds=1, min_new_synthetics=0,
-    )  # fmt: skip
+        character=DEMO_CHARACTER,
+        iterations=iterations,
+        profile="cpu-tiny",
+        editor="augment",
+        review="auto",
+        enrich_seeds=1,
+        synthetic_prompts=["pose-portrait", "pose-three-quarter", "scene-park", "light-studio"],
+        synthetic_seeds=1,
+        min_new_synthetics=0,
+    )
     with prefect_api(notify=err.print):
         result = flywheel_flow(params, root=str(ws.root), configs=str(ws.configs_dir))
     print_flywheel(result)
@@ -75,7 +81,11 @@ def demo(
     reports = result.reports
     reports = reports or [ws.root / r["report_path"] for r in catalog.iterations(DEMO_CHARACTER) if r["report_path"]]
     out.print(f"\n[bold]report[/bold]: {reports[-1] if reports else '-'}")
-    out.print(f"[bold]review in FiftyOne[/bold]: flenwheel --root {ws.root} review serve {DEMO_CHARACTER}  "
-              f"(then open http://{ws.settings.review.app_address}:{ws.settings.review.app_port})")  # fmt: skip
-    out.print("[bold]real models[/bold]: on a 24 GB GPU with the weights in the Hugging Face cache, run\n"
-              f"  flenwheel flywheel {DEMO_CHARACTER} --profile gpu-24gb --editor qwen --review fiftyone")  # fmt: skip
+    out.print(
+        f"[bold]review in FiftyOne[/bold]: flenwheel --root {ws.root} review serve {DEMO_CHARACTER}  "
+        f"(then open http://{ws.settings.review.app_address}:{ws.settings.review.app_port})"
+    )
+    out.print(
+        "[bold]real models[/bold]: on a 24 GB GPU with the weights in the Hugging Face cache, run\n"
+        f"  flenwheel flywheel {DEMO_CHARACTER} --profile gpu-24gb --editor qwen --review fiftyone"
+    )

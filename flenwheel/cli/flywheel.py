@@ -23,11 +23,11 @@ from flenwheel.cli.common import (
     params,
     workspace,
 )
-from flenwheel.locks import CharacterBusy
-from flenwheel.types import EditorChoice, ReviewMode
+from flenwheel.core.types import EditorChoice, ReviewMode
+from flenwheel.store.locks import CharacterBusy
 
 if TYPE_CHECKING:
-    from flenwheel.flywheel import FlywheelResult
+    from flenwheel.dataset.iteration import FlywheelResult
 
 
 def register(app: typer.Typer) -> None:
@@ -60,9 +60,16 @@ def enrich(
     if unknown:  # refused before a flow run starts, in one line
         raise UserError(f"--prompts: unknown prompt id(s) {', '.join(unknown)}; known: {', '.join(sorted(library))}")
     chosen = params(
-        EnrichParams, character=character, editor=editor, profile=profile, prompts=id_list(prompts) or None,
-        seeds=seeds, review=review, wait=wait, batch_size=batch_size,
-    )  # fmt: skip
+        EnrichParams,
+        character=character,
+        editor=editor,
+        profile=profile,
+        prompts=id_list(prompts) or None,
+        seeds=seeds,
+        review=review,
+        wait=wait,
+        batch_size=batch_size,
+    )
     with prefect_api(notify=err.print):
         result = enrich_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
     if result.status == "busy":
@@ -102,11 +109,20 @@ def flywheel(
     ws = workspace(ctx)
     ws.character(character)
     chosen = params(
-        FlywheelParams, character=character, iterations=iterations, profile=profile, editor=editor, review=review,
-        wait=wait, enrich_seeds=enrich_seeds, synthetic_prompts=id_list(synthetic_prompts) or None,
-        synthetic_seeds=synthetic_seeds, train_steps=train_steps, max_synthetic_share=max_synthetic_share,
+        FlywheelParams,
+        character=character,
+        iterations=iterations,
+        profile=profile,
+        editor=editor,
+        review=review,
+        wait=wait,
+        enrich_seeds=enrich_seeds,
+        synthetic_prompts=id_list(synthetic_prompts) or None,
+        synthetic_seeds=synthetic_seeds,
+        train_steps=train_steps,
+        max_synthetic_share=max_synthetic_share,
         min_new_synthetics=min_new_synthetics,
-    )  # fmt: skip
+    )
     with prefect_api(notify=err.print):
         result = flywheel_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
     if result.status == "busy":
@@ -134,9 +150,13 @@ def nightly(
     ws = workspace(ctx)
     defaults = ws.settings.nightly
     chosen = params(
-        NightlyParams, characters=id_list(characters) or None, editor=editor or defaults.editor,
-        review=review or defaults.review, profile=profile, seeds=seeds,
-    )  # fmt: skip
+        NightlyParams,
+        characters=id_list(characters) or None,
+        editor=editor or defaults.editor,
+        review=review or defaults.review,
+        profile=profile,
+        seeds=seeds,
+    )
     with prefect_api(notify=err.print):
         outcomes = nightly_enrich(chosen, root=str(ws.root), configs=str(ws.configs_dir))
     for o in outcomes:
@@ -145,8 +165,11 @@ def nightly(
             continue
         made = o.enrichment.images if o.enrichment else 0
         rejected = f"; rejected {', '.join(o.rejected)}" if o.rejected else ""
-        out.print(f"{o.character}: {o.new_photos} new photo(s), {made} new candidate(s), {o.pending_review} "
-                  f"waiting for review{rejected}", markup=False)  # fmt: skip
+        out.print(
+            f"{o.character}: {o.new_photos} new photo(s), {made} new candidate(s), {o.pending_review} "
+            f"waiting for review{rejected}",
+            markup=False,
+        )
 
 
 def print_flywheel(result: FlywheelResult) -> None:
@@ -155,8 +178,10 @@ def print_flywheel(result: FlywheelResult) -> None:
     for it in result.iterations:
         if it.report:
             met = "met" if it.target_met else "not met"
-            out.print(f"iteration {it.number}: dataset {it.dataset_version}, LoRA {it.lora_id}, "
-                      f"{it.generated} synthetic image(s), 70% target {met}")  # fmt: skip
+            out.print(
+                f"iteration {it.number}: dataset {it.dataset_version}, LoRA {it.lora_id}, "
+                f"{it.generated} synthetic image(s), 70% target {met}"
+            )
             out.print(f"  report: {it.report}")
         else:
             out.print(f"iteration {it.number}: {it.status}")
@@ -196,6 +221,8 @@ def serve(ctx: typer.Context) -> None:
             "Run `prefect server start` and `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first."
         )
     nightly = ws.settings.nightly
-    err.print(f"serving flywheel and editor-flywheel (run them from the Prefect UI) and nightly-enrich "
-              f"({nightly.cron}, {nightly.timezone}) for data root {ws.root}")  # fmt: skip
+    err.print(
+        f"serving flywheel and editor-flywheel (run them from the Prefect UI) and nightly-enrich "
+        f"({nightly.cron}, {nightly.timezone}) for data root {ws.root}"
+    )
     serve_deployments(ws)

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from flenwheel import identity as idn
 from flenwheel.cli.common import CharacterArg, UserError, group, out, progress_bar, workspace
-from flenwheel.store import expand_paths, load_rgb
-from flenwheel.types import IdentityBackendName
+from flenwheel.core.types import IdentityBackendName
+from flenwheel.store.objects import expand_paths, load_rgb
 
 identity_app = group("Face identity: score, filter and calibrate.")
 

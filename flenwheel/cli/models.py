@@ -11,8 +11,8 @@ import typer
 from flenwheel.cli.common import ProfileOpt, group, out, workspace
 
 if TYPE_CHECKING:
-    from flenwheel.config import Profile
-    from flenwheel.workspace import Workspace
+    from flenwheel.core.config import Profile
+    from flenwheel.store.workspace import Workspace
 
 models_app = group("Model runtime: tiny offline twins, profile checks.")
 
@@ -24,7 +24,7 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="folder to build in
     FluxPipeline.from_pretrained(OUT_DIR/"flux") and QwenImageEditPlusPipeline.from_pretrained(
     OUT_DIR/"qwen-image-edit") load them with no hub access.
     """
-    from flenwheel.tiny import ensure_tiny_models  # torch, diffusers
+    from flenwheel.models.twins import ensure_tiny_models  # torch, diffusers
 
     for kind, path in ensure_tiny_models(out_dir).items():
         out.print(f"{kind:16s} {path}")
@@ -35,10 +35,11 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
     """Check that the profile's device and every model and LoRA it names are available, without loading them.
 
     For what is missing: how to get it (gated repos first need their licence accepted and a hub token), its
-    download size (a table of known sizes, flenwheel.downloads) and the total against the free disk of the
+    download size (a table of known sizes, flenwheel.models.downloads) and the total against the free disk of the
     Hugging Face cache.
     """
-    from flenwheel import downloads, models  # torch, diffusers
+    from flenwheel.models import downloads, loading, refs  # torch, diffusers
+    from flenwheel.models.loras import resolve_lora_file
 
     ws = workspace(ctx)
     prof = ws.profile(profile)
@@ -47,7 +48,7 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
 
     def missing(repo: str, filename: str | None = None) -> None:
         """What a missing hub model or LoRA file costs, once per file."""
-        if not models.HUB_ID.match(repo.partition("@")[0]):
+        if not refs.HUB_ID.match(repo.partition("@")[0]):
             return  # a local path: nothing to download
         known = downloads.known_download(repo, filename)
         key = (repo.partition("@")[0], filename)
@@ -62,20 +63,20 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
             out.print(f"          only what the pipeline loads: hf download {key[0]} --include model_index.json '*/*'")
 
     try:
-        models.check_device(prof)
+        loading.check_device(prof)
         out.print(f"device    {prof.device}: ok")
-    except models.ModelError as e:
+    except refs.ModelError as e:
         problems.append(str(e))
         out.print(f"device    {prof.device}: {e}")
-    for kind, stage_name in models.STAGE_OF_KIND.items():
+    for kind, stage_name in refs.STAGE_OF_KIND.items():
         stage = getattr(prof, stage_name)
         if stage is None:  # an optional stage (vibe_editor) this profile does not configure
             out.print(f"{stage_name:9s} not configured")
             continue
         try:
-            resolved = models.resolve_model(stage.model, kind, ws)
+            resolved = refs.resolve_model(stage.model, kind, ws)
             out.print(f"{stage_name:9s} {resolved.ref}")
-        except models.ModelError as e:
+        except refs.ModelError as e:
             problems.append(str(e))
             out.print(f"{stage_name:9s} MISSING: {e}")
             missing(stage.model)
@@ -84,9 +85,9 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
             for use in stack:
                 spec = library[use.name]
                 try:
-                    _, ref = models.resolve_lora_file(spec, ws, ws.catalog())
+                    _, ref = resolve_lora_file(spec, ws, ws.catalog())
                     out.print(f"  lora {category}/{use.name}: {ref}")
-                except models.ModelError as e:
+                except refs.ModelError as e:
                     problems.append(str(e))
                     out.print(f"  lora {category}/{use.name}: MISSING: {e}")
                     missing(spec.ref, spec.weight_name)
@@ -95,13 +96,15 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
         if problem:
             problems.append(problem)
     if to_fetch:
-        cache = models._hf_cache_dir()
+        cache = refs.hf_cache_dir()
         known = [k for k in to_fetch.values() if k is not None]
         total, free = sum(k.size for k in known), downloads.free_bytes(cache)
         unknown = len(to_fetch) - len(known)
         extra = f" and {unknown} of unknown size" if unknown else ""
-        out.print(f"download  {downloads.gb(total)} for profile {prof.name} ({len(known)} item(s){extra}); free disk "
-                  f"at the Hugging Face cache {cache}: {downloads.gb(free)}")  # fmt: skip
+        out.print(
+            f"download  {downloads.gb(total)} for profile {prof.name} ({len(known)} item(s){extra}); free disk "
+            f"at the Hugging Face cache {cache}: {downloads.gb(free)}"
+        )
         if free < total:
             short = f"{downloads.gb(total - free)} short"
             problems.append(short)
@@ -113,25 +116,27 @@ def _check_vlm(ref: str, prof: Profile, ws: Workspace, missing: Callable[[str], 
     """The captions' and critic's VLM: the editor's text encoder when it has its output layer, else a hub model."""
     from huggingface_hub import snapshot_download
 
-    from flenwheel import downloads, models
-    from flenwheel.critic import DEFAULT_HUB_ID, critic_source
+    from flenwheel.models import downloads, refs
+    from flenwheel.models.critic import DEFAULT_HUB_ID, critic_source
 
     hub = ref
     if ref == "editor":
         try:
-            editor = models.resolve_model(prof.editor.model, "qwen-image-edit", ws)
-        except models.ModelError:
+            editor = refs.resolve_model(prof.editor.model, "qwen-image-edit", ws)
+        except refs.ModelError:
             known = downloads.known_download(DEFAULT_HUB_ID)
             more = f", ~{downloads.gb(known.size)} more" if known else ""
-            out.print(f"vlm       the editor's text encoder (comes with the editor; if it lacks its output layer: "
-                      f"{DEFAULT_HUB_ID}{more})")  # fmt: skip
+            out.print(
+                f"vlm       the editor's text encoder (comes with the editor; if it lacks its output layer: "
+                f"{DEFAULT_HUB_ID}{more})"
+            )
             return None
         source = critic_source(editor.path)
         if source.reused:
             out.print(f"vlm       {source.model}: ok ({source.reason})")
             return None
         hub = source.model
-    if not models.HUB_ID.match(hub.partition("@")[0]):
+    if not refs.HUB_ID.match(hub.partition("@")[0]):
         ok = Path(hub).expanduser().is_dir()
         out.print(f"vlm       {hub}: {'ok' if ok else 'MISSING: no such folder'}")
         return None if ok else f"VLM folder {hub} not found"

@@ -42,8 +42,10 @@ def review_sync(ctx: typer.Context, character: Annotated[str, typer.Argument(hel
     catalog = ws.catalog()
     with catalog.run("cli:review-sync", {"character": character}) as run_id:
         n = sync_both_ways(ws, catalog, character, run_id)
-    out.print(f"dataset {dataset_name(ws, character)}: {n['added']} sample(s) added, {n['decisions']} decision(s) "
-              f"and {n['captions']} caption edit(s) recorded")  # fmt: skip
+    out.print(
+        f"dataset {dataset_name(ws, character)}: {n['added']} sample(s) added, {n['decisions']} decision(s) "
+        f"and {n['captions']} caption edit(s) recorded"
+    )
 
 
 @review_app.command("status")
@@ -55,18 +57,20 @@ def review_status(
     """Candidates, approved, rejected and pending in CHARACTER's gate."""
     ws = workspace(ctx)
     ws.character(character)
-    st = gate.status(ws.catalog(), character, stage)
+    st = gate.Gate(ws.catalog(), character, stage).status()
     out.print(
         f"{st.gate_id}: {st.candidates} candidate(s), {st.approved} approved, {st.rejected} rejected, "
         f"{st.pending} pending ({st.unscored} not yet identity-scored)"
     )
-    stats = gate.review_stats(ws.catalog(), character, stage, ws.settings.review)
+    stats = gate.Gate(ws.catalog(), character, stage, ws.settings.review).review_stats()
     if stats.by_policy or stats.by_people:
         share = f"{stats.auto_share:.0%}" if stats.auto_share is not None else "-"
         agree = f"{stats.agreement:.0%} of {stats.compared}" if stats.agreement is not None else "nothing to compare"
-        out.print(f"decided by the policy {stats.by_policy}, by people {stats.by_people} (policy share {share}); "
-                  f"people agreed with the policy: {agree}; "
-                  f"policy decisions overridden: {stats.overridden}")  # fmt: skip
+        out.print(
+            f"decided by the policy {stats.by_policy}, by people {stats.by_people} (policy share {share}); "
+            f"people agreed with the policy: {agree}; "
+            f"policy decisions overridden: {stats.overridden}"
+        )
 
 
 @review_app.command("queue")
@@ -79,7 +83,7 @@ def review_queue(
     """Undecided candidates, the most uncertain first (identity near its threshold, failed or borderline checks)."""
     ws = workspace(ctx)
     ws.character(character)
-    queue = gate.review_queue(ws.catalog(), character, stage, ws.settings.review)
+    queue = gate.Gate(ws.catalog(), character, stage, ws.settings.review).review_queue()
     table = Table("image", "uncertainty", "prompt", "similarity", "why")
     for r in queue[:limit]:
         u = "-" if r["uncertainty"] is None else f"{r['uncertainty']:.2f}"
@@ -110,8 +114,8 @@ def review_decide(
     ws.character(character)
     catalog = ws.catalog()
     with catalog.run("cli:review-decide", {"character": character, "stage": stage, "n": len(rows)}) as run_id:
-        changed = gate.decide(catalog, character, stage, rows, "cli", reviewer, run_id)
-    st = gate.status(catalog, character, stage)
+        changed = gate.Gate(catalog, character, stage).decide(rows, "cli", reviewer, run_id)
+    st = gate.Gate(catalog, character, stage).status()
     out.print(
         f"{changed} decision(s) recorded; {st.gate_id}: {st.approved} approved, {st.rejected} rejected, "
         f"{st.pending} pending"

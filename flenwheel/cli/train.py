@@ -10,18 +10,22 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flenwheel import versions
 from flenwheel.cli.common import CharacterArg, ProfileOpt, UserError, err, id_list, out, workspace
-from flenwheel.locks import character_lock
-from flenwheel.types import EDIT_OPS, EditorName
+from flenwheel.core.types import EDIT_OPS, EditorName
+from flenwheel.dataset import versions
+from flenwheel.store.locks import character_lock
 
 if TYPE_CHECKING:
     from flenwheel.training import TrainResult
 
 
 def register(app: typer.Typer) -> None:
-    for name, command in (("train", train), ("train-edit", train_edit), ("eval-edit", eval_edit),
-                          ("eval-editors", eval_editors)):  # fmt: skip
+    for name, command in (
+        ("train", train),
+        ("train-edit", train_edit),
+        ("eval-edit", eval_edit),
+        ("eval-editors", eval_editors),
+    ):
         app.command(name)(command)
 
 
@@ -57,9 +61,15 @@ def train(
 def training_progress(total: int) -> Iterator[Callable[[int, int, float, float], None]]:
     """A progress bar with loss, s/step and ETA; yields the trainer's progress callback."""
     with Progress(
-        TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[sps]:.2f} s/step"), TimeRemainingColumn(), console=err, transient=True,
-    ) as bar:  # fmt: skip
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[sps]:.2f} s/step"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("train", total=total, loss=float("nan"), sps=0.0)
 
         def progress(step: int, total: int, loss: float, sec: float) -> None:
@@ -133,8 +143,10 @@ def eval_edit(
         ev = evaluate_edit_lora(ws, catalog, char, lora, prof, run_id, id_list(prompts) or None, range(seeds))
     for arm, values in ev.metrics.items():
         show = {k: cell(values.get(k), k) for k in ("n", "pass_rate", "mean_similarity")}
-        out.print(f"{arm:5s}: {show['n']} edit(s), identity pass rate {show['pass_rate']}, "
-                  f"mean similarity {show['mean_similarity']}")  # fmt: skip
+        out.print(
+            f"{arm:5s}: {show['n']} edit(s), identity pass rate {show['pass_rate']}, "
+            f"mean similarity {show['mean_similarity']}"
+        )
     out.print(f"report: {ev.report}")
 
 
@@ -168,20 +180,40 @@ def eval_editors(
     if unknown:
         raise UserError(f"unknown editor(s) {', '.join(unknown)}: use {', '.join(get_args(EditorName))}")
     source_ids = [catalog.resolve_image_id(s) for s in id_list(sources)] or None
-    config = {"character": character, "editors": names, "profile": prof.name, "prompts": prompts, "seeds": seeds,
-              "sources": source_ids}  # fmt: skip
+    config = {
+        "character": character,
+        "editors": names,
+        "profile": prof.name,
+        "prompts": prompts,
+        "seeds": seeds,
+        "sources": source_ids,
+    }
     with catalog.run("cli:eval-editors", config) as run_id:
-        ev = evaluate_editors(ws, catalog, char, names, prof, run_id, id_list(prompts) or None, range(seeds),
-                              source_ids)  # fmt: skip
-    table = Table("editor", "category", "edits", "identity", "verifier", "failed checks", "s/edit", "peak GiB",
-                  title=ev.eval_id)  # fmt: skip
+        ev = evaluate_editors(
+            ws, catalog, char, names, prof, run_id, id_list(prompts) or None, range(seeds), source_ids
+        )
+    table = Table(
+        "editor", "category", "edits", "identity", "verifier", "failed checks", "s/edit", "peak GiB", title=ev.eval_id
+    )
     for key, m in ev.comparison.metrics.items():
         editor, _, category = key.partition(":")
-        failed = ", ".join(f"{name.removeprefix('failed:')} {cell(n, name)}" for name, n in m.items()
-                           if name.startswith("failed:") and n)  # fmt: skip
-        n, identity, verifier, seconds, peak = (cell(m.get(k), k) for k in ("n", "pass_rate", "verifier_pass_rate",
-                                                                           "seconds_per_edit", "peak_gib"))  # fmt: skip
-        table.add_row(editor, category or "all", n, identity, verifier, failed or ("none" if verifier != "-" else "-"),
-                      seconds, peak)  # fmt: skip
+        failed = ", ".join(
+            f"{name.removeprefix('failed:')} {cell(n, name)}"
+            for name, n in m.items()
+            if name.startswith("failed:") and n
+        )
+        n, identity, verifier, seconds, peak = (
+            cell(m.get(k), k) for k in ("n", "pass_rate", "verifier_pass_rate", "seconds_per_edit", "peak_gib")
+        )
+        table.add_row(
+            editor,
+            category or "all",
+            n,
+            identity,
+            verifier,
+            failed or ("none" if verifier != "-" else "-"),
+            seconds,
+            peak,
+        )
     out.print(table)
     out.print(f"{ev.sources_note}; report: {ev.report}")

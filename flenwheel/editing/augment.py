@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from flenwheel.catalog import code_version
-from flenwheel.config import AugmentSpec, PromptEntry
+from flenwheel.core.config import AugmentSpec, PromptEntry
 from flenwheel.editing.jobs import Box, EditError, EditJob, Editor, EditResult
-from flenwheel.masks import face_or_centre, person_matte
+from flenwheel.editing.masks import face_or_centre, person_matte
 
 
 def _affine(

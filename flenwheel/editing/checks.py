@@ -3,7 +3,7 @@ the VLM critic's yes/no checks (docs/verification.md).
 
 :class:`EditChecker` proposes the edit region of a (source, prompt category) once per batch, stores it as a PNG
 under ``<root>/masks/`` (content-addressed, referenced by ``masks.mask_id``), and checks each attempt with
-:func:`flenwheel.verify.verify` (change inside the region, SSIM/PSNR outside it where the category keeps it, one
+:func:`flenwheel.editing.verify.verify` (change inside the region, SSIM/PSNR outside it where the category keeps it, one
 face), and, with a critic, asks the prompt's yes/no questions about the edit. ``run_edit_batch``
 (:mod:`.jobs`) retries a failed edit and writes these rows in the same transaction as the images.
 :func:`checker_for` builds the checker the settings ask for, so enrichment and ``flenwheel eval-editors``
@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from flenwheel import runtime
-from flenwheel.config import PromptEntry, VerifySettings
-from flenwheel.critic import Critic, CriticAnswer
+from flenwheel.core.config import PromptEntry, VerifySettings
+from flenwheel.core.files import atomic_write
+from flenwheel.editing.masks import Mask, mask_png, propose
+from flenwheel.editing.verify import Verification, count_faces, verifier_for, verify
 from flenwheel.identity.backends import FaceBackend, load_backend
-from flenwheel.masks import Mask, mask_png, propose
-from flenwheel.store import atomic_write
-from flenwheel.verify import Verification, count_faces, verifier_for, verify
-from flenwheel.workspace import Workspace
+from flenwheel.models import runtime
+from flenwheel.models.critic import Critic, CriticAnswer
+from flenwheel.store.objects import MASKS
+from flenwheel.store.workspace import Workspace
 
-MASKS = "masks"
 BoxLike = Sequence[float]
 
 
@@ -46,10 +46,17 @@ class StoredMask:
     created: bool  # this process wrote the file (removed again if the batch's catalog write fails)
 
     def row(self, run_id: str | None) -> dict[str, Any]:
-        return {"image_id": self.image_id, "category": self.category, "mask_id": self.mask_id,
-                "kind": self.mask.kind, "confidence": round(self.mask.confidence, 4),
-                "fraction": round(self.mask.fraction, 4), "path": self.path, "params": self.mask.params,
-                "run_id": run_id}  # fmt: skip
+        return {
+            "image_id": self.image_id,
+            "category": self.category,
+            "mask_id": self.mask_id,
+            "kind": self.mask.kind,
+            "confidence": round(self.mask.confidence, 4),
+            "fraction": round(self.mask.fraction, 4),
+            "path": self.path,
+            "params": self.mask.params,
+            "run_id": run_id,
+        }
 
 
 @dataclass
@@ -140,14 +147,37 @@ def checker_for(ws: Workspace, profile: str | None, backend: str) -> EditChecker
 def verification_rows(check: AttemptCheck, image_id: str, prompt: PromptEntry, run_id: str | None) -> list[dict]:
     """``verifications`` rows of one checked image: one per check, with the threshold it was held to."""
     spec = verifier_for(prompt.category, prompt.verify)
-    thresholds = {"preserve_ssim": spec.min_ssim, "preserve_psnr": spec.min_psnr, "change": spec.min_change,
-                  "faces": spec.faces}  # fmt: skip
-    rows = [{"image_id": image_id, "name": name, "score": score, "threshold": thresholds.get(name),
-             "passed": passed, "mask_id": check.mask.mask_id, "params": check.verification.params,
-             "run_id": run_id} for name, score, passed in check.verification.rows()]  # fmt: skip
+    thresholds = {
+        "preserve_ssim": spec.min_ssim,
+        "preserve_psnr": spec.min_psnr,
+        "change": spec.min_change,
+        "faces": spec.faces,
+    }
+    rows = [
+        {
+            "image_id": image_id,
+            "name": name,
+            "score": score,
+            "threshold": thresholds.get(name),
+            "passed": passed,
+            "mask_id": check.mask.mask_id,
+            "params": check.verification.params,
+            "run_id": run_id,
+        }
+        for name, score, passed in check.verification.rows()
+    ]
     # The critic's answers are checks like the others: p(yes) against the check's threshold.
-    rows += [{"image_id": image_id, "name": f"critic:{a.check_id}", "score": a.p_yes, "threshold": a.threshold,
-              "passed": a.passed, "mask_id": None, "run_id": run_id,
-              "params": {"question": a.question, "expect": a.expect, "model": check.critic}}
-             for a in check.answers]  # fmt: skip
+    rows += [
+        {
+            "image_id": image_id,
+            "name": f"critic:{a.check_id}",
+            "score": a.p_yes,
+            "threshold": a.threshold,
+            "passed": a.passed,
+            "mask_id": None,
+            "run_id": run_id,
+            "params": {"question": a.question, "expect": a.expect, "model": check.critic},
+        }
+        for a in check.answers
+    ]
     return rows

@@ -24,19 +24,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from flenwheel import runtime
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, Profile, PromptEntry
+from flenwheel.core.config import Character, Profile, PromptEntry
+from flenwheel.core.files import atomic_write
 from flenwheel.editing.checks import EditChecker, checker_for, verification_rows
 from flenwheel.editing.jobs import EditError, EditJob, Editor
 from flenwheel.identity import judge_for, judge_image, load_backend, reference_set_for
-from flenwheel.models import ModelManager
+from flenwheel.models import runtime
+from flenwheel.models.loading import ModelManager
 from flenwheel.report import arm_stats
 from flenwheel.report.checks import check_kind
 from flenwheel.report.comparison import comparison_report
 from flenwheel.report.format import cell
-from flenwheel.store import atomic_write, encode_png, open_rgb
-from flenwheel.workspace import Workspace
+from flenwheel.store.objects import encode_png, open_rgb
+from flenwheel.store.workspace import Workspace
 
 # The PNG text chunk that records an evaluation edit's job in its file. It makes the file's sha256 (the key of its
 # checks in ``verifications``) unique to (evaluation, arm, source, prompt, seed): the same pixels made by another
@@ -120,9 +121,16 @@ def compare_editors(
                         result = arm.editor.edit(image, EditJob(source_id, prompt, seed), tuple(box) if box else None)
                         seconds = time.perf_counter() - started
                         name = f"{arm.name}-{source_id[:12]}-{prompt.id}-{seed}.png"
-                        job = {"eval_id": scope_id, "scope": scope, "arm": arm.name, "editor": arm.editor.name,
-                               "source_id": source_id, "prompt_id": prompt.id, "category": prompt.category,
-                               "seed": seed}  # fmt: skip
+                        job = {
+                            "eval_id": scope_id,
+                            "scope": scope,
+                            "arm": arm.name,
+                            "editor": arm.editor.name,
+                            "source_id": source_id,
+                            "prompt_id": prompt.id,
+                            "category": prompt.category,
+                            "seed": seed,
+                        }
                         data = encode_png(result.image, {EVAL_TEXT_KEY: json.dumps(job, sort_keys=True)})
                         image_id = hashlib.sha256(data).hexdigest()
                         atomic_write(out_dir / name, data)
@@ -132,17 +140,31 @@ def compare_editors(
                         for c in mine or []:
                             c["params"] = {**(c["params"] or {}), **job, "file": _relpath(ws, out_dir / name)}
                         checks += mine or []
-                        rows.append({
-                            "arm": arm.name, "editor": arm.editor.name, "category": prompt.category,
-                            "source_id": source_id, "prompt_id": prompt.id, "seed": seed, "file": name,
-                            "image_id": image_id, "verdict": score.verdict, "similarity": score.similarity,
-                            "seconds": seconds, "verified": None if check is None else check.passed,
-                            "failed_checks": None if check is None else check.failures,
-                            "checks": None if mine is None else [{k: c[k] for k in ("name", "score", "threshold",
-                                                                                   "passed")} for c in mine],
-                            "model_ref": result.model_ref, "loras": result.loras, "steps": result.steps,
-                            "guidance": result.guidance, "params": result.params,
-                        })  # fmt: skip
+                        rows.append(
+                            {
+                                "arm": arm.name,
+                                "editor": arm.editor.name,
+                                "category": prompt.category,
+                                "source_id": source_id,
+                                "prompt_id": prompt.id,
+                                "seed": seed,
+                                "file": name,
+                                "image_id": image_id,
+                                "verdict": score.verdict,
+                                "similarity": score.similarity,
+                                "seconds": seconds,
+                                "verified": None if check is None else check.passed,
+                                "failed_checks": None if check is None else check.failures,
+                                "checks": None
+                                if mine is None
+                                else [{k: c[k] for k in ("name", "score", "threshold", "passed")} for c in mine],
+                                "model_ref": result.model_ref,
+                                "loras": result.loras,
+                                "steps": result.steps,
+                                "guidance": result.guidance,
+                                "params": result.params,
+                            }
+                        )
                         bar.update()
             if arm.manager is not None:  # release now: the next arm's model must not share the peak
                 arm.manager.release()
@@ -241,32 +263,56 @@ def evaluate_editors(
     sources, note = comparison_sources(catalog, character, arms, source_ids)
     if not sources:
         raise EditError(f"{character.name} has no source photo to edit: flenwheel ingest {character.name} PHOTOS")
-    settings = {"editors": {a.name: [a.editor.fingerprint(p) for p in prompts] for a in arms},
-                "sources": sorted(s["image_id"] for s in sources), "prompts": [p.id for p in prompts],
-                "seeds": list(seeds)}  # fmt: skip
+    settings = {
+        "editors": {a.name: [a.editor.fingerprint(p) for p in prompts] for a in arms},
+        "sources": sorted(s["image_id"] for s in sources),
+        "prompts": [p.id for p in prompts],
+        "seeds": list(seeds),
+    }
     eval_id = "editors-" + hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     checker = checker_for(ws, profile.name, character.identity.backend)
     try:
-        done = compare_editors(ws, catalog, character, arms, sources, prompts, seeds, ws.root / "evals" / eval_id,
-                               run_id, "editor_eval", eval_id, checker)  # fmt: skip
+        done = compare_editors(
+            ws,
+            catalog,
+            character,
+            arms,
+            sources,
+            prompts,
+            seeds,
+            ws.root / "evals" / eval_id,
+            run_id,
+            "editor_eval",
+            eval_id,
+            checker,
+        )
     finally:
         for arm in arms:
             arm.editor.close()
-    per_arm = lambda metric: ", ".join(f"{a.name} {cell(done.metrics[a.name].get(metric), metric)}"  # noqa: E731
-                                       for a in arms)  # fmt: skip
+
+    def per_arm(metric: str) -> str:
+        return ", ".join(f"{a.name} {cell(done.metrics[a.name].get(metric), metric)}" for a in arms)
+
     summary = [
         f"Identity pass rate: {per_arm('pass_rate')}; verifier pass rate: {per_arm('verifier_pass_rate')}; "
         f"seconds per edit: {per_arm('seconds_per_edit')}.",
         f"{note.capitalize()}; {len(done.rows) // max(1, len(arms))} job(s) per editor, same prompts and seeds.",
         "Every edit checked once as enrichment checks it (same edit regions for every editor, no retries; "
         "docs/verification.md); failed:KIND counts the edits that failed that kind of check."
-        if checker else "Edits not checked: verify.enabled is off in the settings.",
-    ]  # fmt: skip
-    summary += [f"Left out for every editor (not supported by {arm}): {', '.join(ids)}."
-                for arm, ids in done.skipped.items()]  # fmt: skip
+        if checker
+        else "Edits not checked: verify.enabled is off in the settings.",
+    ]
+    summary += [
+        f"Left out for every editor (not supported by {arm}): {', '.join(ids)}." for arm, ids in done.skipped.items()
+    ]
     report = comparison_report(
-        ws.root / "reports" / character.name / eval_id, f"{character.name}: editors compared ({', '.join(editors)})",
-        summary, [(a.name, a.name) for a in arms], done.rows, done.metrics, done.out_dir,
+        ws.root / "reports" / character.name / eval_id,
+        f"{character.name}: editors compared ({', '.join(editors)})",
+        summary,
+        [(a.name, a.name) for a in arms],
+        done.rows,
+        done.metrics,
+        done.out_dir,
         {s["image_id"]: ws.root / s["path"] for s in sources},
-    )  # fmt: skip
+    )
     return EditorEvaluation(eval_id, done, [s["image_id"] for s in sources], note, report)

@@ -21,12 +21,12 @@ from typing import Any
 from PIL import Image
 
 from flenwheel.catalog import Catalog, DerivationRecord
-from flenwheel.config import PromptEntry, VerifySettings
+from flenwheel.core.config import PromptEntry, VerifySettings
+from flenwheel.core.errors import FlenwheelError
 from flenwheel.editing.checks import AttemptCheck, EditChecker, verification_rows
-from flenwheel.errors import FlenwheelError
-from flenwheel.outputs import store_outputs
-from flenwheel.store import open_rgb
-from flenwheel.workspace import Workspace
+from flenwheel.store.objects import open_rgb
+from flenwheel.store.outputs import store_outputs
+from flenwheel.store.workspace import Workspace
 
 Box = tuple[int, int, int, int]
 RETRY_SEED_STRIDE = 1000  # attempt k uses seed + k * stride: clear of the seeds 0..N-1 other jobs use
@@ -120,8 +120,9 @@ def retry_jobs(job: EditJob, settings: VerifySettings) -> list[EditJob]:
         prompt = job.prompt
         weaker = k - settings.seed_retries
         if weaker > 0 and prompt.strength is not None:
-            prompt = prompt.model_copy(update={"strength": round(prompt.strength * settings.strength_factor**weaker,
-                                                                  4)})  # fmt: skip
+            prompt = prompt.model_copy(
+                update={"strength": round(prompt.strength * settings.strength_factor**weaker, 4)}
+            )
         out.append(EditJob(job.parent_id, prompt, job.seed + k * RETRY_SEED_STRIDE))
     return out
 
@@ -216,8 +217,9 @@ def run_edit_batch(
             catalog.record_checks(con, _check_rows(checker, attempts, image_ids, character, run_id))
 
     try:
-        return store_outputs(ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id,
-                             record)  # fmt: skip
+        return store_outputs(
+            ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id, record
+        )
     except BaseException:
         for path in checker.new_files() if checker else []:
             path.unlink(missing_ok=True)
@@ -228,15 +230,28 @@ def _check_rows(
     checker: EditChecker, attempts: Sequence[_Attempt], image_ids: Sequence[str], character: str, run_id: str | None
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows of ``masks``, ``verifications`` and ``edit_attempts`` for a batch's attempts and stored ids."""
-    rows: dict[str, list[dict[str, Any]]] = {"masks": [m.row(run_id) for m in checker.masks.values()],
-                                             "verifications": [], "edit_attempts": []}  # fmt: skip
+    rows: dict[str, list[dict[str, Any]]] = {
+        "masks": [m.row(run_id) for m in checker.masks.values()],
+        "verifications": [],
+        "edit_attempts": [],
+    }
     for a, image_id in zip(attempts, image_ids, strict=True):
         assert a.check is not None
         rows["verifications"] += verification_rows(a.check, image_id, a.job.prompt, run_id)
-        rows["edit_attempts"].append({
-            "job_key": a.key, "attempt": a.attempt, "image_id": image_id, "character": character,
-            "prompt_id": a.job.prompt.id, "category": a.job.prompt.category, "seed": a.run.seed,
-            "strength": a.run.prompt.strength, "passed": a.check.passed, "chosen": a.chosen,
-            "failures": a.check.failures, "run_id": run_id,
-        })  # fmt: skip
+        rows["edit_attempts"].append(
+            {
+                "job_key": a.key,
+                "attempt": a.attempt,
+                "image_id": image_id,
+                "character": character,
+                "prompt_id": a.job.prompt.id,
+                "category": a.job.prompt.category,
+                "seed": a.run.seed,
+                "strength": a.run.prompt.strength,
+                "passed": a.check.passed,
+                "chosen": a.chosen,
+                "failures": a.check.failures,
+                "run_id": run_id,
+            }
+        )
     return rows

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, LoraSpec, PromptEntry
+from flenwheel.core.config import Character, LoraSpec, PromptEntry
 from flenwheel.editing.jobs import Box, EditError, EditJob, Editor, EditResult
-from flenwheel.models import ModelManager, Sampling, StackEntry, lora_stack
-from flenwheel.workspace import Workspace
+from flenwheel.models.loading import ModelManager
+from flenwheel.models.loras import Sampling, StackEntry, lora_stack
+from flenwheel.store.workspace import Workspace
 
 
 class QwenEditor(Editor):
@@ -23,9 +24,12 @@ class QwenEditor(Editor):
     op = "edit"
 
     def __init__(
-        self, ws: Workspace, manager: ModelManager, catalog: Catalog | None = None,
+        self,
+        ws: Workspace,
+        manager: ModelManager,
+        catalog: Catalog | None = None,
         extra_loras: Sequence[StackEntry] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.ws, self.manager, self.catalog = ws, manager, catalog
         self.stage = manager.profile.editor
         self.extra_loras = list(extra_loras)  # e.g. the character's own editor LoRA (flywheel 2)
@@ -99,8 +103,10 @@ def character_editor_loras(catalog: Catalog | None, character: Character | None)
     if lora_id == "latest":
         latest = catalog.latest_lora(character.name, "qwen_edit")
         if latest is None:
-            raise EditError(f"{character.name}: editor_lora is 'latest' but no editor LoRA was trained yet "
-                            f"(flenwheel train-edit {character.name})")  # fmt: skip
+            raise EditError(
+                f"{character.name}: editor_lora is 'latest' but no editor LoRA was trained yet "
+                f"(flenwheel train-edit {character.name})"
+            )
         lora_id = latest
     spec = LoraSpec(ref=f"catalog:{lora_id}", applies_to="qwen-image-edit", scale=character.editor_lora_scale)
     return [StackEntry(lora_id, spec, character.editor_lora_scale)]

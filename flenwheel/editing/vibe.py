@@ -24,7 +24,7 @@ This module is our own implementation of the same computation on the libraries t
 What could not be confirmed offline (the hub's ``model_index.json``/``config.json`` of
 ``iitolstykh/VIBE-Image-Edit``, its scheduler config) is listed in docs/editing.md; nothing here guesses a
 weight: a checkpoint whose layout differs is refused before it loads, with one line naming the component and its
-first missing or unexpected keys (:mod:`flenwheel.weights`; diffusers itself would only warn).
+first missing or unexpected keys (:mod:`flenwheel.models.weights`; diffusers itself would only warn).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import torch
 from PIL import Image
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import PromptEntry, StageSettings
+from flenwheel.core.config import PromptEntry, StageSettings
 from flenwheel.editing.jobs import Box, EditError, EditJob, Editor, EditResult
-from flenwheel.vibe_pipeline import (  # the pipeline-level names stay importable from here
+from flenwheel.models.vibe.pipeline import (
     ASPECT_BINS,
     CONDITIONING,
     DEFAULT_GUIDANCE,
@@ -55,10 +55,10 @@ from flenwheel.vibe_pipeline import (  # the pipeline-level names stay importabl
     bin_table,
     closest_size,
 )
-from flenwheel.workspace import Workspace
+from flenwheel.store.workspace import Workspace
 
 if TYPE_CHECKING:
-    from flenwheel.models import ModelManager
+    from flenwheel.models.loading import ModelManager
 
 KIND = "vibe"  # the model manager's pipeline kind
 
@@ -122,10 +122,15 @@ class VibeEditor(Editor):
     op = "edit"
 
     def __init__(
-        self, ws: Workspace, manager: ModelManager, catalog: Catalog | None = None, *,
-        sampling: VibeSampling | None = None, skip_categories: Sequence[str] = ("angles",),
-    ) -> None:  # fmt: skip
-        from flenwheel.models import STAGE_OF_KIND
+        self,
+        ws: Workspace,
+        manager: ModelManager,
+        catalog: Catalog | None = None,
+        *,
+        sampling: VibeSampling | None = None,
+        skip_categories: Sequence[str] = ("angles",),
+    ) -> None:
+        from flenwheel.models.refs import STAGE_OF_KIND
 
         self.ws, self.manager, self.catalog = ws, manager, catalog
         stage_name = STAGE_OF_KIND.get(KIND, "vibe_editor")
@@ -137,8 +142,10 @@ class VibeEditor(Editor):
             )
         if self.stage.loras:
             # no VIBE LoRA exists yet; a stack would be silently ignored (and left out of the job keys)
-            raise EditError(f"profile {manager.profile.name}: the {stage_name} stage lists LoRAs; the vibe editor "
-                            "applies none (docs/editing.md)")  # fmt: skip
+            raise EditError(
+                f"profile {manager.profile.name}: the {stage_name} stage lists LoRAs; the vibe editor "
+                "applies none (docs/editing.md)"
+            )
         self.sampling = sampling or VibeSampling.for_stage(self.stage)
         self.skip_categories = tuple(skip_categories)
 
@@ -163,10 +170,15 @@ class VibeEditor(Editor):
         steps = job.prompt.steps or s.steps
         generator = torch.Generator("cpu").manual_seed(job.seed)
         out = loaded.pipe(
-            image=image.convert("RGB"), prompt=job.prompt.prompt, num_inference_steps=steps,
-            guidance_scale=s.guidance_scale, image_guidance_scale=s.image_guidance_scale, generator=generator,
-            resolution_binning=s.resolution_binning, revert_resize=s.revert_resize,
-        )  # fmt: skip
+            image=image.convert("RGB"),
+            prompt=job.prompt.prompt,
+            num_inference_steps=steps,
+            guidance_scale=s.guidance_scale,
+            image_guidance_scale=s.image_guidance_scale,
+            generator=generator,
+            resolution_binning=s.resolution_binning,
+            revert_resize=s.revert_resize,
+        )
         result = out.images[0].convert("RGB")
         return EditResult(
             image=result,

@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from flenwheel.config import IdentityBackendSettings
-from flenwheel.errors import FlenwheelError
+from flenwheel.core.config import IdentityBackendSettings
+from flenwheel.core.errors import FlenwheelError
 
 
 class IdentityError(FlenwheelError, RuntimeError):
@@ -146,7 +146,7 @@ class FaceBackend(ABC):
         return detect_downscaled(rgb, self.settings.detect_max_side, self._detect)
 
 
-def _face_recognition_models_dir() -> Path:
+def face_recognition_models_dir() -> Path:
     # Located by path: the package's own __init__ imports pkg_resources, which setuptools no longer ships.
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
@@ -164,7 +164,7 @@ class DlibBackend(FaceBackend):
         super().__init__(settings)
         import dlib
 
-        models = _face_recognition_models_dir()
+        models = face_recognition_models_dir()
         files = {
             "landmarks": models / "shape_predictor_68_face_landmarks.dat",
             "descriptor": models / "dlib_face_recognition_resnet_model_v1.dat",

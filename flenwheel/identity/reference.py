@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character
+from flenwheel.core.config import Character
 from flenwheel.identity.backends import FaceBackend, IdentityError, load_backend
-from flenwheel.store import load_rgb
-from flenwheel.workspace import Workspace
+from flenwheel.store.objects import load_rgb
+from flenwheel.store.workspace import Workspace
 
 
 @dataclass

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, IdentityBackendSettings
+from flenwheel.core.config import Character, IdentityBackendSettings
+from flenwheel.core.processes import exit_when_orphaned
 from flenwheel.identity.backends import BackendFacts, FaceBackend, estimate_yaw, load_backend
 from flenwheel.identity.reference import ReferenceSet, reference_set_for
-from flenwheel.processes import exit_when_orphaned
-from flenwheel.store import load_rgb
-from flenwheel.workspace import Workspace
+from flenwheel.store.objects import load_rgb
+from flenwheel.store.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Any
 
 from flenwheel import gate
 from flenwheel.catalog import Catalog
-from flenwheel.config import ReviewSettings
+from flenwheel.core.config import ReviewSettings
+from flenwheel.core.types import REVIEW_STAGES
 from flenwheel.report.grids import image_grid
 from flenwheel.report.page import Section
-from flenwheel.types import REVIEW_STAGES
 
 EXAMPLES_PER_KIND = 8
 
@@ -42,8 +42,9 @@ def per_prompt(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["image_id"] not in seen:
             seen.add(r["image_id"])
             by_prompt[r["prompt_id"] or "-"].append(r)
-    kinds = sorted({check_kind(c["name"]) for r in outcomes for c in r["checks"] or []},
-                   key=lambda k: (k.startswith("critic:"), k))  # fmt: skip
+    kinds = sorted(
+        {check_kind(c["name"]) for r in outcomes for c in r["checks"] or []}, key=lambda k: (k.startswith("critic:"), k)
+    )
     table = []
     for prompt, rows in sorted(by_prompt.items()):
         scored = [r for r in rows if r["verdict"] is not None]
@@ -57,8 +58,11 @@ def per_prompt(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for kind in kinds:
             # an attempt with two preservation measures counts once: passed when both did
-            per_image = [all(c["passed"] for c in r["checks"] if check_kind(c["name"]) == kind) for r in rows
-                         if any(check_kind(c["name"]) == kind for c in r["checks"] or [])]  # fmt: skip
+            per_image = [
+                all(c["passed"] for c in r["checks"] if check_kind(c["name"]) == kind)
+                for r in rows
+                if any(check_kind(c["name"]) == kind for c in r["checks"] or [])
+            ]
             entry[f"{kind} pass"] = sum(per_image) / len(per_image) if per_image else None
         entry["approved"] = len(approved)
         entry["retries per approved"] = sum((r["attempt"] or 0) for r in approved) / len(approved) if approved else None
@@ -74,8 +78,10 @@ def failure_examples(root: Path, outcomes: list[dict[str, Any]], out: Path) -> l
             by_kind[kind].append(r)
     grids = []
     for kind, rows in sorted(by_kind.items()):
-        tiles = [(root / r["path"], f"{r['prompt_id']} s{r['seed']} a{r['attempt'] or 0} {r['image_id'][:8]}")
-                 for r in rows[:EXAMPLES_PER_KIND]]  # fmt: skip
+        tiles = [
+            (root / r["path"], f"{r['prompt_id']} s{r['seed']} a{r['attempt'] or 0} {r['image_id'][:8]}")
+            for r in rows[:EXAMPLES_PER_KIND]
+        ]
         name = "".join(ch if ch.isalnum() else "-" for ch in kind)
         grids.append((image_grid(tiles, out / f"failed-{name}.png"), f"failed {kind}: {len(rows)} attempt(s)"))
     return grids
@@ -102,15 +108,23 @@ def review_section(catalog: Catalog, character: str, settings: ReviewSettings) -
     """Who decided each gate's candidates, and how often people agreed with the policy."""
     table = []
     for stage in REVIEW_STAGES:
-        s = gate.review_stats(catalog, character, stage, settings)
+        s = gate.Gate(catalog, character, stage, settings).review_stats()
         if not s.candidates:
             continue
-        table.append({
-            "gate": s.gate_id, "candidates": s.candidates, "by policy": s.by_policy, "by people": s.by_people,
-            "pending": s.pending, "policy share": s.auto_share, "people agree with policy": s.agreement,
-            "compared": s.compared, "policy overridden": s.overridden,
-            "people/policy": ", ".join(f"{k} {v}" for k, v in sorted(s.confusion.items())) or None,
-        })  # fmt: skip
+        table.append(
+            {
+                "gate": s.gate_id,
+                "candidates": s.candidates,
+                "by policy": s.by_policy,
+                "by people": s.by_people,
+                "pending": s.pending,
+                "policy share": s.auto_share,
+                "people agree with policy": s.agreement,
+                "compared": s.compared,
+                "policy overridden": s.overridden,
+                "people/policy": ", ".join(f"{k} {v}" for k, v in sorted(s.confusion.items())) or None,
+            }
+        )
     if not table:
         return None
     return Section(

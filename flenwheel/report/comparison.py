@@ -23,8 +23,10 @@ CHECKS_NOTE = (
 
 def _table(metrics: dict[str, dict[str, float]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """One row per key; the failed-check columns of every kind any of them was checked for, critic ones last."""
-    kinds = sorted({c for k in keys for c in metrics.get(k, {}) if c.startswith("failed:")},
-                   key=lambda c: (c.startswith("failed:critic:"), c))  # fmt: skip
+    kinds = sorted(
+        {c for k in keys for c in metrics.get(k, {}) if c.startswith("failed:")},
+        key=lambda c: (c.startswith("failed:critic:"), c),
+    )
     return [{"arm": k, **{c: metrics[k].get(c) for c in (*COLUMNS, *kinds)}} for k in keys if k in metrics]
 
 
@@ -58,8 +60,9 @@ def comparison_report(
                 check = ""
                 if r.get("verified") is not None:
                     check = " · verified" if r["verified"] else f" · failed {', '.join(r['failed_checks'] or ['-'])}"
-                tiles.append((images_dir / r["file"],
-                              f"{label}: {r['verdict']} {cell(r['similarity'], 'similarity')}{check}"))  # fmt: skip
+                tiles.append(
+                    (images_dir / r["file"], f"{label}: {r['verdict']} {cell(r['similarity'], 'similarity')}{check}")
+                )
         grid = image_grid(tiles, out / f"side_by_side_{category}.png", columns=1 + len(arms))
         grids.append((grid, f"{category}: the input, then {', '.join(label for _, label in arms)} (same seed)"))
     categories = sorted({r["category"] for r in rows})

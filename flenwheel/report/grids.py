@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from flenwheel.store import atomic_write, open_rgb
+from flenwheel.core.files import atomic_write
+from flenwheel.store.objects import open_rgb
 
 
 def image_grid(tiles: Sequence[tuple[Path | Image.Image, str]], path: Path, tile: int = 192, columns: int = 6) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import ReviewSettings
+from flenwheel.core.config import ReviewSettings
 from flenwheel.report.checks import enrichment_section, review_section
 from flenwheel.report.format import cell
 from flenwheel.report.grids import image_grid
@@ -94,12 +94,18 @@ def iteration_report(
     grids = []
     for name in [current.name] + (["enrichment"] if current.name != "enrichment" else []):
         rows = arms_scores[name]
-        best_caption = f"{name}: best by similarity" + ("" if any(r["similarity"] is not None for r in rows)
-                                                         else " (no image had a face to compare)")  # fmt: skip
-        grids.append((image_grid(_grid_tiles(rows, True, 12), out / f"best-{name.replace(' ', '-')}.png"),
-                      best_caption))  # fmt: skip
-        grids.append((image_grid(_grid_tiles(rows, False, 12), out / f"worst-{name.replace(' ', '-')}.png"),
-                      f"{name}: worst by similarity (no face first)"))  # fmt: skip
+        best_caption = f"{name}: best by similarity" + (
+            "" if any(r["similarity"] is not None for r in rows) else " (no image had a face to compare)"
+        )
+        grids.append(
+            (image_grid(_grid_tiles(rows, True, 12), out / f"best-{name.replace(' ', '-')}.png"), best_caption)
+        )
+        grids.append(
+            (
+                image_grid(_grid_tiles(rows, False, 12), out / f"worst-{name.replace(' ', '-')}.png"),
+                f"{name}: worst by similarity (no face first)",
+            )
+        )
 
     by_origin: dict[str, dict[str, int]] = {}
     by_category: dict[str, dict[str, int]] = {}
@@ -114,10 +120,18 @@ def iteration_report(
             by_origin[label][r["origin"]] += 1
             by_category.setdefault(label, {}).setdefault(r["category"], 0)
             by_category[label][r["category"]] += 1
-    figures.append((composition_chart(by_origin, out / "composition_origin.png", "dataset versions by origin"),
-                    "dataset composition by origin"))  # fmt: skip
-    figures.append((composition_chart(by_category, out / "composition_category.png", "by prompt category"),
-                    "dataset composition by prompt category"))  # fmt: skip
+    figures.append(
+        (
+            composition_chart(by_origin, out / "composition_origin.png", "dataset versions by origin"),
+            "dataset composition by origin",
+        )
+    )
+    figures.append(
+        (
+            composition_chart(by_category, out / "composition_category.png", "by prompt category"),
+            "dataset composition by prompt category",
+        )
+    )
     losses, checkpoints = {}, {}
     for it in iterations:
         if it["lora_id"] in loras:
@@ -128,10 +142,16 @@ def iteration_report(
     )
 
     table = [
-        {"group": a.name, "images": a.n, "passed": a.passed, "pass_rate": a.pass_rate,
-         "mean_similarity": a.mean_similarity, **{f"verdict {k}": v for k, v in sorted(a.verdicts.items())}}
+        {
+            "group": a.name,
+            "images": a.n,
+            "passed": a.passed,
+            "pass_rate": a.pass_rate,
+            "mean_similarity": a.mean_similarity,
+            **{f"verdict {k}": v for k, v in sorted(a.verdicts.items())},
+        }
         for a in arms
-    ]  # fmt: skip
+    ]
     cols = sorted({k for row in table for k in row}, key=lambda k: (not k.startswith(("group", "images", "pass")), k))
     table = [{c: row.get(c, 0 if c.startswith("verdict") else None) for c in cols} for row in table]
     metrics = {f"{k}": v for k, v in current.as_metrics().items()}
@@ -158,8 +178,10 @@ def iteration_report(
         + ".",
     ]
     if current.n and not current.similarities:
-        summary.append("No face was found in any synthetic image: expected with the random-weight cpu-tiny models, "
-                       "whose outputs are noise by design.")  # fmt: skip
+        summary.append(
+            "No face was found in any synthetic image: expected with the random-weight cpu-tiny models, "
+            "whose outputs are noise by design."
+        )
     sections = [
         Section("Identity by group", images=figures[:2], table=table),
         Section("Best and worst images", images=grids),
@@ -189,8 +211,14 @@ def _editor_section(root: Path, catalog: Catalog, character: str) -> Section | N
     values: dict[str, dict[str, Any]] = {}
     for r in rows:
         values.setdefault(r["lora_id"], {"editor LoRA": r["lora_id"]})[f"{r['arm']} {r['name']}"] = r["value"]
-    columns = ("editor LoRA", "base n", "base pass_rate", "lora pass_rate", "base mean_similarity",
-               "lora mean_similarity")  # fmt: skip
+    columns = (
+        "editor LoRA",
+        "base n",
+        "base pass_rate",
+        "lora pass_rate",
+        "base mean_similarity",
+        "lora mean_similarity",
+    )
     table = [{k: v.get(k) for k in columns} for v in values.values()]
     grids = []
     for lora_id in values:

@@ -12,8 +12,8 @@ from typing import Any
 
 import jinja2
 
+from flenwheel.core.files import atomic_write
 from flenwheel.report.format import cell
-from flenwheel.store import atomic_write
 
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

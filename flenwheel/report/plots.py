@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: reports are made by flows and CI
 import matplotlib.pyplot as plt
 
-from flenwheel.store import atomic_write
+from flenwheel.core.files import atomic_write
 
 TARGET_PASS_RATE = 0.70  # the product's consistency target: share of outputs that keep the identity
 

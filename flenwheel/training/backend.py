@@ -18,12 +18,13 @@ from diffusers import BitsAndBytesConfig
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from PIL import Image
 
-from flenwheel.config import PipelineKind, Profile, TrainerSettings
-from flenwheel.models import resolve_model, torch_dtype
+from flenwheel.core.config import PipelineKind, Profile, TrainerSettings
+from flenwheel.models.loading import torch_dtype
+from flenwheel.models.refs import resolve_model
+from flenwheel.models.weights import check_component, check_pipeline
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.checkpoints import TrainingError
 from flenwheel.training.data import Example
-from flenwheel.weights import check_component, check_pipeline
-from flenwheel.workspace import Workspace
 
 
 class TrainingBackend(ABC):
@@ -49,8 +50,8 @@ class TrainingBackend(ABC):
 
     # ---- components (loaded from the model folder on demand)
 
-    # Every component is checked against its class before it loads (flenwheel.weights): diffusers and transformers
-    # only warn about missing keys and train on with meta or made-up weights.
+    # Every component is checked against its class before it loads (flenwheel.models.weights): diffusers and
+    # transformers only warn about missing keys and train on with meta or made-up weights.
 
     def _pipeline_without_transformer(self) -> Any:
         """The pipeline's encoders, for caching; the transformer is loaded separately as the profile says."""
@@ -128,8 +129,11 @@ class TrainingBackend(ABC):
         """Timesteps and sigmas of a batch, drawn as diffusers' flow-matching examples do (logit-normal)."""
         u = compute_density_for_timestep_sampling(
             weighting_scheme="logit_normal" if self.settings.weighting_scheme == "logit_normal" else "none",
-            batch_size=n, logit_mean=0.0, logit_std=1.0, generator=gen,
-        )  # fmt: skip
+            batch_size=n,
+            logit_mean=0.0,
+            logit_std=1.0,
+            generator=gen,
+        )
         indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=scheduler.config.num_train_timesteps - 1)
         return scheduler.timesteps[indices], scheduler.sigmas[indices]
 

@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save, save_file
 
-from flenwheel.errors import FlenwheelError, writing
+from flenwheel.core.errors import FlenwheelError, writing
+from flenwheel.core.files import atomic_write, clear_leftovers, temp_prefix
 from flenwheel.report.grids import image_grid
 from flenwheel.report.plots import training_curves
-from flenwheel.store import atomic_write, clear_leftovers, temp_prefix
 
 
 class TrainingError(FlenwheelError):
@@ -97,9 +97,14 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, adapter: dict[str, torch.Tensor], state: dict[str, Any],
-    samples: Sequence[Image.Image], labels: Sequence[str], score: CheckpointScore,
-) -> Path:  # fmt: skip
+    run_dir: Path,
+    step: int,
+    adapter: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    samples: Sequence[Image.Image],
+    labels: Sequence[str],
+    score: CheckpointScore,
+) -> Path:
     """Write one checkpoint atomically: adapter, optimizer/RNG ``state``, samples with their grid, curves, score."""
     final = checkpoint_dir(run_dir, step)
     with writing(final):

@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from flenwheel.catalog import Catalog
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.checkpoints import atomic_dir, commit_dir
-from flenwheel.workspace import Workspace
 
 LATENT_MULTIPLE = 16  # VAE x8 and 2x2 latent packing: image sides must be multiples of 16
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, LoraSpec, Profile
+from flenwheel.core.config import Character, LoraSpec, Profile
 from flenwheel.editing import QwenEditor
 from flenwheel.editing.compare import Arm, compare_editors
-from flenwheel.models import ModelManager, StackEntry
+from flenwheel.models.loading import ModelManager
+from flenwheel.models.loras import StackEntry
 from flenwheel.report.comparison import comparison_report
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.checkpoints import TrainingError
-from flenwheel.workspace import Workspace
 
 
 @dataclass
@@ -54,8 +55,19 @@ def evaluate_edit_lora(
     # One manager for both arms: the base arm after the LoRA arm must see the very same base weights.
     with ModelManager(ws, profile, catalog, run_id) as manager:
         arms = [Arm("base", QwenEditor(ws, manager, catalog)), Arm("lora", QwenEditor(ws, manager, catalog, [own]))]
-        done = compare_editors(ws, catalog, character, arms, sources, prompts, seeds, ws.root / "evals" / lora_id,
-                               run_id, "edit_eval", lora_id)  # fmt: skip
+        done = compare_editors(
+            ws,
+            catalog,
+            character,
+            arms,
+            sources,
+            prompts,
+            seeds,
+            ws.root / "evals" / lora_id,
+            run_id,
+            "edit_eval",
+            lora_id,
+        )
     b_rate, l_rate = (done.metrics.get(a, {}).get("pass_rate") for a in ("base", "lora"))
     better = l_rate is not None and b_rate is not None and l_rate > b_rate
     pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
@@ -63,12 +75,18 @@ def evaluate_edit_lora(
         f"Identity pass rate: base editor {pct(b_rate)} → base + LoRA {pct(l_rate)}: "
         f"<span class='{'ok' if better else 'miss'}'>{'the LoRA keeps the character better' if better else 'no gain'}"
         "</span>.",
-        "Inputs: held-out source photos the LoRA never saw." if held else
-        "Inputs: the training sources (the character has no held-out photo: add more sources for a fair test).",
-    ]  # fmt: skip
+        "Inputs: held-out source photos the LoRA never saw."
+        if held
+        else "Inputs: the training sources (the character has no held-out photo: add more sources for a fair test).",
+    ]
     report = comparison_report(
-        ws.root / "reports" / character.name / f"edit-eval-{lora_id}", f"{character.name}: editor LoRA {lora_id}",
-        summary, [("base", "base editor"), ("lora", "base + LoRA")], done.rows, done.metrics, done.out_dir,
+        ws.root / "reports" / character.name / f"edit-eval-{lora_id}",
+        f"{character.name}: editor LoRA {lora_id}",
+        summary,
+        [("base", "base editor"), ("lora", "base + LoRA")],
+        done.rows,
+        done.metrics,
+        done.out_dir,
         {s["image_id"]: ws.root / s["path"] for s in sources},
-    )  # fmt: skip
+    )
     return EditEvaluation(lora_id, bool(held), done.rows, done.metrics, report)

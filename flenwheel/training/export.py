@@ -17,12 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
+from flenwheel.core.files import clear_leftovers, file_sha256, temp_prefix
 from flenwheel.report.plots import training_curves
-from flenwheel.store import clear_leftovers, file_sha256, temp_prefix
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend
 from flenwheel.training.checkpoints import CheckpointScore, atomic_save_file, atomic_write_text, checkpoint_dir
 from flenwheel.training.job import TrainJob, TrainResult
-from flenwheel.workspace import Workspace
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -32,19 +32,33 @@ def comfy_path(run_dir: Path, lora_id: str) -> Path:
 
 
 def export(
-    ws: Workspace, catalog: Catalog, backend: TrainingBackend, run_id: str | None, job: TrainJob, lora_id: str,
-    run_dir: Path, step: int, scores: list[CheckpointScore], losses: list[tuple[int, float]], alpha: float,
+    ws: Workspace,
+    catalog: Catalog,
+    backend: TrainingBackend,
+    run_id: str | None,
+    job: TrainJob,
+    lora_id: str,
+    run_dir: Path,
+    step: int,
+    scores: list[CheckpointScore],
+    losses: list[tuple[int, float]],
+    alpha: float,
     resumed_from: int | None = None,
-) -> TrainResult:  # fmt: skip
+) -> TrainResult:
     """Write the chosen checkpoint in both formats, record it, register it, and return the result."""
     adapter = load_file(str(checkpoint_dir(run_dir, step) / "adapter.safetensors"))
     s = backend.with_targets(job.settings)
     meta = {
-        "flenwheel.base_model": backend.model.ref, "flenwheel.dataset_version": job.dataset_version or "",
-        "flenwheel.trigger": job.trigger, "flenwheel.steps": str(step), "flenwheel.lora_id": lora_id,
-        "flenwheel.kind": backend.kind, "ss_network_dim": str(s.rank), "ss_network_alpha": str(alpha),
+        "flenwheel.base_model": backend.model.ref,
+        "flenwheel.dataset_version": job.dataset_version or "",
+        "flenwheel.trigger": job.trigger,
+        "flenwheel.steps": str(step),
+        "flenwheel.lora_id": lora_id,
+        "flenwheel.kind": backend.kind,
+        "ss_network_dim": str(s.rank),
+        "ss_network_alpha": str(alpha),
         "ss_base_model_version": backend.base_model_version,
-    }  # fmt: skip
+    }
     clear_leftovers(run_dir / "export")
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=temp_prefix("export")) as tmp:
         adapter_meta = LoraConfig(r=s.rank, lora_alpha=alpha, target_modules=list(s.target_modules)).to_dict()
@@ -60,12 +74,20 @@ def export(
     weights = run_dir / WEIGHTS
     sha = file_sha256(weights)
     by_step = sorted(scores, key=lambda x: x.step)
-    training_curves({lora_id: losses}, {lora_id: [(x.step, x.pass_rate or 0.0) for x in by_step]},
-                    run_dir / "training.png")  # fmt: skip
-    result = TrainResult(lora_id, run_dir, weights, comfy_path(run_dir, lora_id), step, scores, losses, sha,
-                         resumed_from)  # fmt: skip
-    summary = {"lora_id": lora_id, "chosen_step": step, "sha256": sha, "alpha": alpha, "losses": losses,
-               "scores": [x.__dict__ for x in scores]}  # fmt: skip
+    training_curves(
+        {lora_id: losses}, {lora_id: [(x.step, x.pass_rate or 0.0) for x in by_step]}, run_dir / "training.png"
+    )
+    result = TrainResult(
+        lora_id, run_dir, weights, comfy_path(run_dir, lora_id), step, scores, losses, sha, resumed_from
+    )
+    summary = {
+        "lora_id": lora_id,
+        "chosen_step": step,
+        "sha256": sha,
+        "alpha": alpha,
+        "losses": losses,
+        "scores": [x.__dict__ for x in scores],
+    }
     atomic_write_text(run_dir / "result.json", json.dumps(summary))
     register(ws, catalog, backend, run_id, job, result, alpha)
     return result
@@ -101,8 +123,17 @@ def finished_result(lora_id: str, run_dir: Path) -> TrainResult | None:
         return None
     raw = json.loads(record.read_text())
     scores = [CheckpointScore(**x) for x in raw["scores"]]
-    return TrainResult(lora_id, run_dir, run_dir / WEIGHTS, comfy_path(run_dir, lora_id), raw["chosen_step"],
-                       scores, [tuple(x) for x in raw["losses"]], raw["sha256"], trained=False)  # fmt: skip
+    return TrainResult(
+        lora_id,
+        run_dir,
+        run_dir / WEIGHTS,
+        comfy_path(run_dir, lora_id),
+        raw["chosen_step"],
+        scores,
+        [tuple(x) for x in raw["losses"]],
+        raw["sha256"],
+        trained=False,
+    )
 
 
 def recorded_alpha(run_dir: Path, job: TrainJob) -> float:
@@ -111,15 +142,26 @@ def recorded_alpha(run_dir: Path, job: TrainJob) -> float:
 
 
 def register(
-    ws: Workspace, catalog: Catalog, backend: TrainingBackend, run_id: str | None, job: TrainJob,
-    result: TrainResult, alpha: float,
-) -> None:  # fmt: skip
+    ws: Workspace,
+    catalog: Catalog,
+    backend: TrainingBackend,
+    run_id: str | None,
+    job: TrainJob,
+    result: TrainResult,
+    alpha: float,
+) -> None:
     """The ``loras`` row of a finished run (a no-op when it is there already)."""
     catalog.register_lora(
-        lora_id=result.lora_id, character=job.character, kind=backend.kind, base_model_ref=backend.model.ref,
+        lora_id=result.lora_id,
+        character=job.character,
+        kind=backend.kind,
+        base_model_ref=backend.model.ref,
         dataset_version=job.dataset_version,
         hyperparams={**job.settings.model_dump(mode="json"), "alpha": alpha, **job.extra},
-        steps=job.settings.steps, path=result.weights.relative_to(ws.root).as_posix(), sha256=result.sha256,
-        comfy_path=result.comfy_weights.relative_to(ws.root).as_posix(), chosen_checkpoint=result.chosen_step,
+        steps=job.settings.steps,
+        path=result.weights.relative_to(ws.root).as_posix(),
+        sha256=result.sha256,
+        comfy_path=result.comfy_weights.relative_to(ws.root).as_posix(),
+        chosen_checkpoint=result.chosen_step,
         run_id=run_id,
-    )  # fmt: skip
+    )

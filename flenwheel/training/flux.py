@@ -20,9 +20,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, Profile
-from flenwheel.models import check_device
-from flenwheel.store import open_rgb
+from flenwheel.core.config import Character, Profile
+from flenwheel.models.loading import check_device
+from flenwheel.store.objects import open_rgb
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend, free_memory
 from flenwheel.training.checkpoints import atomic_save_file
 from flenwheel.training.data import (
@@ -36,7 +37,6 @@ from flenwheel.training.data import (
 )
 from flenwheel.training.lora_formats import flux_to_comfy
 from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult, identity_scorer
-from flenwheel.workspace import Workspace
 
 
 class FluxBackend(TrainingBackend):
@@ -51,10 +51,19 @@ class FluxBackend(TrainingBackend):
     # diffusers' train_dreambooth_lora_flux.py default: attention (image and text streams; the names also match
     # the single blocks' q/k/v) and both feed-forwards of the double blocks.
     default_targets = (
-        "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
-        "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
         "ff_context.net.2",
-    )  # fmt: skip
+    )
 
     @property
     def vae_scale_factor(self) -> int:
@@ -126,10 +135,15 @@ class FluxBackend(TrainingBackend):
         if transformer.config.guidance_embeds:
             guidance = torch.full((n,), self.settings.guidance, device=self.device, dtype=torch.float32)
         pred = transformer(
-            hidden_states=packed, timestep=(timesteps / 1000).to(self.device, self.dtype), guidance=guidance,
-            pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids,
+            hidden_states=packed,
+            timestep=(timesteps / 1000).to(self.device, self.dtype),
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
             return_dict=False,
-        )[0]  # fmt: skip
+        )[0]
         pred = FluxPipeline._unpack_latents(
             pred, h * self.vae_scale_factor, w * self.vae_scale_factor, self.vae_scale_factor
         )
@@ -142,9 +156,14 @@ class FluxBackend(TrainingBackend):
         vae, scheduler = self._vae_and_scheduler()
         vae.to(self.device)
         pipe = FluxPipeline(
-            scheduler=type(scheduler).from_config(scheduler.config), vae=vae, text_encoder=None, tokenizer=None,
-            text_encoder_2=None, tokenizer_2=None, transformer=transformer,
-        )  # fmt: skip
+            scheduler=type(scheduler).from_config(scheduler.config),
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=transformer,
+        )
         pipe.set_progress_bar_config(disable=True)
         size = self.settings.sample_size // LATENT_MULTIPLE * LATENT_MULTIPLE
         images = []
@@ -154,10 +173,12 @@ class FluxBackend(TrainingBackend):
                     out = pipe(
                         prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
                         pooled_prompt_embeds=cond["pooled"][None].to(self.device, self.dtype),
-                        height=size, width=size, num_inference_steps=self.settings.sample_steps,
+                        height=size,
+                        width=size,
+                        num_inference_steps=self.settings.sample_steps,
                         guidance_scale=self.settings.sample_guidance,
                         generator=torch.Generator("cpu").manual_seed(seed),
-                    )  # fmt: skip
+                    )
                     images.append(out.images[0])
         vae.to("cpu")
         return images
@@ -188,7 +209,13 @@ def train_flux(
     settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
     export_version(ws, catalog, version_id)
     backend = FluxBackend(ws, profile, settings, settings.model or profile.generator.model)
-    job = TrainJob(character.name, version_id, version_examples(ws, catalog, version_id), backend.settings,
-                   character.trigger, base_model_ref=backend.model.ref)  # fmt: skip
+    job = TrainJob(
+        character.name,
+        version_id,
+        version_examples(ws, catalog, version_id),
+        backend.settings,
+        character.trigger,
+        base_model_ref=backend.model.ref,
+    )
     trainer = LoraTrainer(ws, catalog, backend, run_id)
     return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from flenwheel.config import TrainerSettings
+from flenwheel.core.config import TrainerSettings
 from flenwheel.training.checkpoints import CheckpointScore
 from flenwheel.training.data import Example
 
@@ -47,10 +47,14 @@ class TrainJob:
 
     def fingerprint(self, kind: str) -> str:
         payload = {
-            "kind": kind, "character": self.character, "version": self.dataset_version, "model": self.base_model_ref,
-            "settings": self.settings.model_dump(mode="json"), "examples": [(e.key, e.text) for e in self.examples],
+            "kind": kind,
+            "character": self.character,
+            "version": self.dataset_version,
+            "model": self.base_model_ref,
+            "settings": self.settings.model_dump(mode="json"),
+            "examples": [(e.key, e.text) for e in self.examples],
             "extra": self.extra,
-        }  # fmt: skip
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

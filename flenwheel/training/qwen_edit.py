@@ -25,9 +25,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, Profile, TrainerSettings
-from flenwheel.models import check_device
-from flenwheel.store import open_rgb
+from flenwheel.core.config import Character, Profile, TrainerSettings
+from flenwheel.models.loading import check_device
+from flenwheel.store.objects import open_rgb
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend, free_memory
 from flenwheel.training.checkpoints import TrainingError, atomic_save_file
 from flenwheel.training.data import Example, bucket_resolution, bucket_size, fit_to_bucket
@@ -35,7 +36,6 @@ from flenwheel.training.job import ProgressFn, TrainJob, TrainResult
 from flenwheel.training.lora_formats import qwen_to_comfy
 from flenwheel.training.trainer import LoraTrainer, identity_scorer
 from flenwheel.training.triplets import approved_triplets, export_triplets, split_held_out
-from flenwheel.workspace import Workspace
 
 
 def condition_inputs(pipe: Any, condition: Image.Image, area: int) -> tuple[Image.Image, torch.Tensor]:
@@ -75,14 +75,28 @@ class QwenEditBackend(TrainingBackend):
     # (img_mod / txt_mod), i.e. both attention streams and both MLPs; diffusers' Qwen example trains only
     # to_q/k/v/out, which leaves the text stream and the MLPs, where an edit's look lives, untouched.
     default_targets = (
-        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
-        "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
-    )  # fmt: skip
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        "to_add_out",
+        "img_mlp.net.0.proj",
+        "img_mlp.net.2",
+        "txt_mlp.net.0.proj",
+        "txt_mlp.net.2",
+    )
 
     def __init__(
-        self, ws: Workspace, profile: Profile, settings: TrainerSettings, model_spec: str,
+        self,
+        ws: Workspace,
+        profile: Profile,
+        settings: TrainerSettings,
+        model_spec: str,
         sample_sources: Sequence[Path] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(ws, profile, settings, model_spec)
         self.sample_sources = list(sample_sources)
 
@@ -182,9 +196,13 @@ class QwenEditBackend(TrainingBackend):
         vae, scheduler = self._vae_and_scheduler()
         vae.to(self.device)
         pipe = QwenImageEditPlusPipeline(
-            scheduler=type(scheduler).from_config(scheduler.config), vae=vae, text_encoder=None, tokenizer=None,
-            processor=None, transformer=transformer,
-        )  # fmt: skip
+            scheduler=type(scheduler).from_config(scheduler.config),
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            processor=None,
+            transformer=transformer,
+        )
         pipe.set_progress_bar_config(disable=True)
         images = []
         with torch.no_grad():
@@ -194,12 +212,15 @@ class QwenEditBackend(TrainingBackend):
                 for seed in seeds:
                     # the pipeline prepares the condition from the source itself, as in use
                     out = pipe(
-                        image=[source], prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
+                        image=[source],
+                        prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
                         prompt_embeds_mask=torch.ones(1, cond["prompt_embeds"].shape[0], dtype=torch.long),
-                        true_cfg_scale=1.0, height=h, width=w,
+                        true_cfg_scale=1.0,
+                        height=h,
+                        width=w,
                         num_inference_steps=self.settings.sample_steps,
                         generator=torch.Generator("cpu").manual_seed(seed),
-                    )  # fmt: skip
+                    )
                     images.append(out.images[0])
         vae.to("cpu")
         return images
@@ -240,11 +261,18 @@ def train_edit_lora(
     held_paths = [ws.root / r["path"] for r in catalog.source_images(character.name) if r["image_id"] in held_out]
     sample_sources = held_paths[:1] or [ws.root / triplets[0].before_path]
     backend = QwenEditBackend(ws, profile, settings, settings.model or profile.editor.model, sample_sources)
-    examples = [Example(f"{t.before_id[:16]}-{t.after_id[:16]}", (ws.root / t.before_path, ws.root / t.after_path),
-                        text) for t, text in zip(triplets, texts, strict=True)]  # fmt: skip
+    examples = [
+        Example(f"{t.before_id[:16]}-{t.after_id[:16]}", (ws.root / t.before_path, ws.root / t.after_path), text)
+        for t, text in zip(triplets, texts, strict=True)
+    ]
     job = TrainJob(
-        character.name, f"{character.name}@triplets-{digest}", examples, backend.settings, character.trigger,
-        base_model_ref=backend.model.ref, extra={"held_out_sources": held_out, "ops": list(ops)},
-    )  # fmt: skip
+        character.name,
+        f"{character.name}@triplets-{digest}",
+        examples,
+        backend.settings,
+        character.trigger,
+        base_model_ref=backend.model.ref,
+        extra={"held_out_sources": held_out, "ops": list(ops)},
+    )
     trainer = LoraTrainer(ws, catalog, backend, run_id)
     return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)

@@ -24,8 +24,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.config import Character, TrainerSettings
+from flenwheel.core.config import Character, TrainerSettings
 from flenwheel.identity import judge_for, judge_image, load_backend, reference_set_for
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend
 from flenwheel.training.checkpoints import (
     CheckpointScore,
@@ -38,7 +39,6 @@ from flenwheel.training.checkpoints import (
 )
 from flenwheel.training.export import export, finished_result, recorded_alpha, register
 from flenwheel.training.job import ProgressFn, ScoreFn, TrainingInterrupted, TrainJob, TrainResult
-from flenwheel.workspace import Workspace
 
 
 def identity_scorer(ws: Workspace, catalog: Catalog, character: Character) -> ScoreFn:
@@ -94,7 +94,7 @@ class LoraTrainer:
         sample_conds = self.backend.cache_samples(prompts, cache_dir) if prompts else []
 
         transformer, params, alpha = self.prepare_model(s)
-        optimizer = self._optimizer(params)
+        optimizer = self.optimizer(params)
         gen = torch.Generator("cpu").manual_seed(s.seed)
         step, losses, resumed_from = 0, [], None
         found = checkpoints(run_dir)
@@ -129,8 +129,12 @@ class LoraTrainer:
                 transformer.train()
                 score, labels = self._score(step, samples, score_fn)
                 scores = [*(x for x in scores if x.step != step), score]
-                state = {"step": step, "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                         "losses": losses}  # fmt: skip
+                state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "generator": gen.get_state(),
+                    "losses": losses,
+                }
                 save_checkpoint(run_dir, step, get_peft_model_state_dict(transformer), state, samples, labels, score)
                 prune_checkpoints(run_dir, s.keep_last, choose_checkpoint(scores).step)
                 self._record(lora_id, score, losses, s.checkpoint_every)
@@ -166,8 +170,9 @@ class LoraTrainer:
         """A fresh LoRA adapter on the prepared base; its parameters are fp32 master weights (mixed precision)."""
         alpha = s.alpha or float(s.rank)
         targets = list(self.backend.with_targets(s).target_modules or [])
-        transformer.add_adapter(LoraConfig(r=s.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                           target_modules=targets))  # fmt: skip
+        transformer.add_adapter(
+            LoraConfig(r=s.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
+        )
         self.backend.check_targets(transformer)  # an export that would fail fails now, not after the run
         if s.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -177,9 +182,15 @@ class LoraTrainer:
         return transformer, params, alpha
 
     def train_step(
-        self, transformer: torch.nn.Module, params: list[torch.nn.Parameter], optimizer: Any,
-        data: list[dict[str, torch.Tensor]], order: Callable[[int], list[int]], gen: torch.Generator, step: int,
-    ) -> float:  # fmt: skip
+        self,
+        transformer: torch.nn.Module,
+        params: list[torch.nn.Parameter],
+        optimizer: Any,
+        data: list[dict[str, torch.Tensor]],
+        order: Callable[[int], list[int]],
+        gen: torch.Generator,
+        step: int,
+    ) -> float:
         """One optimizer step (with gradient accumulation); returns the step's loss."""
         s = self.backend.settings
         accumulated = 0.0
@@ -194,7 +205,7 @@ class LoraTrainer:
         optimizer.zero_grad(set_to_none=True)
         return accumulated
 
-    def _optimizer(self, params: list[torch.nn.Parameter]) -> Any:
+    def optimizer(self, params: list[torch.nn.Parameter]) -> Any:
         s = self.backend.settings
         if s.optimizer == "adamw8bit":
             if self.backend.device.type != "cuda":
@@ -255,5 +266,6 @@ class LoraTrainer:
             self.catalog.add_metrics(self.run_id, "checkpoint", lora_id, values, step=score.step, once=True)
         recent = [v for st, v in losses if score.step - every < st <= score.step]
         if recent:
-            self.catalog.add_metrics(self.run_id, "lora_loss", lora_id, {"loss": float(np.mean(recent))},
-                                     step=score.step, once=True)  # fmt: skip
+            self.catalog.add_metrics(
+                self.run_id, "lora_loss", lora_id, {"loss": float(np.mean(recent))}, step=score.step, once=True
+            )

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flenwheel.captions import edit_training_text
 from flenwheel.catalog import Catalog
+from flenwheel.dataset.captions import edit_training_text
+from flenwheel.store.workspace import Workspace
 from flenwheel.training.checkpoints import atomic_dir, commit_dir
 from flenwheel.training.data import link_or_copy
-from flenwheel.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Triplet:
     after_id: str
     after_path: str
     prompt_id: str | None
-    after_caption: str | None = None  # the approved result's caption (flenwheel.captions)
+    after_caption: str | None = None  # the approved result's caption (flenwheel.dataset.captions)
 
     def text(self, mode: str) -> str:
         """What the editor LoRA is trained on for this triplet (``captions.edit_text``)."""
@@ -74,8 +74,12 @@ def export_triplets(ws: Workspace, triplets: Sequence[Triplet], name: str) -> Pa
             link_or_copy(ws.root / t.before_path, before)
             (tmp / "images" / f"{t.after_id}.txt").write_text(t.text(mode) + "\n", encoding="utf-8")
             final_after, final_before = out / "images" / after.name, out / "control" / before.name
-            lines.append(json.dumps({"image_path": str(final_after), "control_path_0": str(final_before),
-                                     "caption": t.text(mode)}, ensure_ascii=False))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {"image_path": str(final_after), "control_path_0": str(final_before), "caption": t.text(mode)},
+                    ensure_ascii=False,
+                )
+            )
         (tmp / "musubi.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         commit_dir(tmp, out)
     finally:

@@ -46,12 +46,23 @@ def measure_identity(ctx: Ctx) -> None:
         for rgb in images[1:]:
             score(rgb)
         s_image = (now() - t0) / n
-        ctx.emit(key, f"identity scoring, insightface backend ({how.split(':')[0]})", 1024, ctx.meter.stop(),
-                 s_image=s_image, load_s=load_s,
-                 settings=f"{how}; buffalo_l-shaped ONNX with random weights ({models}); detect on the 640-px "
-                          "copy + embed one aligned face + compare to 4 references")  # fmt: skip
+        ctx.emit(
+            key,
+            f"identity scoring, insightface backend ({how.split(':')[0]})",
+            1024,
+            ctx.meter.stop(),
+            s_image=s_image,
+            load_s=load_s,
+            settings=f"{how}; buffalo_l-shaped ONNX with random weights ({models}); detect on the 640-px "
+            "copy + embed one aligned face + compare to 4 references",
+        )
         del backend
     if not gpu_provider:
-        ctx.emit("identity-gpu", "identity scoring on the GPU (ctx_id=0)", 1024, None,
-                 settings="not run: this onnxruntime has no CUDAExecutionProvider (the pinned onnxruntime is the CPU "
-                          "build, so production scores faces on the CPU)")  # fmt: skip
+        ctx.emit(
+            "identity-gpu",
+            "identity scoring on the GPU (ctx_id=0)",
+            1024,
+            None,
+            settings="not run: this onnxruntime has no CUDAExecutionProvider (the pinned onnxruntime is the CPU "
+            "build, so production scores faces on the CPU)",
+        )

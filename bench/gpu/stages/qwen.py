@@ -14,15 +14,18 @@ from bench.gpu.meter import now, sync
 def _editor_stacks(ctx: Ctx) -> tuple[list[Any], list[Any], str]:
     """The angles stack of the gpu-24gb editor (Lightning + multiple-angles) plus a character editor LoRA, with
     LoRA files of the real module shapes standing for the hub files; and the character-only stack."""
-    from flenwheel.config import LoraSpec
-    from flenwheel.models import StackEntry
+    from flenwheel.core.config import LoraSpec
+    from flenwheel.models.loras import StackEntry
     from flenwheel.training import QwenEditBackend
 
     library = ctx.ws.loras()
     uses = ctx.ws.profile("gpu-24gb").editor.loras.get("angles", [])
     s = QwenEditBackend.with_targets(ctx.profile.edit_trainer)
-    shapes = {"lightning-4step": (64, None), "lightning-8step": (64, None),  # every Linear of the 60 blocks
-              "multiple-angles": (16, QwenEditBackend.default_targets)}  # fmt: skip
+    shapes = {
+        "lightning-4step": (64, None),
+        "lightning-8step": (64, None),  # every Linear of the 60 blocks
+        "multiple-angles": (16, QwenEditBackend.default_targets),
+    }
     angles, notes = [], []
     for i, use in enumerate(uses):
         rank, targets = shapes.get(use.name, (16, QwenEditBackend.default_targets))
@@ -30,15 +33,17 @@ def _editor_stacks(ctx: Ctx) -> tuple[list[Any], list[Any], str]:
         spec = library[use.name].model_copy(update={"ref": str(path), "weight_name": None, "revision": None})
         angles.append(StackEntry(use.name, spec, spec.scale if use.scale is None else use.scale))
         notes.append(f"{use.name} r{rank}×{modules}")
-    path, modules = write_lora("qwen-image-edit", ctx.size, ctx.work / "character.safetensors", s.rank,
-                               s.target_modules, 9)  # fmt: skip
+    path, modules = write_lora(
+        "qwen-image-edit", ctx.size, ctx.work / "character.safetensors", s.rank, s.target_modules, 9
+    )
     character = StackEntry("character", LoraSpec(ref=str(path), applies_to="qwen-image-edit"), 1.0)
     notes.append(f"character r{s.rank}×{modules}")
     return [*angles, character], [character], ", ".join(notes)
 
 
 def measure_qwen_infer(ctx: Ctx) -> None:
-    from flenwheel.models import ModelManager, Sampling
+    from flenwheel.models.loading import ModelManager
+    from flenwheel.models.loras import Sampling
 
     full, own, notes = _editor_stacks(ctx)
     stage = ctx.profile.editor
@@ -46,11 +51,19 @@ def measure_qwen_infer(ctx: Ctx) -> None:
     source = image(px, 0)
     manager = ModelManager(ctx.ws, ctx.profile)
     runs = (
-        ("qwen-infer-angles", full, "将镜头向左旋转45度 Rotate the camera 45 degrees to the left.",
-         "editor, angles stack: Lightning + multiple-angles + character (the full stack)"),
-        ("qwen-infer-other", own, "Relight with soft even studio lighting; keep the person unchanged.",
-         "editor, other categories: character LoRA only, the profile's steps and CFG"),
-    )  # fmt: skip
+        (
+            "qwen-infer-angles",
+            full,
+            "将镜头向左旋转45度 Rotate the camera 45 degrees to the left.",
+            "editor, angles stack: Lightning + multiple-angles + character (the full stack)",
+        ),
+        (
+            "qwen-infer-other",
+            own,
+            "Relight with soft even studio lighting; keep the person unchanged.",
+            "editor, other categories: character LoRA only, the profile's steps and CFG",
+        ),
+    )
     for key, stack, prompt, what in runs:
         sampling = Sampling.for_stack(stage, stack)
         ctx.meter.start()
@@ -73,11 +86,19 @@ def measure_qwen_infer(ctx: Ctx) -> None:
         s_image = wall + (sampling.steps - run) * (s_step or 0.0)
         passes = 2 if (sampling.true_cfg_scale or 1.0) > 1.0 else 1
         timing = "" if run == sampling.steps else f"; {run} of {sampling.steps} steps run, s/image adds the rest"
-        ctx.emit(key, what, sampling.width or px, ctx.meter.stop(), s_step=s_step, s_image=s_image, load_s=load_s,
-                 steps=sampling.steps,
-                 settings=f"{stage_settings(stage)}, {sampling.steps} steps × {passes} pass(es) (true CFG "
-                          f"{sampling.true_cfg_scale}), LoRAs {notes if stack is full else notes.split(', ')[-1]}, "
-                          f"fused {'yes' if loaded.fused else 'no'}{timing}")  # fmt: skip
+        ctx.emit(
+            key,
+            what,
+            sampling.width or px,
+            ctx.meter.stop(),
+            s_step=s_step,
+            s_image=s_image,
+            load_s=load_s,
+            steps=sampling.steps,
+            settings=f"{stage_settings(stage)}, {sampling.steps} steps × {passes} pass(es) (true CFG "
+            f"{sampling.true_cfg_scale}), LoRAs {notes if stack is full else notes.split(', ')[-1]}, "
+            f"fused {'yes' if loaded.fused else 'no'}{timing}",
+        )
     manager.release()
 
 
@@ -96,9 +117,11 @@ def _qwen_item(ctx: Ctx, transformer: Any, res: int) -> dict[str, Any]:
     scale = qwen_vae_scale(ctx)
     cw, ch = calculate_dimensions(getattr(s, "control_area", 1024 * 1024), 1.0)
     g = torch.Generator().manual_seed(res)
-    return {"latents": torch.randn(cfg.out_channels, res // scale, res // scale, generator=g),
-            "control": torch.randn(cfg.out_channels, ch // scale, cw // scale, generator=g),
-            "prompt_embeds": torch.randn(PROMPT_TOKENS_QWEN, cfg.joint_attention_dim, generator=g)}  # fmt: skip
+    return {
+        "latents": torch.randn(cfg.out_channels, res // scale, res // scale, generator=g),
+        "control": torch.randn(cfg.out_channels, ch // scale, cw // scale, generator=g),
+        "prompt_embeds": torch.randn(PROMPT_TOKENS_QWEN, cfg.joint_attention_dim, generator=g),
+    }
 
 
 def measure_qwen_train(ctx: Ctx, sample: bool = False) -> None:
@@ -112,7 +135,7 @@ def measure_qwen_train(ctx: Ctx, sample: bool = False) -> None:
     ctx.meter.start()
     t0 = now()
     transformer, params, _ = trainer.prepare_model(s)
-    optimizer = trainer._optimizer(params)
+    optimizer = trainer.optimizer(params)
     load_s = now() - t0
     transformer.train()
     resolutions = s.resolutions[:1] if sample else sorted({*s.resolutions, 1024 if ctx.real else 128})
@@ -126,10 +149,17 @@ def measure_qwen_train(ctx: Ctx, sample: bool = False) -> None:
         c, k = item["control"].shape, qwen_vae_scale(ctx)
         extra = "" if res in s.resolutions else " (a bucket the profile does not use)"
         what = f"edit LoRA training step, target {res}² + condition {c[2] * k}×{c[1] * k}{extra}"
-        ctx.emit(f"qwen-train@{res}", what, res, ctx.meter.stop(), s_step=s_step, load_s=None if i else load_s,
-                 profile_bucket=res in s.resolutions,
-                 settings=f"{trainer_settings(s)}, {PROMPT_TOKENS_QWEN} prompt tokens, batch {s.batch_size}; "
-                          f"{'load included' if not i else 'model resident'}")  # fmt: skip
+        ctx.emit(
+            f"qwen-train@{res}",
+            what,
+            res,
+            ctx.meter.stop(),
+            s_step=s_step,
+            load_s=None if i else load_s,
+            profile_bucket=res in s.resolutions,
+            settings=f"{trainer_settings(s)}, {PROMPT_TOKENS_QWEN} prompt tokens, batch {s.batch_size}; "
+            f"{'load included' if not i else 'model resident'}",
+        )
     if not sample:
         return
     src = ctx.work / "source.png"
@@ -145,11 +175,17 @@ def measure_qwen_train(ctx: Ctx, sample: bool = False) -> None:
     with backend.autocast():  # as LoraTrainer.train samples
         backend.sample(transformer, [cond], [0])
     sync()
-    ctx.emit("qwen-sample", "edit-LoRA checkpoint sample, training state resident", s.sample_size, ctx.meter.stop(),
-             s_image=now() - t0, load_s=load_s,
-             settings=f"{s.sample_steps} steps, true CFG 1, output at sample_size {s.sample_size}, condition from a "
-                      f"{1024 if ctx.real else 128}² source at the pipeline's size; LoRA + {s.optimizer} optimizer "
-                      "state resident")  # fmt: skip
+    ctx.emit(
+        "qwen-sample",
+        "edit-LoRA checkpoint sample, training state resident",
+        s.sample_size,
+        ctx.meter.stop(),
+        s_image=now() - t0,
+        load_s=load_s,
+        settings=f"{s.sample_steps} steps, true CFG 1, output at sample_size {s.sample_size}, condition from a "
+        f"{1024 if ctx.real else 128}² source at the pipeline's size; LoRA + {s.optimizer} optimizer "
+        "state resident",
+    )
 
 
 def measure_qwen_encode(ctx: Ctx) -> None:
@@ -183,11 +219,19 @@ def measure_qwen_encode(ctx: Ctx) -> None:
     cache = ctx.work / "cache"
     cache.mkdir()
     for key, what, run, count in (
-        ("qwen-encode", f"edit-trainer caching: {n} triplets (instruction + condition + target)",
-         lambda: backend.cache(examples, cache), n),
-        ("qwen-encode-samples", f"edit-trainer caching: {len(s.sample_prompts)} sample instructions",
-         lambda: backend.cache_samples(list(s.sample_prompts), cache), len(s.sample_prompts)),
-    ):  # fmt: skip
+        (
+            "qwen-encode",
+            f"edit-trainer caching: {n} triplets (instruction + condition + target)",
+            lambda: backend.cache(examples, cache),
+            n,
+        ),
+        (
+            "qwen-encode-samples",
+            f"edit-trainer caching: {len(s.sample_prompts)} sample instructions",
+            lambda: backend.cache_samples(list(s.sample_prompts), cache),
+            len(s.sample_prompts),
+        ),
+    ):
         if not count:
             continue
         ctx.meter.start()
@@ -196,7 +240,15 @@ def measure_qwen_encode(ctx: Ctx) -> None:
         run()
         sync()
         load_s = backend.loads[-1]
-        ctx.emit(key, what, px, ctx.meter.stop(), s_image=(now() - t0 - load_s) / count, load_s=load_s, count=count,
-                 settings=f"Qwen2.5-VL text encoder + VAE in {ctx.profile.dtype} (not quantised), VL sees the "
-                          "condition at ~384², VAE encodes it at the pipeline's ~1 MP and the target at its bucket "
-                          f"{s.resolutions}; s/image per item, the load not included")  # fmt: skip
+        ctx.emit(
+            key,
+            what,
+            px,
+            ctx.meter.stop(),
+            s_image=(now() - t0 - load_s) / count,
+            load_s=load_s,
+            count=count,
+            settings=f"Qwen2.5-VL text encoder + VAE in {ctx.profile.dtype} (not quantised), VL sees the "
+            "condition at ~384², VAE encodes it at the pipeline's ~1 MP and the target at its bucket "
+            f"{s.resolutions}; s/image per item, the load not included",
+        )

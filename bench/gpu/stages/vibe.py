@@ -9,7 +9,7 @@ from bench.gpu.meter import now
 def _vibe(ctx: Ctx) -> tuple[object, object, object, float]:
     """The vibe editor through the model manager as the enrichment loads it: (manager, loaded, sampling, load s)."""
     from flenwheel.editing.vibe import VibeSampling
-    from flenwheel.models import ModelManager
+    from flenwheel.models.loading import ModelManager
 
     sampling = VibeSampling.for_stage(ctx.profile.vibe_editor)
     manager = ModelManager(ctx.ws, ctx.profile)
@@ -20,21 +20,33 @@ def _vibe(ctx: Ctx) -> tuple[object, object, object, float]:
 
 
 def _edit_kwargs(sampling: object) -> dict:
-    return {"prompt": "Relight with soft even studio lighting; keep the person unchanged.",
-            "guidance_scale": sampling.guidance_scale, "image_guidance_scale": sampling.image_guidance_scale,
-            "resolution_binning": sampling.resolution_binning, "revert_resize": sampling.revert_resize}  # fmt: skip
+    return {
+        "prompt": "Relight with soft even studio lighting; keep the person unchanged.",
+        "guidance_scale": sampling.guidance_scale,
+        "image_guidance_scale": sampling.image_guidance_scale,
+        "resolution_binning": sampling.resolution_binning,
+        "revert_resize": sampling.revert_resize,
+    }
 
 
-def _edit_row(ctx: Ctx, key: str, px: int, sampling: object, s_step: float | None, wall: float, run: int,
-              **fields: object) -> None:  # fmt: skip
+def _edit_row(
+    ctx: Ctx, key: str, px: int, sampling: object, s_step: float | None, wall: float, run: int, **fields: object
+) -> None:
     s_image = wall + (sampling.steps - run) * (s_step or 0.0)
     passes = 3 if sampling.guidance_scale > 1 and sampling.image_guidance_scale >= 1 else 2
     timing = "" if run == sampling.steps else f"; {run} of {sampling.steps} steps run, s/image adds the rest"
-    ctx.emit(key, f"vibe editor, one {px}² edit ({ctx.profile.dtype}, unquantised)", px, ctx.meter.stop(),
-             s_step=s_step, s_image=s_image, steps=sampling.steps,
-             settings=f"{stage_settings(ctx.profile.vibe_editor)}, {sampling.steps} steps × {passes} branch(es) "
-             f"(guidance {sampling.guidance_scale}, image guidance {sampling.image_guidance_scale}){timing}",
-             **fields)  # fmt: skip
+    ctx.emit(
+        key,
+        f"vibe editor, one {px}² edit ({ctx.profile.dtype}, unquantised)",
+        px,
+        ctx.meter.stop(),
+        s_step=s_step,
+        s_image=s_image,
+        steps=sampling.steps,
+        settings=f"{stage_settings(ctx.profile.vibe_editor)}, {sampling.steps} steps × {passes} branch(es) "
+        f"(guidance {sampling.guidance_scale}, image guidance {sampling.image_guidance_scale}){timing}",
+        **fields,
+    )
 
 
 def measure_vibe_infer(ctx: Ctx) -> None:
@@ -57,11 +69,11 @@ def measure_vibe_critic(ctx: Ctx) -> None:
     """The critic beside the resident vibe editor: VIBE loaded and one edit (its own row), then the Qwen2.5-VL-7B
     critic loaded as the profile's ``vlm`` rule says (nf4 on gpu-24gb) while VIBE stays on the device, and the edit's
     yes/no checks answered; the second row's peak holds both models. The accounting's verdict
-    (:func:`flenwheel.memory.may_sit_together`) is recorded beside the measured peak."""
-    from flenwheel.config import VerifySettings
-    from flenwheel.critic import DEFAULT_CHECKS, Critic
-    from flenwheel.memory import footprint, may_sit_together
-    from flenwheel.models import torch_dtype
+    (:func:`flenwheel.models.memory.may_sit_together`) is recorded beside the measured peak."""
+    from flenwheel.core.config import VerifySettings
+    from flenwheel.models.critic import DEFAULT_CHECKS, Critic
+    from flenwheel.models.loading import torch_dtype
+    from flenwheel.models.memory import footprint, may_sit_together
 
     manager, loaded, sampling, load_s = _vibe(ctx)
     kwargs = _edit_kwargs(sampling)
@@ -75,8 +87,9 @@ def measure_vibe_critic(ctx: Ctx) -> None:
     profile = ctx.profile
     ctx.meter.start()  # VIBE stays resident: this row's peak is both models'
     t0 = now()
-    critic = Critic.from_pretrained(ctx.folders["qwen-image-edit"], device=profile.device, dtype=torch_dtype(profile),
-                                    quantize=profile.vlm.quantize)  # fmt: skip
+    critic = Critic.from_pretrained(
+        ctx.folders["qwen-image-edit"], device=profile.device, dtype=torch_dtype(profile), quantize=profile.vlm.quantize
+    )
     critic_load_s = now() - t0
     vlm = footprint("critic", {"model": critic.model}, profile.dtype, ["model"] if profile.vlm.quantize else [])
     verdict = may_sit_together(loaded.footprint(), vlm, profile.peak_budget_gib, profile.headroom_gib)
@@ -86,9 +99,16 @@ def measure_vibe_critic(ctx: Ctx) -> None:
     t0 = now()
     critic.answer(edited, checks)
     s_check = (now() - t0) / len(checks)
-    ctx.emit("vibe-critic", f"critic beside the resident vibe editor ({len(checks)} yes/no checks of a {px}² edit)",
-             px, ctx.meter.stop(), s_image=s_check, load_s=critic_load_s, accounted_gib=verdict.weights_gib,
-             settings=f"critic {critic.source.rpartition('#')[2]} ({vlm.total_gib:.1f} GiB of weights) + vibe "
-                      f"{loaded.footprint().total_gib:.1f} GiB; accounting: {verdict.reason}; s/image = s per "
-                      "check")  # fmt: skip
+    ctx.emit(
+        "vibe-critic",
+        f"critic beside the resident vibe editor ({len(checks)} yes/no checks of a {px}² edit)",
+        px,
+        ctx.meter.stop(),
+        s_image=s_check,
+        load_s=critic_load_s,
+        accounted_gib=verdict.weights_gib,
+        settings=f"critic {critic.source.rpartition('#')[2]} ({vlm.total_gib:.1f} GiB of weights) + vibe "
+        f"{loaded.footprint().total_gib:.1f} GiB; accounting: {verdict.reason}; s/image = s per "
+        "check",
+    )
     manager.release()

@@ -1,0 +1,154 @@
+"""configs/flenwheel.yaml: project-wide settings (store, catalog, identity backends, review, nightly runs,
+verification, captions)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from flenwheel.core.config.base import Strict
+from flenwheel.core.config.prompts import Check
+from flenwheel.core.types import EditorChoice, ProfileName, ReviewMode
+
+
+class StoreSettings(Strict):
+    """How source photos are validated and normalised before they enter the store."""
+
+    max_side: int = Field(2048, ge=256, le=16384, description="longest side after ingest (downscaled)")
+    min_side: int = Field(128, ge=16, le=4096, description="shortest side below which a photo is rejected")
+    max_pixels: int = Field(
+        60_000_000, ge=1_000_000, description="width*height above which a file is refused as a bomb"
+    )
+    alpha_background: tuple[int, int, int] = Field(
+        (255, 255, 255), description="RGB that transparent pixels are flattened onto"
+    )
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError("each channel must be 0..255")
+        return v
+
+
+class CatalogSettings(Strict):
+    lock_timeout_s: float = Field(120.0, gt=0, description="how long a write waits for another writer")
+
+
+class IdentityBackendSettings(Strict):
+    """How faces are found and embedded (per machine, not per character)."""
+
+    detect_max_side: int = Field(640, ge=160, le=4096, description="faces are detected on a copy this size")
+    min_face_px: int = Field(64, ge=16, description="faces with a shorter box side are 'small_face'")
+    pose_relief: bool = Field(True, description="lower the threshold for turned heads (profiles score lower)")
+    workers: int = Field(2, ge=1, le=64, description="processes that score images in parallel (dlib)")
+    batch_size: int = Field(32, ge=1, description="images per catalog write and per Prefect task")
+    insightface_root: Path = Field(Path("~/.insightface"), description="holds models/<pack>/*.onnx")
+    insightface_pack: str = Field("buffalo_l", description="model pack name (folder under models/)")
+    dlib_upsample: int = Field(1, ge=0, le=3, description="HOG detector upsampling of the detection copy")
+
+
+class ReviewSettings(Strict):
+    auto_margin: float = Field(0.02, ge=0.0, le=0.5, description="auto review: approve passes this far above")
+    clear_band: float = Field(
+        0.08, gt=0.0, le=0.5, description="identity similarity this far from the threshold is a clear case"
+    )
+    check_band: float = Field(
+        0.1, gt=0.0, le=1.0, description="a check within this share of its threshold is borderline"
+    )
+    auto_clear: bool = Field(
+        False, description="let the policy decide clear cases before people are asked (fiftyone and cli review)"
+    )
+    app_address: str = "127.0.0.1"
+    app_port: int = Field(5151, ge=1, le=65535)
+
+
+class NightlySettings(Strict):
+    """The scheduled enrichment of new source photos (``flenwheel serve``)."""
+
+    cron: str = Field("0 3 * * *", description="when it runs (cron syntax)")
+    timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
+    editor: EditorChoice = Field("configured", description="configured: each character's own editors")
+    review: ReviewMode = "fiftyone"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        # Prefect checks the expression fully when it builds the schedule; catch the common mistakes early.
+        if len(v.split()) != 5 or not re.fullmatch(r"[0-9A-Za-z*/,\- ]+", v):
+            raise ValueError("not a cron expression (five fields: minute hour day-of-month month day-of-week)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone (use an IANA name such as UTC or Europe/Berlin)") from None
+        return v
+
+
+class VerifySettings(Strict):
+    """Every edit verified before review (docs/verification.md): retries of a failed edit."""
+
+    enabled: bool = Field(True, description="check every edit (masks, preservation, change, face count)")
+    retries: int = Field(2, ge=0, le=8, description="attempts after a failed edit, at most")
+    seed_retries: int = Field(1, ge=0, le=8, description="of those, how many only change the seed")
+    strength_factor: float = Field(
+        0.7, gt=0.0, le=1.0, description="later retries scale the prompt's strength by this per attempt"
+    )
+    critic: str | None = Field(
+        None,
+        description="VLM critic for yes/no checks: 'editor' (the profile's Qwen-Image-Edit text encoder, "
+        "or Qwen/Qwen2.5-VL-7B-Instruct when it lacks its output layer), a folder or hub id; null: none",
+    )
+    critic_checks: list[Check] = Field(
+        default_factory=lambda: [Check(id="one-person", question="Is there exactly one person in the image?")],
+        description="questions asked about every edit, beside each prompt's own checks",
+    )
+
+
+DEFAULT_CAPTION_INSTRUCTION = (
+    "Describe this photo in one sentence for training an image model: the person's pose and where they look, "
+    "their expression, their clothing, the light and the background. Do not name the person and do not describe "
+    "their face, hair, skin or age."
+)
+
+
+class CaptionSettings(Strict):
+    """Training captions written by a VLM for every dataset member (docs/captions.md)."""
+
+    model: str | None = Field(
+        "editor",
+        description="the VLM that writes captions: 'editor' (the profile's Qwen-Image-Edit text encoder, "
+        "or Qwen/Qwen2.5-VL-7B-Instruct when it lacks its output layer), a folder or hub id; null: template captions",
+    )
+    instruction: str = Field(DEFAULT_CAPTION_INSTRUCTION, min_length=10, description="what the VLM is asked")
+    max_words: int = Field(40, ge=5, le=200, description="a description is cut after this many words")
+    max_new_tokens: int = Field(77, ge=8, le=512, description="tokens the VLM may write")
+    edit_text: Literal["instruction", "instruction+caption"] = Field(
+        "instruction+caption",
+        description="the editor LoRA's training text: the instruction, or the instruction and the caption of the "
+        "approved result (what the edit actually produced)",
+    )
+
+
+class Settings(Strict):
+    """configs/flenwheel.yaml: project-wide settings."""
+
+    root: Path = Field(Path("datasets"), description="data root, relative to the working directory")
+    default_profile: ProfileName = "cpu-tiny"
+    store: StoreSettings = StoreSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    identity: IdentityBackendSettings = IdentityBackendSettings()
+    review: ReviewSettings = ReviewSettings()
+    nightly: NightlySettings = NightlySettings()
+    verify: VerifySettings = VerifySettings()
+    captions: CaptionSettings = CaptionSettings()

@@ -117,18 +117,9 @@ def test_enrich_with_the_vibe_editor_from_the_cli(prefect_harness, cli, ws: Work
 def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, faces: Path) -> None:
     catalog = Catalog(ws.catalog_path)
     ingest_paths(ws, catalog, "obama", [faces / "obama" / "obama_small.jpg"], None)
-    result = cli(
-        "eval-editors",
-        "obama",
-        "--editors",
-        "qwen,vibe",
-        "--profile",
-        "cpu-tiny",
-        "--prompts",
-        "light-studio-soft,angle-left-45",
-        "--seeds",
-        "1",
-    )
+    command = ("eval-editors", "obama", "--editors", "qwen,vibe", "--profile", "cpu-tiny", "--seeds", "1",
+               "--prompts", "light-studio-soft,angle-left-45")  # fmt: skip
+    result = cli(*command)
     assert result.exit_code == 0, result.output
     metrics = {
         (r["scope_id"], r["name"]): r["value"]
@@ -150,18 +141,7 @@ def test_eval_editors_writes_both_editors_metrics_and_grids(cli, ws: Workspace, 
     rows = json.loads((ws.root / "evals" / eval_id / "evaluation.json").read_text())
     assert {r["editor"] for r in rows} == {"qwen", "vibe"} and {r["seed"] for r in rows} == {0}
 
-    again = cli(
-        "eval-editors",
-        "obama",
-        "--editors",
-        "qwen,vibe",
-        "--profile",
-        "cpu-tiny",
-        "--prompts",
-        "light-studio-soft,angle-left-45",
-        "--seeds",
-        "1",
-    )
+    again = cli(*command)
     assert again.exit_code == 0 and eval_id in again.output  # same jobs, same id; metrics recorded once
     assert len(catalog.rows("SELECT * FROM metrics WHERE scope = 'editor_eval'")) == len(metrics)
     bad = cli("eval-editors", "obama", "--editors", "qwen,dalle")

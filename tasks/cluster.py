@@ -115,7 +115,8 @@ class Cluster:
             done = ", ".join(f"{name}: {n}" for name, n in sorted(self.stats.batches.items()))
             log.info(
                 f"cluster {self.address}: batches per worker {done}; {self.stats.bytes_in / 2**20:.1f} MiB sent, "
-                f"{self.stats.bytes_out / 2**20:.1f} MiB back"
+                f"{self.stats.bytes_out / 2**20:.1f} MiB back",
+                extra={"cluster_stats": self.stats},  # for bench/cluster.py
             )
 
     def workers(self) -> dict[str, str]:

@@ -120,7 +120,8 @@ def main() -> None:
         sent = f"{stats.bytes_in / images / 1024:.0f} KiB" if stats else "-"
         back = f"{stats.bytes_out / images / 1024:.0f} KiB" if stats else "-"
         split = ", ".join(f"{k}: {v}" for k, v in sorted(stats.batches.items())) if stats else "-"
-        print(f"| {ways} | {seconds:.1f} | {images} | {rate:.2f} | {rate / local_rate:.2f} | {sent} | {back} | {split} |")
+        ratio = rate / local_rate
+        print(f"| {ways} | {seconds:.1f} | {images} | {rate:.2f} | {ratio:.2f} | {sent} | {back} | {split} |")
     per_batch, per_image, n = record_ceiling(base, args.record_batches)
     print(f"record step alone (the flow's single writer): {per_batch:.1f} batches/s, {per_image:.0f} images/s "
           f"({n} images in {args.record_batches} batches of {len(PROMPTS)} jobs with their checks)")  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,8 +45,18 @@ class StatsCatcher(logging.Handler):
             self.stats = record.cluster_stats
 
 
+def configs(base: Path) -> Path:
+    """The project's configs plus the character obama (dlib identity), as the tests use them."""
+    target = base / "configs"
+    if not target.exists():
+        shutil.copytree(PROJECT / "configs", target)
+        character = "name: obama\ntrigger: fw_obama\nidentity:\n  backend: dlib\n"
+        (target / "characters" / "obama.yaml").write_text(character)
+    return target
+
+
 def fresh(base: Path, name: str, sources: list[str]) -> Workspace:
-    ws = Workspace(root=base / name, configs=PROJECT / "configs")
+    ws = Workspace(root=base / name, configs=configs(base))
     ingest_paths(ws, ws.catalog(), "obama", [FACES / "obama" / s for s in sources], None)
     return ws
 

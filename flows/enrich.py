@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from prefect import flow
 from prefect.context import get_run_context
@@ -27,10 +28,23 @@ from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.objects import expand_paths
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
+from flenwheel.tasks.cluster import Cluster, cluster_for
 from flenwheel.tasks.enrich import edit_batch, score_images
+from flenwheel.tasks.remote import edit_on_cluster, score_on_cluster
 from flenwheel.tasks.review import sync_review
 
 log = logging.getLogger("flenwheel.flows.enrich")
+
+
+ClusterAddress = Annotated[
+    str | None,
+    Field(
+        None,
+        pattern=r"^(local|(tcp|tls|ws|wss|inproc|ucx)://\S+)$",
+        description="Dask scheduler (tcp://HOST:PORT) for the GPU-bound batches; default: cluster.address of "
+        "configs/flenwheel.yaml; 'local': this process",
+    ),
+]
 
 
 class EnrichParams(BaseModel):
@@ -51,12 +65,14 @@ class EnrichParams(BaseModel):
     wait: bool = Field(False, description="a local run pauses at the gate instead of exiting")
     batch_size: int = Field(16, ge=1, le=1024, description="edit jobs per task run")
     sources: list[str] | None = Field(None, description="only these source image ids (nightly: the new ones)")
+    cluster: ClusterAddress = None
 
 
-def enrich_work(ctx: RunContext, params: EnrichParams) -> EnrichSummary:
+def enrich_work(ctx: RunContext, params: EnrichParams, cluster: Cluster | None = None) -> EnrichSummary:
     """Edit, store and identity-score every pending job of ``ctx``'s character (no review): shared by the enrich,
-    flywheel and nightly flows."""
-    score_images(ctx, None)  # sources: reference set and face boxes
+    flywheel and nightly flows. With ``cluster`` the edit batches (with their checks and identity) run on its
+    workers and are recorded here as they come back."""
+    score(ctx, None, cluster)  # sources: reference set and face boxes
     work = plan_enrichment(
         ctx.ws,
         ctx.catalog(),
@@ -70,6 +86,9 @@ def enrich_work(ctx: RunContext, params: EnrichParams) -> EnrichSummary:
     made: list[str] = []
     try:
         for name, jobs in work:
+            if cluster is not None:
+                made.extend(edit_on_cluster(cluster, ctx, name, jobs, params.batch_size))
+                continue
             for batch in batches(jobs, params.batch_size):
                 ids = edit_batch(ctx, name, [(j.parent_id, j.prompt.id, j.seed) for j in batch])
                 score_images(ctx, ids)
@@ -80,12 +99,17 @@ def enrich_work(ctx: RunContext, params: EnrichParams) -> EnrichSummary:
     return EnrichSummary(ctx.character, sum(len(j) for _, j in work), len(made))
 
 
+def score(ctx: RunContext, image_ids: list[str] | None, cluster: Cluster | None) -> dict[str, int]:
+    """Identity-score the character's unscored images, here or on the cluster's workers."""
+    return score_images(ctx, image_ids) if cluster is None else score_on_cluster(cluster, ctx, image_ids)
+
+
 def enrich_stage(ws: Workspace, params: EnrichParams, run_id: str, holder: str) -> EnrichSummary:
     """The enrichment work (under the character's lock), then the review gate."""
     ctx = RunContext.of(ws, params.character, params.profile, run_id)
     try:
-        with character_lock(ws, params.character, holder):
-            summary = enrich_work(ctx, params)
+        with character_lock(ws, params.character, holder), cluster_for(ws.settings.cluster, params.cluster) as cluster:
+            summary = enrich_work(ctx, params, cluster)
     except CharacterBusy as e:  # not a failure of this run: another one is working on the character
         return EnrichSummary(params.character, 0, 0, status="busy", message=str(e))
     try:
@@ -123,6 +147,7 @@ class NightlyParams(BaseModel):
     seeds: int = Field(2, ge=1, le=64)
     review: ReviewMode = Field("fiftyone", description="auto decides now; fiftyone/cli leave candidates for people")
     batch_size: int = Field(16, ge=1, le=1024)
+    cluster: ClusterAddress = None
 
 
 @dataclass
@@ -136,6 +161,7 @@ class NightlyOutcome:
     rejected: list[str] = field(default_factory=list)
     enrichment: EnrichSummary | None = None
     pending_review: int = 0
+    busy: bool = False  # skipped because another run held the character's lock
 
 
 def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str) -> list[NightlyOutcome]:
@@ -144,6 +170,13 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
     Never waits at a gate: the candidates wait in FiftyOne (or the CLI) for the next flywheel run's gate. A
     character whose lock is held by a running iteration is skipped with a note (the next night catches up).
     """
+    with cluster_for(ws.settings.cluster, params.cluster) as cluster:
+        return _nightly_characters(ws, params, run_id, holder, cluster)
+
+
+def _nightly_characters(
+    ws: Workspace, params: NightlyParams, run_id: str, holder: str, cluster: Cluster | None
+) -> list[NightlyOutcome]:
     catalog = ws.catalog()
     results = []
     for name in params.characters or ws.character_names():
@@ -166,7 +199,7 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
                     review=params.review,
                     batch_size=params.batch_size,
                 )
-                summary = enrich_work(ctx, enrich)
+                summary = enrich_work(ctx, enrich, cluster)
                 if params.review == "auto":
                     the_gate.auto_review(run_id)
                 else:
@@ -175,7 +208,7 @@ def nightly_work(ws: Workspace, params: NightlyParams, run_id: str, holder: str)
                     if params.review == "fiftyone":
                         sync_review(ctx)
         except CharacterBusy as e:
-            results.append(NightlyOutcome(name, skipped=str(e)))
+            results.append(NightlyOutcome(name, skipped=str(e), busy=True))
             continue
         outcome = NightlyOutcome(
             name,

@@ -24,7 +24,7 @@ from flenwheel.core.types import CharacterName, EditorChoice, ProfileName, Promp
 from flenwheel.dataset.generation import plan_generation
 from flenwheel.dataset.iteration import FlywheelResult, FlywheelStopped, IterationOutcome, IterationPolicy
 from flenwheel.dataset.iteration import freeze_iteration_version as freeze_version
-from flenwheel.flows.enrich import EnrichParams, enrich_work
+from flenwheel.flows.enrich import ClusterAddress, EnrichParams, enrich_work, score
 from flenwheel.flows.gate import run_gate
 from flenwheel.flows.setup import configure
 from flenwheel.models import runtime
@@ -32,8 +32,9 @@ from flenwheel.report.format import format_rows
 from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
-from flenwheel.tasks.enrich import score_images
+from flenwheel.tasks.cluster import Cluster, cluster_for
 from flenwheel.tasks.generate import generate_batch, make_report
+from flenwheel.tasks.remote import caption_on_cluster, generate_on_cluster
 from flenwheel.tasks.training import caption_dataset, train_lora
 
 log = logging.getLogger("flenwheel.flows.flywheel")
@@ -65,6 +66,7 @@ class FlywheelParams(BaseModel):
         1, ge=0, description="stop before retraining when fewer new synthetics were admitted (0: always retrain)"
     )
     batch_size: int = Field(8, ge=1, le=1024, description="edit or generation jobs per task run")
+    cluster: ClusterAddress = None
 
     def policy(self) -> IterationPolicy:
         return IterationPolicy(self.max_synthetic_share, self.max_hash_distance, self.min_new_synthetics)
@@ -92,15 +94,16 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
         batch_size=params.batch_size,
     )
     try:
-        with character_lock(ws, character.name, holder):
-            result.enrichment = enrich_work(ctx, enrich)
-        run_gate(ctx, "enrich", params.review, params.wait)
-        done = {r["number"]: r for r in catalog.iterations(character.name)}
-        for number in range(1, params.iterations + 1):
-            if done.get(number, {}).get("status") == "completed":
-                result.iterations.append(IterationOutcome(number, "already completed"))
-                continue
-            result.iterations.append(_iteration(ctx, params, number, holder))
+        with cluster_for(ws.settings.cluster, params.cluster) as cluster:
+            with character_lock(ws, character.name, holder):
+                result.enrichment = enrich_work(ctx, enrich, cluster)
+            run_gate(ctx, "enrich", params.review, params.wait)
+            done = {r["number"]: r for r in catalog.iterations(character.name)}
+            for number in range(1, params.iterations + 1):
+                if done.get(number, {}).get("status") == "completed":
+                    result.iterations.append(IterationOutcome(number, "already completed"))
+                    continue
+                result.iterations.append(_iteration(ctx, params, number, holder, cluster))
     except AwaitingReview as e:
         result.status, result.message = "awaiting_review", str(e)
     except FlywheelStopped as e:
@@ -112,16 +115,18 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
     return result
 
 
-def _iteration(ctx: RunContext, params: FlywheelParams, number: int, holder: str) -> IterationOutcome:
+def _iteration(
+    ctx: RunContext, params: FlywheelParams, number: int, holder: str, cluster: Cluster | None
+) -> IterationOutcome:
     ws, catalog, run_id = ctx.ws, ctx.catalog(), ctx.run_id
     character, policy = ctx.character_config(), params.policy()
     with character_lock(ws, character.name, holder):
-        caption_dataset(ctx)
+        caption_dataset(ctx) if cluster is None else caption_on_cluster(cluster, ctx)
         version = freeze_version(ws, catalog, character, number, policy, run_id)
         log.info(f"iteration {number} of {character.name}: dataset version {version}")
         lora = train_lora(ctx, version, params.train_steps)
         catalog.update_iteration(character.name, number, run_id, lora_id=lora.lora_id)
-        made = _generate(ctx, params, lora.lora_id)
+        made = _generate(ctx, params, lora.lora_id, cluster)
     try:
         run_gate(ctx, "synthetic", params.review, params.wait)
     except AwaitingReview:
@@ -145,17 +150,19 @@ def _iteration(ctx: RunContext, params: FlywheelParams, number: int, holder: str
     return IterationOutcome(number, "completed", version, lora.lora_id, made, str(report.path), report.target_met)
 
 
-def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str) -> int:
+def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str, cluster: Cluster | None) -> int:
     character = ctx.character_config()
     jobs = plan_generation(
         ctx.ws, ctx.catalog(), character, lora_id, params.profile, params.synthetic_prompts, params.synthetic_seeds
     )
     log.info(f"synthetic generation with {lora_id}: {len(jobs)} job(s) to do")
+    if cluster is not None:
+        return len(generate_on_cluster(cluster, ctx, lora_id, jobs, params.batch_size))
     made = 0
     try:
         for batch in batches(jobs, params.batch_size):
             ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
-            score_images(ctx, ids)
+            score(ctx, ids, None)
             made += len(ids)
     finally:
         runtime.release_models()

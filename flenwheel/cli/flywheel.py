@@ -28,10 +28,21 @@ from flenwheel.store.locks import CharacterBusy
 
 if TYPE_CHECKING:
     from flenwheel.dataset.iteration import FlywheelResult
+    from flenwheel.flows.enrich import NightlyOutcome
+
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the GPU-bound batches on the Dask cluster at ADDRESS (tcp://HOST:PORT; docs/scale.md); "
+        "default: cluster.address of configs/flenwheel.yaml; 'local': in this process",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
-    for command in (enrich, flywheel, nightly, report, serve):
+    for command in (enrich, flywheel, nightly, watch, report, serve):
         app.command()(command)
 
 
@@ -45,6 +56,7 @@ def enrich(
     review: ReviewOpt = "fiftyone",
     wait: Annotated[bool, typer.Option("--wait", help="pause at the review gate instead of exiting")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="edit jobs per task")] = 16,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Enrich CHARACTER's source photos (source x prompt x seed not yet done), score them, open the review gate.
 
@@ -69,6 +81,7 @@ def enrich(
         review=review,
         wait=wait,
         batch_size=batch_size,
+        cluster=cluster,
     )
     with prefect_api(notify=err.print):
         result = enrich_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
@@ -97,6 +110,7 @@ def flywheel(
     train_steps: Annotated[int | None, typer.Option(help="override the profile's training steps")] = None,
     max_synthetic_share: Annotated[float, typer.Option(help="cap on synthetic images in a version")] = 0.5,
     min_new_synthetics: Annotated[int, typer.Option(help="stop before retraining with fewer new synthetics")] = 1,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Run flywheel 1 for CHARACTER (enrich, review, freeze, train, generate, review, retrain, report).
 
@@ -122,6 +136,7 @@ def flywheel(
         train_steps=train_steps,
         max_synthetic_share=max_synthetic_share,
         min_new_synthetics=min_new_synthetics,
+        cluster=cluster,
     )
     with prefect_api(notify=err.print):
         result = flywheel_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
@@ -141,6 +156,7 @@ def nightly(
     review: Annotated[ReviewMode | None, typer.Option(help="default: nightly.review of configs/flenwheel.yaml")] = None,
     profile: ProfileOpt = None,
     seeds: Annotated[int, typer.Option(min=1, max=64, help="seeds per source and prompt")] = 2,
+    cluster: ClusterOpt = None,
 ) -> None:
     """Run the nightly enrichment now: ingest new photos of each character's source folder, enrich them and queue
     the candidates for review (never waits at a gate). A character busy with another run is skipped."""
@@ -156,9 +172,14 @@ def nightly(
         review=review or defaults.review,
         profile=profile,
         seeds=seeds,
+        cluster=cluster,
     )
     with prefect_api(notify=err.print):
         outcomes = nightly_enrich(chosen, root=str(ws.root), configs=str(ws.configs_dir))
+    print_nightly(outcomes)
+
+
+def print_nightly(outcomes: list[NightlyOutcome]) -> None:
     for o in outcomes:
         if o.skipped:
             out.print(f"{o.character}: skipped: {o.skipped}", markup=False)
@@ -170,6 +191,53 @@ def nightly(
             f"waiting for review{rejected}",
             markup=False,
         )
+
+
+def watch(
+    ctx: typer.Context,
+    characters: Annotated[list[str] | None, typer.Option(help="characters (comma-separated); default: all")] = None,
+    editor: Annotated[
+        EditorChoice | None, typer.Option(help="default: nightly.editor of configs/flenwheel.yaml")
+    ] = None,
+    review: Annotated[ReviewMode | None, typer.Option(help="default: nightly.review of configs/flenwheel.yaml")] = None,
+    profile: ProfileOpt = None,
+    seeds: Annotated[int, typer.Option(min=1, max=64, help="seeds per source and prompt")] = 2,
+    quiet: Annotated[float, typer.Option(min=0.1, help="seconds without new files that end a burst")] = 5.0,
+    poll: Annotated[float, typer.Option(min=0.05, help="seconds between looks at the folders")] = 1.0,
+    runs: Annotated[int | None, typer.Option(min=1, help="stop after this many runs (default: until Ctrl+C)")] = None,
+    cluster: ClusterOpt = None,
+) -> None:
+    """Watch each character's source folder and run the nightly enrichment for it as soon as new photos land (one
+    run per burst of files, once the folder is quiet); idempotent with the nightly run."""
+    from flenwheel.flows.enrich import NightlyParams  # prefect, torch
+    from flenwheel.flows.local_api import prefect_api
+    from flenwheel.flows.watch import WatchRun
+    from flenwheel.flows.watch import watch as watch_folders
+
+    ws = workspace(ctx)
+    defaults = ws.settings.nightly
+    chosen = params(
+        NightlyParams,
+        characters=id_list(characters) or None,
+        editor=editor or defaults.editor,
+        review=review or defaults.review,
+        profile=profile,
+        seeds=seeds,
+        cluster=cluster,
+    )
+    for name in chosen.characters or []:
+        ws.character(name)
+
+    def report_run(run: WatchRun) -> None:
+        print_nightly([run.outcome])
+
+    with prefect_api(notify=err.print):
+        try:
+            watch_folders(
+                ws, chosen, quiet, poll, runs, on_run=report_run, on_ready=lambda: err.print("watching; Ctrl+C stops")
+            )
+        except KeyboardInterrupt:
+            err.print("stopped watching")
 
 
 def print_flywheel(result: FlywheelResult) -> None:

@@ -193,27 +193,32 @@ def caption_members(
         rows = []
         for m in todo[start : start + batch_size]:
             with Image.open(ws.root / m["path"]) as img:
-                cap = describe(model, img.convert("RGB"), character, settings, m["template"])
-            rows.append(
-                {
-                    "image_id": m["image_id"],
-                    "caption": cap.caption,
-                    "source": cap.source,
-                    "model_ref": model.source,
-                    "params": {
-                        "instruction": settings.instruction,
-                        "raw": cap.raw,
-                        "max_new_tokens": settings.max_new_tokens,
-                        "max_words": settings.max_words,
-                        "decoding": "greedy",
-                    },
-                }
-            )
+                rows.append(caption_row(model, img.convert("RGB"), m, character, settings))
         written += catalog.add_captions(rows, run_id)
         if progress is not None:
             progress(min(start + batch_size, len(todo)), len(todo))
     log.info(f"captions of {character.name}: {written} written for {len(todo)} member(s)")
     return written
+
+
+def caption_row(
+    model: Critic, image: Image.Image, member: dict[str, Any], character: Character, settings: CaptionSettings
+) -> dict[str, Any]:
+    """The ``captions`` row of one member (``image_id``, ``template``): what a cluster worker sends back."""
+    cap = describe(model, image, character, settings, member["template"])
+    return {
+        "image_id": member["image_id"],
+        "caption": cap.caption,
+        "source": cap.source,
+        "model_ref": model.source,
+        "params": {
+            "instruction": settings.instruction,
+            "raw": cap.raw,
+            "max_new_tokens": settings.max_new_tokens,
+            "max_words": settings.max_words,
+            "decoding": "greedy",
+        },
+    }
 
 
 def edit_training_text(instruction: str, after_caption: str | None, mode: str) -> str:

@@ -23,6 +23,7 @@ from flenwheel.core.config import Character, LoraSpec, PromptEntry
 from flenwheel.core.errors import FlenwheelError
 from flenwheel.models.loading import ModelManager
 from flenwheel.models.loras import Sampling, StackEntry, lora_stack
+from flenwheel.store.objects import EncodedImage
 from flenwheel.store.outputs import store_outputs
 from flenwheel.store.workspace import Workspace
 
@@ -183,5 +184,13 @@ def run_generation_batch(
     jobs: Sequence[GenerationJob],
     run_id: str | None,
 ) -> list[str]:
-    """Generate, store and record ``jobs`` in one catalog transaction; returns the new image ids in job order."""
+    """Generate, store and record ``jobs`` in one catalog transaction; returns the new image ids in job order.
+    In cluster mode a worker runs :func:`generate_outputs` and the flow stores and records them the same way."""
     return store_outputs(ws, catalog, character, "generate", (generator.generate(j) for j in jobs), run_id)
+
+
+def generate_outputs(
+    generator: SyntheticGenerator, jobs: Sequence[GenerationJob]
+) -> list[tuple[EncodedImage, DerivationRecord]]:
+    """Generate ``jobs`` without touching the store or the catalog: encoded images and their derivations."""
+    return [(EncodedImage.of(image), derivation) for image, derivation in (generator.generate(j) for j in jobs)]

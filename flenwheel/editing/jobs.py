@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +23,8 @@ from PIL import Image
 from flenwheel.catalog import Catalog, DerivationRecord
 from flenwheel.core.config import PromptEntry, VerifySettings
 from flenwheel.core.errors import FlenwheelError
-from flenwheel.editing.checks import AttemptCheck, EditChecker, verification_rows
-from flenwheel.store.objects import open_rgb
+from flenwheel.editing.checks import AttemptCheck, EditChecker, StoredMask, store_mask, verification_rows
+from flenwheel.store.objects import EncodedImage
 from flenwheel.store.outputs import store_outputs
 from flenwheel.store.workspace import Workspace
 
@@ -128,7 +128,7 @@ def retry_jobs(job: EditJob, settings: VerifySettings) -> list[EditJob]:
 
 
 @dataclass
-class _Attempt:
+class Attempt:
     """One output of a batch, in the order the outputs are stored."""
 
     job: EditJob  # the job as asked (attempt 0)
@@ -137,6 +137,39 @@ class _Attempt:
     run: EditJob  # what this attempt ran
     check: AttemptCheck | None
     chosen: bool = False
+
+
+@dataclass(frozen=True)
+class ParentImage:
+    """A source image as an edit needs it: its stored bytes and its face box (travels to a cluster worker)."""
+
+    image: EncodedImage
+    face_box: Box | None
+
+
+@dataclass
+class EditBatch:
+    """What a batch of edit jobs made, before anything is stored: each attempt's encoded image and derivation, how it
+    was checked, and the masks it was checked against. Plain data, so a cluster worker computes it
+    (:func:`compute_edit_batch`) and the flow records it (:func:`record_edit_batch`)."""
+
+    origin: str  # images.origin: edit | augment
+    outputs: list[tuple[EncodedImage, DerivationRecord]]
+    attempts: list[Attempt]
+    masks: list[StoredMask]
+    checked: bool  # every attempt went through a checker
+
+
+def parent_images(ws: Workspace, catalog: Catalog, jobs: Sequence[EditJob]) -> dict[str, ParentImage]:
+    """The stored bytes and face box of each source the jobs edit; an unknown source is an :class:`EditError`."""
+    parents = catalog.images_with_face_box([j.parent_id for j in jobs])
+    missing = sorted({j.parent_id for j in jobs} - set(parents))
+    if missing:
+        raise EditError(f"source image {missing[0][:12]} is not in the catalog")
+    return {
+        pid: ParentImage(EncodedImage.read(ws.root / p["path"]), tuple(p["face_box"]) if p["face_box"] else None)
+        for pid, p in parents.items()
+    }
 
 
 def run_edit_batch(
@@ -155,87 +188,109 @@ def run_edit_batch(
     ``<job key>:retry<k>``), its checks, its mask and an ``edit_attempts`` row; the first passing attempt, or
     the least bad one when none passes, is the job's review candidate. All of it is one transaction.
     Returns the image ids made (in order, attempts included). Files of a batch whose catalog write fails are
-    removed again.
+    removed again. In cluster mode a worker runs :func:`compute_edit_batch` and the flow :func:`record_edit_batch`:
+    the same two halves.
     """
     if not jobs:
         return []
-    parents = catalog.images_with_face_box([j.parent_id for j in jobs])
-    decoded: dict[str, Image.Image] = {}  # a batch usually holds several jobs per source: decode each once
-    attempts: list[_Attempt] = []
-
-    def outputs() -> Iterator[tuple[Image.Image, DerivationRecord]]:
-        for job in jobs:
-            parent = parents.get(job.parent_id)
-            if parent is None:
-                raise EditError(f"source image {job.parent_id[:12]} is not in the catalog")
-            if job.parent_id not in decoded:
-                decoded[job.parent_id] = open_rgb(ws.root / parent["path"])
-            original = decoded[job.parent_id]
-            box = tuple(parent["face_box"]) if parent["face_box"] else None
-            key = editor.key(job)
-            tries = [job, *retry_jobs(job, checker.settings)] if checker else [job]
-            mine: list[_Attempt] = []
-            seen: set[bytes] = set()
-            for k, run in enumerate(tries):
-                result = editor.edit(original, run, box)  # type: ignore[arg-type]
-                pixels = result.image.tobytes()
-                if pixels in seen:  # the editor ignored what this retry changed: nothing new to store or check
-                    continue
-                seen.add(pixels)
-                check = checker.check(job.parent_id, original, result.image, job.prompt, box) if checker else None
-                mine.append(_Attempt(job, key, k, run, check))
-                params = {**result.params, "category": job.prompt.category, "editor": editor.name}
-                if checker:
-                    params |= {"attempt": k, "verified": check.passed if check else None}
-                yield (
-                    result.image,
-                    DerivationRecord(
-                        child_id="",
-                        parent_id=job.parent_id,
-                        op=result.op,
-                        model_ref=result.model_ref,
-                        loras=result.loras,
-                        prompt=result.prompt,
-                        prompt_id=result.prompt_id,
-                        negative_prompt=result.negative_prompt,
-                        seed=result.seed,
-                        steps=result.steps,
-                        guidance=result.guidance,
-                        strength=result.strength,
-                        params=params,
-                        job_key=key if k == 0 else f"{key}:retry{k}",
-                    ),
-                )
-                if check is None or check.passed:
-                    break
-            best = next((a for a in mine if a.check is None or a.check.passed), None)
-            (best or min(mine, key=lambda a: a.check.badness if a.check else (0, 0.0))).chosen = True
-            attempts.extend(mine)
-
-    def record(con: Any, image_ids: Sequence[str]) -> None:
-        if checker is not None:
-            catalog.record_checks(con, _check_rows(checker, attempts, image_ids, character, run_id))
-
     try:
-        return store_outputs(
-            ws, catalog, character, "edit" if editor.op == "edit" else "augment", outputs(), run_id, record
-        )
+        batch = compute_edit_batch(editor, jobs, parent_images(ws, catalog, jobs), checker)
+        return record_edit_batch(ws, catalog, character, batch, run_id)
     except BaseException:
         for path in checker.new_files() if checker else []:
             path.unlink(missing_ok=True)
         raise
 
 
+def compute_edit_batch(
+    editor: Editor, jobs: Sequence[EditJob], parents: Mapping[str, ParentImage], checker: EditChecker | None = None
+) -> EditBatch:
+    """Edit and check ``jobs`` (retries included) without touching the store or the catalog."""
+    decoded: dict[str, Image.Image] = {}  # a batch usually holds several jobs per source: decode each once
+    batch = EditBatch("edit" if editor.op == "edit" else "augment", [], [], [], checker is not None)
+    for job in jobs:
+        parent = parents.get(job.parent_id)
+        if parent is None:
+            raise EditError(f"source image {job.parent_id[:12]} is not in the catalog")
+        if job.parent_id not in decoded:
+            decoded[job.parent_id] = parent.image.decode()
+        original, box = decoded[job.parent_id], parent.face_box
+        key = editor.key(job)
+        tries = [job, *retry_jobs(job, checker.settings)] if checker else [job]
+        mine: list[Attempt] = []
+        seen: set[bytes] = set()
+        for k, run in enumerate(tries):
+            result = editor.edit(original, run, box)
+            pixels = result.image.tobytes()
+            if pixels in seen:  # the editor ignored what this retry changed: nothing new to store or check
+                continue
+            seen.add(pixels)
+            check = checker.check(job.parent_id, original, result.image, job.prompt, box) if checker else None
+            mine.append(Attempt(job, key, k, run, check))
+            params = {**result.params, "category": job.prompt.category, "editor": editor.name}
+            if checker:
+                params |= {"attempt": k, "verified": check.passed if check else None}
+            batch.outputs.append((EncodedImage.of(result.image), _derivation(result, job, key, k, params)))
+            if check is None or check.passed:
+                break
+        best = next((a for a in mine if a.check is None or a.check.passed), None)
+        (best or min(mine, key=lambda a: a.check.badness if a.check else (0, 0.0))).chosen = True
+        batch.attempts.extend(mine)
+    batch.masks = list(checker.masks.values()) if checker else []
+    return batch
+
+
+def _derivation(result: EditResult, job: EditJob, key: str, attempt: int, params: dict[str, Any]) -> DerivationRecord:
+    return DerivationRecord(
+        child_id="",
+        parent_id=job.parent_id,
+        op=result.op,
+        model_ref=result.model_ref,
+        loras=result.loras,
+        prompt=result.prompt,
+        prompt_id=result.prompt_id,
+        negative_prompt=result.negative_prompt,
+        seed=result.seed,
+        steps=result.steps,
+        guidance=result.guidance,
+        strength=result.strength,
+        params=params,
+        job_key=key if attempt == 0 else f"{key}:retry{attempt}",
+    )
+
+
+def record_edit_batch(
+    ws: Workspace, catalog: Catalog, character: str, batch: EditBatch, run_id: str | None
+) -> list[str]:
+    """Store a computed batch's images and masks and record images, derivations and checks in one transaction;
+    returns the image ids in output order. Files this call stored are removed again if the write fails."""
+    if not batch.outputs:
+        return []
+    masks = [store_mask(ws.root, m.image_id, m.category, m.mask) for m in batch.masks]  # a worker's are new here
+
+    def record(con: Any, image_ids: Sequence[str]) -> None:
+        if batch.checked:
+            catalog.record_checks(con, _check_rows(batch, image_ids, character, run_id))
+
+    try:
+        return store_outputs(ws, catalog, character, batch.origin, batch.outputs, run_id, record)
+    except BaseException:
+        for m in masks:
+            if m.created:
+                (ws.root / m.path).unlink(missing_ok=True)
+        raise
+
+
 def _check_rows(
-    checker: EditChecker, attempts: Sequence[_Attempt], image_ids: Sequence[str], character: str, run_id: str | None
+    batch: EditBatch, image_ids: Sequence[str], character: str, run_id: str | None
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows of ``masks``, ``verifications`` and ``edit_attempts`` for a batch's attempts and stored ids."""
     rows: dict[str, list[dict[str, Any]]] = {
-        "masks": [m.row(run_id) for m in checker.masks.values()],
+        "masks": [m.row(run_id) for m in batch.masks],
         "verifications": [],
         "edit_attempts": [],
     }
-    for a, image_id in zip(attempts, image_ids, strict=True):
+    for a, image_id in zip(batch.attempts, image_ids, strict=True):
         assert a.check is not None
         rows["verifications"] += verification_rows(a.check, image_id, a.job.prompt, run_id)
         rows["edit_attempts"].append(

@@ -30,9 +30,13 @@ from flenwheel.identity.reference import (
 from flenwheel.identity.scoring import (
     Judge,
     Score,
+    ScoringPlan,
     filter_images,
     judge_for,
     judge_image,
+    plan_scoring,
+    record_scores,
+    score_encoded,
     score_files,
     score_row,
     shutdown_workers,
@@ -40,8 +44,8 @@ from flenwheel.identity.scoring import (
 
 __all__ = [
     "BACKENDS", "FACTS", "BackendFacts", "Calibration", "DlibBackend", "Face", "FaceBackend", "IdentityError",
-    "IdentityModelMissing", "InsightFaceBackend", "Judge", "ReferenceSet", "Score", "build_reference_set",
-    "calibrate", "estimate_yaw", "filter_images", "insightface_pack_dir", "judge_for", "judge_image",
-    "load_backend", "recalibrate", "reference_set_for", "reference_set_id", "score_files", "score_row",
-    "shutdown_workers",
+    "IdentityModelMissing", "InsightFaceBackend", "Judge", "ReferenceSet", "Score", "ScoringPlan",
+    "build_reference_set", "calibrate", "estimate_yaw", "filter_images", "insightface_pack_dir", "judge_for",
+    "judge_image", "load_backend", "plan_scoring", "recalibrate", "record_scores", "reference_set_for",
+    "reference_set_id", "score_encoded", "score_files", "score_row", "shutdown_workers",
 ]  # fmt: skip

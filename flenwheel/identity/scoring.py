@@ -27,7 +27,7 @@ from flenwheel.core.config import Character, IdentityBackendSettings
 from flenwheel.core.processes import exit_when_orphaned
 from flenwheel.identity.backends import BackendFacts, FaceBackend, estimate_yaw, load_backend
 from flenwheel.identity.reference import ReferenceSet, reference_set_for
-from flenwheel.store.objects import load_rgb
+from flenwheel.store.objects import decode_rgb, load_rgb
 from flenwheel.store.workspace import Workspace
 
 
@@ -219,6 +219,60 @@ def score_row(image_id: str, refset: ReferenceSet, result: Score | str) -> dict[
     }
 
 
+@dataclass
+class ScoringPlan:
+    """What a scoring run needs: the reference set, its judge (picklable: it travels to a cluster worker) and the
+    images still to score (``image_id``, ``path``)."""
+
+    refset: ReferenceSet
+    judge: Judge
+    todo: list[dict[str, Any]]
+
+
+def plan_scoring(
+    ws: Workspace,
+    catalog: Catalog,
+    character: Character,
+    image_ids: Sequence[str] | None = None,
+    backend_name: str | None = None,
+    rescore: bool = False,
+) -> ScoringPlan:
+    """The character's reference set (built on first use) and its unscored catalog images (or just ``image_ids``)."""
+    refset = reference_set_for(ws, catalog, character, backend_name)
+    todo = catalog.images_to_score(character.name, refset.backend, refset.reference_set_id, rescore)
+    if image_ids is not None:
+        wanted = set(image_ids)
+        todo = [t for t in todo if t["image_id"] in wanted]
+    return ScoringPlan(refset, judge_for(ws, character, refset), todo)
+
+
+def score_encoded(judge: Judge, items: Sequence[tuple[str, bytes]]) -> list[tuple[str, Score | str]]:
+    """Score images sent as their file bytes, in this process (a cluster worker; the backend is loaded once per
+    process), decoded exactly as :func:`score_files` decodes a stored file."""
+    backend = load_backend(judge.backend, judge.settings)
+    out: list[tuple[str, Score | str]] = []
+    for key, data in items:
+        try:
+            rgb = decode_rgb(data, name=key)
+        except Exception as e:
+            out.append((key, f"unreadable: {e}"))
+            continue
+        out.append((key, judge_image(backend, judge, rgb, image_id=key)))
+    return out
+
+
+def record_scores(
+    catalog: Catalog, plan: ScoringPlan, results: Sequence[tuple[str, Score | str]], run_id: str | None
+) -> dict[str, int]:
+    """Write the ``identity_scores`` rows of ``results`` (one write); returns counts by verdict."""
+    rows = [score_row(image_id, plan.refset, result) for image_id, result in results]
+    catalog.add_identity_scores(rows, run_id)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    return counts
+
+
 def filter_images(
     ws: Workspace,
     catalog: Catalog,
@@ -233,21 +287,15 @@ def filter_images(
 
     Scores are written every ``identity.batch_size`` images, so an interrupted filter keeps its work.
     """
-    refset = reference_set_for(ws, catalog, character, backend_name)
-    judge = judge_for(ws, character, refset)
-    todo = catalog.images_to_score(character.name, refset.backend, refset.reference_set_id, rescore)
-    if image_ids is not None:
-        wanted = set(image_ids)
-        todo = [t for t in todo if t["image_id"] in wanted]
+    plan = plan_scoring(ws, catalog, character, image_ids, backend_name, rescore)
     counts: dict[str, int] = {}
-    pending: list[dict[str, Any]] = []
-    items = [(t["image_id"], str(ws.root / t["path"])) for t in todo]
-    for done, (image_id, result) in enumerate(score_files(judge, items), start=1):
-        row = score_row(image_id, refset, result)
-        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
-        pending.append(row)
+    pending: list[tuple[str, Score | str]] = []
+    items = [(t["image_id"], str(ws.root / t["path"])) for t in plan.todo]
+    for done, result in enumerate(score_files(plan.judge, items), start=1):
+        pending.append(result)
         if len(pending) >= ws.settings.identity.batch_size or done == len(items):
-            catalog.add_identity_scores(pending, run_id)
+            for verdict, n in record_scores(catalog, plan, pending, run_id).items():
+                counts[verdict] = counts.get(verdict, 0) + n
             pending = []
         if on_progress:
             on_progress(done, len(items))

@@ -148,15 +148,45 @@ def encode_png(img: Image.Image, text: dict[str, str] | None = None) -> bytes:
 # --------------------------------------------------------------------------- placing
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image as the store keeps it (deterministic PNG bytes) and its size: what travels between a cluster worker
+    and the flow, so the worker needs no store and the flow stores exactly the bytes the worker encoded."""
+
+    data: bytes
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, img: Image.Image) -> EncodedImage:
+        return cls(encode_png(img), img.width, img.height)
+
+    @classmethod
+    def read(cls, path: Path) -> EncodedImage:
+        """A stored file's bytes as they are (no decoding and encoding again)."""
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            return cls(data, im.width, im.height)
+
+    def decode(self) -> Image.Image:
+        """RGB, fully loaded (as :func:`open_rgb` opens a stored file)."""
+        with Image.open(io.BytesIO(self.data)) as im:
+            return im.convert("RGB")
+
+
 def put_image(root: Path, img: Image.Image) -> StoredImage:
     """Store an RGB image (already normalised) and return its content address."""
-    data = encode_png(img)
-    image_id = hashlib.sha256(data).hexdigest()
+    return put_encoded(root, EncodedImage.of(img))
+
+
+def put_encoded(root: Path, image: EncodedImage) -> StoredImage:
+    """Store an image's encoded bytes (from :meth:`EncodedImage.of`) and return its content address."""
+    image_id = hashlib.sha256(image.data).hexdigest()
     path = object_path(root, image_id)
     created = not path.exists()
     if created:
-        atomic_write(path, data)
-    return StoredImage(image_id, object_relpath(image_id), img.width, img.height, created)
+        atomic_write(path, image.data)
+    return StoredImage(image_id, object_relpath(image_id), image.width, image.height, created)
 
 
 def read_file(path: Path) -> bytes:
@@ -184,8 +214,13 @@ def remove_if_unreferenced(root: Path, stored: StoredImage) -> None:
 
 def load_rgb(path: str | Path, store_settings: StoreSettings | None = None) -> np.ndarray:
     """Decode a file as the store would (EXIF orientation, 8-bit RGB, alpha flattened)."""
+    return decode_rgb(read_file(Path(path)), store_settings, name=str(path))
+
+
+def decode_rgb(data: bytes, store_settings: StoreSettings | None = None, name: str = "<bytes>") -> np.ndarray:
+    """Decode a file's bytes as :func:`load_rgb` decodes the file (images sent to a cluster worker)."""
     settings = store_settings or StoreSettings(max_side=16384, min_side=16)
-    return np.asarray(normalise(read_file(Path(path)), settings, name=str(path)))
+    return np.asarray(normalise(data, settings, name=name))
 
 
 def open_rgb(path: Path) -> Image.Image:

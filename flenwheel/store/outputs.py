@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from flenwheel.catalog import Catalog, DerivationRecord, ImageRecord
-from flenwheel.store.objects import put_image, remove_if_unreferenced
+from flenwheel.store.objects import EncodedImage, put_encoded, remove_if_unreferenced
 from flenwheel.store.workspace import Workspace
 
 
@@ -18,12 +18,13 @@ def store_outputs(
     catalog: Catalog,
     character: str,
     origin: str,
-    outputs: Iterable[tuple[Image.Image, DerivationRecord]],
+    outputs: Iterable[tuple[Image.Image | EncodedImage, DerivationRecord]],
     run_id: str | None,
     record: Callable[[Any, Sequence[str]], None] | None = None,
 ) -> list[str]:
     """Store each output image and record all images + derivations in one transaction (editors, generators).
 
+    An output is an image, or its encoded bytes as a cluster worker sent them back (stored as they are).
     ``child_id`` of each derivation is filled in from the stored bytes. If making an output or the catalog
     write fails, the files this call stored are removed again, so a failed batch leaves nothing behind.
     ``record(connection, image_ids)`` writes rows about the outputs in the same transaction.
@@ -31,7 +32,7 @@ def store_outputs(
     images, derivations, stored = [], [], []
     try:
         for image, derivation in outputs:
-            s = put_image(ws.root, image)
+            s = put_encoded(ws.root, image if isinstance(image, EncodedImage) else EncodedImage.of(image))
             stored.append(s)
             images.append(ImageRecord(s.image_id, character, origin, s.relpath, s.width, s.height))
             derivations.append(dataclasses.replace(derivation, child_id=s.image_id))

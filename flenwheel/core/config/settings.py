@@ -1,5 +1,5 @@
 """configs/flenwheel.yaml: project-wide settings (store, catalog, identity backends, review, nightly runs,
-verification, captions)."""
+verification, captions, cluster mode)."""
 
 from __future__ import annotations
 
@@ -140,6 +140,26 @@ class CaptionSettings(Strict):
     )
 
 
+class ClusterSettings(Strict):
+    """Cluster mode (docs/scale.md): the GPU-bound batches of every flow on a Dask cluster of GPU workers."""
+
+    address: str | None = Field(
+        None, description="the Dask scheduler, e.g. tcp://10.0.0.5:8786; null: everything runs in this process"
+    )
+    resources: dict[str, float] = Field(
+        default_factory=lambda: {"GPU": 1.0},
+        description="worker resources each task asks for (dask worker --resources GPU=1: one model per card)",
+    )
+    connect_timeout_s: float = Field(60.0, gt=0, description="how long to wait for the scheduler and a worker")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v != "local" and not re.fullmatch(r"(tcp|tls|ws|wss|inproc|ucx)://\S+", v):
+            raise ValueError("not a Dask scheduler address (tcp://HOST:PORT) or 'local'")
+        return v
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -152,3 +172,4 @@ class Settings(Strict):
     nightly: NightlySettings = NightlySettings()
     verify: VerifySettings = VerifySettings()
     captions: CaptionSettings = CaptionSettings()
+    cluster: ClusterSettings = ClusterSettings()

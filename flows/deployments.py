@@ -17,6 +17,7 @@ from typing import Any
 from prefect import serve as prefect_serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
@@ -24,6 +25,7 @@ from flenwheel.flows.editor import EditorParams, editor_flywheel
 from flenwheel.flows.enrich import NightlyParams, nightly_enrich
 from flenwheel.flows.flywheel import FlywheelParams, flywheel
 from flenwheel.flows.setup import configure
+from flenwheel.flows.watch import EVENT as PHOTOS_LANDED
 from flenwheel.store.workspace import Workspace
 
 
@@ -66,6 +68,15 @@ def _set_enum(prop: dict[str, Any], values: list[str]) -> None:
             alternative.setdefault("items", {})["enum"] = values
 
 
+def photos_landed_trigger() -> DeploymentEventTrigger:
+    """Run the deployment when a watcher emits ``flenwheel.photos.landed`` for any character (flows/watch.py)."""
+    return DeploymentEventTrigger(
+        name="photos-landed",
+        expect={PHOTOS_LANDED},
+        match={"prefect.resource.id": "flenwheel.character.*"},
+    )
+
+
 def deployments(ws: Workspace) -> list[RunnerDeployment]:
     """Runner deployments bound to this data root and config folder, with the configs' choices in their forms."""
     where = {"root": str(ws.root), "configs": str(ws.configs_dir)}
@@ -88,6 +99,9 @@ def deployments(ws: Workspace) -> list[RunnerDeployment]:
             schedules=[Cron(nightly.cron, timezone=nightly.timezone)],
             parameters={**where, "params": NightlyParams(editor=nightly.editor, review=nightly.review).model_dump()},
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            # also when a watcher reports new photos (`flenwheel watch --emit-only`): the run is the nightly one, so
+            # it takes only what is new and a burst during a run is cancelled, not queued (the next event takes it)
+            triggers=[photos_landed_trigger()],
             description="Enrich new photos under <root>/inbox/<character>/ and queue them for review.",
             tags=["flenwheel"],
         ),

@@ -41,8 +41,14 @@ def watch(
     runs: int | None = None,
     on_run: Callable[[WatchRun], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    emit_only: bool = False,
+    on_event: Callable[[str, int], None] | None = None,
 ) -> list[WatchRun]:
-    """Watch the source folders of ``params.characters`` (default: all) until interrupted or ``runs`` runs started."""
+    """Watch the source folders of ``params.characters`` (default: all) until interrupted or ``runs`` runs started.
+
+    ``emit_only``: emit the event and start nothing here; the ``nightly-enrich`` deployment that ``flenwheel serve``
+    serves runs on it (its trigger, :func:`flenwheel.flows.deployments.deployments`), on whatever machine serves it.
+    ``on_event(character, files)`` is told of every event emitted."""
     names = params.characters or ws.character_names()
     folders = {name: ws.source_dir(ws.character(name)) for name in names}
     watcher = FolderWatch(folders, quiet_s)
@@ -50,12 +56,18 @@ def watch(
     if on_ready:
         on_ready()
     done: list[WatchRun] = []
-    while runs is None or len(done) < runs:
+    emitted = 0
+    while runs is None or (emitted if emit_only else len(done)) < runs:
         time.sleep(poll_s)
         watcher.poll()
         for name in watcher.due():
             files = len(folder_signature(folders[name]))
             emit_event(EVENT, resource={"prefect.resource.id": f"flenwheel.character.{name}"}, payload={"files": files})
+            emitted += 1
+            if on_event:
+                on_event(name, files)
+            if emit_only:
+                continue
             one = params.model_copy(update={"characters": [name]})
             outcome = nightly_enrich(one, str(ws.root), str(ws.configs_dir))[0]
             if outcome.busy:

@@ -73,3 +73,27 @@ def test_watch_starts_one_enrichment_run_for_a_burst_of_photos(prefect_harness, 
     catalog = Catalog(ws.catalog_path)
     assert len(catalog.rows("SELECT * FROM runs WHERE flow = 'flow:nightly-enrich'")) == 1
     assert len(catalog.source_images("obama")) == 3
+
+
+def test_emit_only_reports_the_burst_and_the_served_nightly_deployment_runs_on_it(
+    prefect_harness, ws: Workspace, faces: Path
+) -> None:
+    """With ``--emit-only`` the watcher starts nothing itself: it emits ``flenwheel.photos.landed`` once per burst,
+    and the nightly-enrich deployment that ``flenwheel serve`` serves carries the trigger that runs on it."""
+    from flenwheel.flows.deployments import deployments
+    from flenwheel.flows.enrich import NightlyParams
+    from flenwheel.flows.watch import EVENT, watch
+
+    inbox = ws.inbox_dir("obama")
+    inbox.mkdir(parents=True)
+
+    def land() -> None:  # once the watcher has looked at the folder: a new photo, not one it found there
+        shutil.copy(faces / "obama" / "obama_1.jpg", inbox / "obama_1.jpg")
+
+    seen: list[tuple[str, int]] = []
+    ran = watch(ws, NightlyParams(characters=["obama"]), quiet_s=0.2, poll_s=0.05, runs=1, emit_only=True,
+                on_ready=land, on_event=lambda name, files: seen.append((name, files)))  # fmt: skip
+    assert ran == [] and seen == [("obama", 1)]
+    assert not ws.catalog_path.exists()  # nothing ran here: no run, not even a catalog
+    [trigger] = next(d for d in deployments(ws) if d.name == "nightly-enrich").triggers
+    assert trigger.expect == {EVENT} and trigger.match.model_dump()["prefect.resource.id"] == "flenwheel.character.*"

@@ -206,6 +206,14 @@ def watch(
     poll: Annotated[float, typer.Option(min=0.05, help="seconds between looks at the folders")] = 1.0,
     runs: Annotated[int | None, typer.Option(min=1, help="stop after this many runs (default: until Ctrl+C)")] = None,
     cluster: ClusterOpt = None,
+    emit_only: Annotated[
+        bool,
+        typer.Option(
+            "--emit-only",
+            help="only emit the Prefect event flenwheel.photos.landed; the nightly-enrich deployment that "
+            "`flenwheel serve` serves runs on it (needs a Prefect server)",
+        ),
+    ] = False,
 ) -> None:
     """Watch each character's source folder and run the nightly enrichment for it as soon as new photos land (one
     run per burst of files, once the folder is quiet); idempotent with the nightly run."""
@@ -234,7 +242,15 @@ def watch(
     with prefect_api(notify=err.print):
         try:
             watch_folders(
-                ws, chosen, quiet, poll, runs, on_run=report_run, on_ready=lambda: err.print("watching; Ctrl+C stops")
+                ws,
+                chosen,
+                quiet,
+                poll,
+                runs,
+                on_run=report_run,
+                on_ready=lambda: err.print("watching; Ctrl+C stops"),
+                emit_only=emit_only,
+                on_event=lambda name, files: out.print(f"{name}: new photos ({files} file(s))"),
             )
         except KeyboardInterrupt:
             err.print("stopped watching")

@@ -21,16 +21,16 @@ CharacterName = Annotated[
 ProfileName = Annotated[str, StringConstraints(pattern=PROFILE_PATTERN), Field(description="configs/profiles/<name>")]
 PromptId = Annotated[str, StringConstraints(pattern=PROMPT_ID_PATTERN)]
 
-EditorName = Literal["augment", "qwen", "vibe"]
+EditorName = Literal["augment", "qwen", "vibe", "klein"]
 # What a run is told to use: one editor for every prompt, or "configured": each prompt category's editor from the
 # character's ``editors`` (configs/characters/<name>.yaml).
-EditorChoice = Literal["configured", "augment", "qwen", "vibe"]
+EditorChoice = Literal["configured", "augment", "qwen", "vibe", "klein"]
 EditOp = Literal["edit", "augment"]  # the derivation op: qwen edits record "edit", the CPU editor "augment"
 ReviewMode = Literal["auto", "fiftyone", "cli"]
 ReviewStage = Literal["enrich", "synthetic"]
 Verdict = Literal["pass", "fail", "no_face", "multi_face", "small_face", "low_confidence"]
 Origin = Literal["source", "edit", "augment", "generate"]
-IdentityBackendName = Literal["dlib", "insightface"]
+IdentityBackendName = Literal["dlib", "insightface", "yunet"]
 
 EDITORS: tuple[str, ...] = get_args(EditorName)
 EDITOR_CHOICES: tuple[str, ...] = get_args(EditorChoice)

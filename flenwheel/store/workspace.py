@@ -219,8 +219,9 @@ class Workspace:
         if profile.name != name:
             raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {profile.name!r}")
         library = self.loras()
-        for stage, kind in (("editor", "qwen-image-edit"), ("generator", "flux")):
-            for category, stack in getattr(profile, stage).loras.items():
+        for stage, settings in profile.stages().items():
+            kind = profile.family_of(stage)
+            for category, stack in settings.loras.items():
                 for i, use in enumerate(stack):
                     key = f"{stage}.loras.{category}.{i}.name"
                     if use.name not in library:

@@ -158,7 +158,9 @@ class Workspace:
         return self.root / "inbox" / validate_character_name(character)
 
     # --- config files
-    def character(self, name: str) -> Character:
+    def character(self, name: str, profile: str | None = None) -> Character:
+        """configs/characters/<name>.yaml; an identity backend it leaves open is the profile's (``profile``, else
+        the default profile's)."""
         validate_character_name(name)
         path = self.configs_dir / "characters" / f"{name}.yaml"
         if not path.exists():
@@ -169,6 +171,11 @@ class Workspace:
         character = load_yaml_model(path, Character)
         if character.name != name:
             raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {character.name!r}")
+        if character.identity.backend is None:
+            backend = self.profile(profile).identity_backend
+            character = character.model_copy(
+                update={"identity": character.identity.model_copy(update={"backend": backend})}
+            )
         return character
 
     def character_names(self) -> list[str]:
@@ -267,7 +274,7 @@ class RunContext:
         return self.ws.catalog()
 
     def character_config(self) -> Character:
-        return self.ws.character(self.character)
+        return self.ws.character(self.character, self.profile)
 
     def for_character(self, character: str) -> RunContext:
         """The same run, for another character (the nightly run goes through them all)."""

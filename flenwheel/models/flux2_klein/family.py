@@ -19,13 +19,14 @@ _SIZE_SOURCE = (
     "listing was not seen offline (the issue quotes about 13 GB)"
 )
 
-# attention of both streams and both feed-forwards of the double blocks, and the single blocks' fused
-# qkv+mlp input and output: what ai-toolkit's and diffusers' klein examples adapt, and what ComfyUI's kohya
-# names cover (training/lora_formats.py)
+# attention of both streams and both feed-forwards of the double blocks, and the single blocks' fused qkv+mlp
+# input, all of which ComfyUI's kohya names cover (training/lora_formats.py). The single blocks' output
+# (``attn.to_out``) is left out: as a peft suffix it also names the double blocks' ``attn.to_out`` ModuleList,
+# which peft cannot adapt; a profile may name it with its block (``single_transformer_blocks.0.attn.to_out``).
 TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
     "attn.add_v_proj", "attn.to_add_out", "ff.linear_in", "ff.linear_out", "ff_context.linear_in",
-    "ff_context.linear_out", "attn.to_qkv_mlp_proj", "attn.to_out",
+    "ff_context.linear_out", "attn.to_qkv_mlp_proj",
 )  # fmt: skip
 
 FAMILY = Family(

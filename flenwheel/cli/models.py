@@ -37,12 +37,13 @@ def models_list(ctx: typer.Context, profile: ProfileOpt = None) -> None:
     """Every model the profiles configure (or one profile's): family, hub id, pipeline class, licence and whether a
     business may use it, gated or not, download size, and whether it is in the Hugging Face cache. The identity
     backends and the captions'/critic's VLM are listed too; a non-commercial licence is flagged."""
+    from flenwheel.identity import LICENCES
     from flenwheel.models.families import family
     from flenwheel.models.listing import configured_models
 
     ws = workspace(ctx)
     names = [profile] if profile else ws.profile_names()
-    rows = configured_models(ws, [ws.profile(n) for n in names])
+    rows = configured_models(ws, [ws.profile(n) for n in names], LICENCES)
     flagged = 0
     for r in rows:
         pipeline = family(r.family).pipeline_class.rpartition(":")[2] if r.family else "-"

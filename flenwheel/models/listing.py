@@ -3,8 +3,9 @@ not, download size and whether it is in the Hugging Face cache (or built, for a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flenwheel.core.config import Profile
 from flenwheel.models.downloads import gb, known_download
@@ -53,10 +54,13 @@ def _pipeline(ws: Workspace, spec: str, fam: str) -> ListedModel:
     return ListedModel(card.hub_id, fam, card.licence.name, card.licence.commercial, card.gated, size, cached)
 
 
-def configured_models(ws: Workspace, profiles: Sequence[Profile]) -> list[ListedModel]:
-    """One row per distinct model (pipelines, LoRAs, the VLM, identity backends), with the stages using it."""
-    from flenwheel.identity import LICENCES
+def configured_models(
+    ws: Workspace, profiles: Sequence[Profile], identity_licences: Mapping[str, Any]
+) -> list[ListedModel]:
+    """One row per distinct model (pipelines, LoRAs, the VLM, identity backends), with the stages using it.
 
+    ``identity_licences``: the face backends' licences (``flenwheel.identity.LICENCES``; identity sits above this
+    layer, so the caller hands them in)."""
     library = ws.loras()
     rows: dict[str, ListedModel] = {}
 
@@ -87,7 +91,7 @@ def configured_models(ws: Workspace, profiles: Sequence[Profile]) -> list[Listed
         ):
             if trainer.model:
                 add(_pipeline(ws, trainer.model, prof.family_of(stage_name)), f"{prof.name}/{name}")
-        backend = LICENCES[prof.identity_backend]
+        backend = identity_licences[prof.identity_backend]
         add(
             ListedModel(
                 f"identity {prof.identity_backend}: {backend.models}", None, backend.licence, backend.commercial,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flenwheel.core.config import LoraSpec
+from flenwheel.core.config import ConfigError, LoraSpec
 from flenwheel.core.config.profiles import DEFAULT_FAMILIES
 from flenwheel.models import families
 from flenwheel.models.families import UnknownFamily, family, load_object
@@ -79,3 +79,12 @@ def test_models_list_prints_licences_and_flags_the_non_commercial(cli) -> None:
     assert "Qwen/Qwen-Image-Edit-2511" in open_ and "black-forest-labs/FLUX.2-klein-base-4B" in open_
     assert "Flux2KleinPipeline" in open_ and "identity yunet" in open_
     assert "0 not cleared for commercial use" in open_
+
+
+def test_a_lora_made_for_another_model_of_the_family_is_refused(ws: Workspace) -> None:
+    """2509's Lightning loads into 2511 (same shapes) but was not made for it: the profile says which key is wrong."""
+    path = ws.configs_dir / "profiles" / "gpu-24gb-open.yaml"
+    path.write_text(path.read_text().replace("{name: lightning-2511-4step}", "{name: lightning-4step}"))
+    with pytest.raises(ConfigError, match=r"key 'editor.loras.angles.0.name': LoRA 'lightning-4step' was made for "
+                       r"Qwen/Qwen-Image-Edit-2509, and the editor runs Qwen/Qwen-Image-Edit-2511"):  # fmt: skip
+        ws.profile("gpu-24gb-open")

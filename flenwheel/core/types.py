@@ -14,6 +14,7 @@ from pydantic import Field, StringConstraints
 CHARACTER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 PROFILE_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 PROMPT_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+HUB_ID_PATTERN = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"  # a Hugging Face repo id, org/name
 
 CharacterName = Annotated[
     str, StringConstraints(pattern=CHARACTER_PATTERN), Field(description="a character of configs/characters/")

@@ -24,11 +24,12 @@ from huggingface_hub import constants
 
 from flenwheel.core.config import PipelineKind
 from flenwheel.core.errors import FlenwheelError
+from flenwheel.core.types import HUB_ID_PATTERN
 from flenwheel.models.families import UnknownFamily, family, load_object, tiny_families
 from flenwheel.models.twins import ensure_models
 from flenwheel.store.workspace import Workspace
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(HUB_ID_PATTERN)
 
 
 class ModelError(FlenwheelError, RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import shutil
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -33,6 +34,7 @@ from flenwheel.core.config import (
     Settings,
     validate_character_name,
 )
+from flenwheel.core.types import HUB_ID_PATTERN
 
 
 def default_configs() -> Path:
@@ -240,6 +242,13 @@ class Workspace:
                         raise ConfigError(
                             f"{path}: key '{key}': LoRA {use.name!r} is for {library[use.name].applies_to}, "
                             f"not the {stage} ({kind})"
+                        )
+                    base, model = library[use.name].base, settings.model.partition("@")[0]
+                    if base and re.match(HUB_ID_PATTERN, model) and not Path(model).exists() and base != model:
+                        # a 2509 LoRA on the 2511 editor loads (same shapes) but was not trained for it
+                        raise ConfigError(
+                            f"{path}: key '{key}': LoRA {use.name!r} was made for {base}, and the {stage} runs "
+                            f"{model}: pick the LoRA made for it (configs/loras.yaml)"
                         )
         return profile
 

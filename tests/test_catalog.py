@@ -18,6 +18,7 @@ from flenwheel.catalog import (
     DerivationRecord,
     ImageRecord,
 )
+from flenwheel.catalog.schema import MIGRATIONS
 from flenwheel.core.errors import AwaitingReview
 from flenwheel.store.workspace import Workspace
 from tests.conftest import PROJECT, encode, noise_image
@@ -49,7 +50,9 @@ def test_migration_is_idempotent(catalog: Catalog) -> None:
     assert catalog.schema_version() == SCHEMA_VERSION
     tables = {r["table_name"] for r in catalog.rows("SELECT table_name FROM information_schema.tables")}
     assert TABLES <= tables and {"triplets", "review_state"} <= tables
-    assert catalog.rows("SELECT count(*) AS n FROM schema_info")[0]["n"] == SCHEMA_VERSION
+    assert catalog.rows("SELECT count(*) AS n FROM schema_info")[0]["n"] == len(
+        MIGRATIONS
+    )  # each once (numbers may have gaps: 9 lands before 7 and 8)
 
 
 def test_newer_schema_is_refused(catalog: Catalog) -> None:
@@ -264,3 +267,32 @@ def test_lineage_json_shape(catalog: Catalog) -> None:
     data = json.loads(json.dumps(catalog.lineage(ids[2]).to_json(), default=str))
     assert set(data) == {"image", "ancestors", "descendants"}
     assert data["ancestors"][0]["op"] == "augment"
+
+
+def test_version_9_keeps_a_v6_catalogs_loras_and_records_licences(tmp_path: Path) -> None:
+    """A catalog made before licences were recorded upgrades in place: its LoRA rows keep every value, gain an
+    empty licence record, and a LoRA kind no CHECK listed (a new family's) is accepted from then on."""
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_info (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for version in range(1, 7):
+        for statement in MIGRATIONS[version]:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_info VALUES (?, now())", [version])
+    con.execute(
+        "INSERT INTO loras (lora_id, character, kind, base_model_ref, path, sha256) "
+        "VALUES ('old', 'obama', 'flux', 'tiny:flux@sha256:1', 'loras/old/w.safetensors', 'abc')"
+    )
+    con.close()
+    catalog = Catalog(path)
+    catalog.migrate()
+    row = catalog.lora("old")
+    assert (row["kind"], row["sha256"], row["licences"]) == ("flux", "abc", None)
+    licences = [{"model": "black-forest-labs/FLUX.2-klein-4B", "role": "base model", "licence": "Apache-2.0",
+                 "commercial": True, "family": "flux2-klein", "source": "card"}]  # fmt: skip
+    catalog.register_lora(
+        lora_id="new", character="obama", kind="flux2_klein", base_model_ref="tiny:flux2-klein@sha256:2",
+        dataset_version=None, hyperparams={}, steps=1, path="loras/new/w.safetensors", sha256="def", comfy_path=None,
+        chosen_checkpoint=1, run_id=None, licences=licences,
+    )  # fmt: skip
+    assert catalog.lora("new")["licences"] == licences

@@ -32,7 +32,7 @@ def test_bad_value_names_nested_key_and_choices(ws: Workspace) -> None:
     with pytest.raises(ConfigError) as info:
         ws.character("obama")
     msg = str(info.value)
-    assert "identity.backend" in msg and "'dlib' or 'insightface'" in msg and "arcface" in msg
+    assert "identity.backend" in msg and "'dlib', 'insightface' or 'yunet'" in msg and "arcface" in msg
 
 
 def test_yaml_syntax_error_and_non_mapping(ws: Workspace) -> None:
@@ -59,7 +59,9 @@ def test_settings_file_errors_and_root_override(tmp_path: Path, configs_dir: Pat
 
 
 def test_unknown_profile_and_character(ws: Workspace) -> None:
-    with pytest.raises(ConfigError, match="configs/profiles has cpu-tiny, gpu-24gb, gpu-80gb"):
+    with pytest.raises(
+        ConfigError, match="configs/profiles has cpu-tiny, cpu-tiny-open, gpu-24gb, gpu-24gb-open, gpu-80gb"
+    ):
         ws.profile("gpu-8gb")
     with pytest.raises(ConfigError, match="unknown character 'nobody': create"):
         ws.character("nobody")

@@ -28,7 +28,7 @@ def obama_yaml(ws: Workspace, extra: str) -> None:
 
 def test_routing_is_validated_and_names_the_bad_key(ws: Workspace) -> None:
     obama_yaml(ws, "editors:\n  categories: {lighting: dalle}\n")
-    with pytest.raises(ConfigError, match=r"editors\.categories\.lighting.*'augment', 'qwen' or 'vibe'"):
+    with pytest.raises(ConfigError, match=r"editors\.categories\.lighting.*'augment', 'qwen', 'vibe' or 'klein'"):
         ws.character("obama")
     obama_yaml(ws, "editors:\n  categories: {lightning: vibe}\n")
     character = ws.character("obama")

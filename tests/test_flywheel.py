@@ -115,6 +115,8 @@ def test_two_iterations_make_two_versions_two_loras_metrics_and_reports(two_iter
     # enrichment per prompt and who decided the gates are in the report too
     assert "Enrichment per prompt" in page and "Review: policy and people" in page
     assert all(p in page for p in ("angle-mirror", "light-golden-hour", "bg-blue"))
+    # the FLUX.1 twin's LoRA base and dlib's 68-point landmarks are not for commercial use: the report says so
+    assert "non-commercial models contributed" in page and "FLUX.1 [dev] Non-Commercial License" in page
     # every member of each version was captioned by the (tiny) VLM before it was frozen
     for version in ("obama@v1", "obama@v2"):
         members = versions.version_members(catalog, version)

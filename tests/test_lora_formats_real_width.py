@@ -1,18 +1,17 @@
 """The ComfyUI/kohya LoRA files, read back by diffusers' own converters on shallow twins of the real widths.
 
-``flux_to_comfy`` and ``qwen_to_comfy`` were only checked against the project's inverse converter, which shares
-their assumptions. diffusers' kohya FLUX converter (``_convert_sd_scripts_to_ai_toolkit``) hard-codes FLUX.1's
-widths (``linear1`` splits as [3072, 3072, 3072, 12288]), so it rejects the tiny twin's files; the check has to
-run on FLUX.1's real hidden size, heads and MLP width. One double and one single block keep it to ~0.5 B
-parameters (2 GB in float32), which a CPU handles in seconds.
+``flux_to_comfy``, ``flux2_to_comfy`` and ``qwen_to_comfy`` were only checked against the project's inverse
+converter, which shares their assumptions. diffusers' kohya FLUX converter (``_convert_sd_scripts_to_ai_toolkit``)
+hard-codes FLUX.1's widths (``linear1`` splits as [3072, 3072, 3072, 12288]), so it rejects the tiny twin's files;
+the check has to run on FLUX.1's real hidden size, heads and MLP width. One double and one single block keep it to
+~0.5 B parameters (2 GB in float32), which a CPU handles in seconds.
 
 Each case trains nothing: a peft adapter with random A and B stands for a trained LoRA. It is written the way
-``flenwheel.training.export`` writes it (``save_lora_weights`` with the adapter config as metadata, and the
-ComfyUI file from the converter), and each file is loaded the way a user's diffusers does
-(``Pipeline.load_lora_weights``: ``lora_state_dict``, whose converter runs on the ComfyUI file, then
-``load_lora_into_transformer``) into a fresh copy of the base transformer. Both must give the output of the
-adapter they came from, carry the same LoRA modules (a dropped key would otherwise only be logged) and the same
-per-module weight delta.
+``flenwheel.training.export`` writes it (``save_lora_weights`` with the adapter config as metadata, and the ComfyUI
+file from the converter), and each file is loaded the way a user's diffusers does (``Pipeline.load_lora_weights``:
+``lora_state_dict``, whose converter runs on the ComfyUI file, then ``load_lora_into_transformer``) into a fresh
+copy of the base transformer. Both must give the output of the adapter they came from, carry the same LoRA modules
+(a dropped key would otherwise only be logged) and the same per-module weight delta.
 
 alpha is 8 for rank 4 (scale 2, not 1), so the alpha written into the ComfyUI file (n*alpha for a block-diagonal
 fused LoRA) is checked too; a power of two keeps the rescaling diffusers applies on load exact in float.
@@ -27,15 +26,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+from diffusers import (
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from flenwheel.models.families import family
 from flenwheel.models.flux.twin import SIZES as FLUX_SIZES
+from flenwheel.models.flux2_klein.twin import SIZES as KLEIN_SIZES
 from flenwheel.models.qwen_image_edit.twin import SIZES as QWEN_SIZES
-from flenwheel.training.lora_formats import flux_to_comfy, qwen_to_comfy
+from flenwheel.training.lora_formats import flux2_to_comfy, flux_to_comfy, qwen_to_comfy
 
 pytestmark = pytest.mark.slow
 
@@ -321,6 +329,82 @@ class TestQwenComfyFile:
 
         out_d, mods_d = load_and_run(qwen_pipe, qwen_base, tmp_path / "diffusers", "diffusers_file", forward)
         out_c, mods_c = load_and_run(qwen_pipe, qwen_base, tmp_path / "comfy.safetensors", "comfy_file", forward)
+
+        trained = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
+        assert_same_lora(mods_d, mods_c, trained)
+        assert set(mods_c) == trained
+        assert_same_output(base_out, reference, {"diffusers file": out_d, "ComfyUI file": out_c})
+
+
+# --------------------------------------------------------------------------- FLUX.2 [klein]
+
+# The family's default targets, and the same plus the single blocks' output projection named with its block (the
+# bare suffix "attn.to_out" also names the double blocks' ModuleList, which peft cannot adapt).
+KLEIN_DEFAULT = family("flux2-klein").lora_targets
+KLEIN_WITH_SINGLE_OUT = (*KLEIN_DEFAULT, "single_transformer_blocks.0.attn.to_out")
+
+
+def klein_pipe(transformer: torch.nn.Module) -> Flux2KleinPipeline:
+    """A Flux2KleinPipeline around the transformer alone: load_lora_weights only needs the transformer."""
+    return Flux2KleinPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, transformer=transformer)
+
+
+def klein_forward() -> Callable[[torch.nn.Module], torch.Tensor]:
+    """The transformer on fixed random inputs as the klein trainer calls it: 4x4 packed latent tokens with 4-d
+    position ids, 8 text tokens of Qwen3's stacked width, no guidance embedding."""
+    gen = torch.Generator().manual_seed(SEED + 3)
+    cfg = KLEIN_SIZES["real"]["transformer"]
+    latents = torch.randn(1, cfg["in_channels"], 4, 4, generator=gen)
+    text = torch.randn(1, 8, cfg["joint_attention_dim"], generator=gen)
+    inputs = dict(
+        hidden_states=Flux2KleinPipeline._pack_latents(latents),
+        encoder_hidden_states=text,
+        timestep=torch.tensor([0.6]),
+        img_ids=Flux2KleinPipeline._prepare_latent_ids(latents),
+        txt_ids=Flux2KleinPipeline._prepare_text_ids(text),
+        guidance=None,
+    )
+
+    def run(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return model(**inputs, return_dict=False)[0]
+
+    return run
+
+
+@pytest.fixture(scope="class")
+def klein_base() -> Iterator[Flux2Transformer2DModel]:
+    """klein-4B's transformer at real width with one double and one single block (~0.3 B parameters, float32)."""
+    torch.manual_seed(SEED)
+    model = Flux2Transformer2DModel(**{**KLEIN_SIZES["real"]["transformer"], "num_layers": 1, "num_single_layers": 1})
+    yield model.eval()
+    del model
+    gc.collect()
+
+
+class TestFlux2ComfyFile:
+    """The ComfyUI/kohya FLUX.2 file, read by diffusers' kohya FLUX.2 converter, is the diffusers file's LoRA."""
+
+    @pytest.mark.parametrize("targets", [KLEIN_DEFAULT, KLEIN_WITH_SINGLE_OUT], ids=["default", "with-single-out"])
+    def test_same_output_as_diffusers_file(
+        self, klein_base: Flux2Transformer2DModel, targets: tuple[str, ...], tmp_path: Path
+    ) -> None:
+        forward = klein_forward()
+        base_out = forward(klein_base)
+        state, meta, reference = random_adapter(klein_base, targets, forward)
+        Flux2KleinPipeline.save_lora_weights(
+            tmp_path / "diffusers", transformer_lora_layers=state, transformer_lora_adapter_metadata=meta
+        )
+        cfg = klein_base.config
+        comfy = flux2_to_comfy(
+            {f"transformer.{k}": v for k, v in state.items()}, ALPHA, cfg.num_attention_heads * cfg.attention_head_dim
+        )
+        assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in comfy  # q, k, v fused block-diagonally
+        assert ("lora_unet_single_blocks_0_linear2.lora_down.weight" in comfy) == (targets is KLEIN_WITH_SINGLE_OUT)
+        save_file(comfy, tmp_path / "comfy.safetensors")
+
+        out_d, mods_d = load_and_run(klein_pipe, klein_base, tmp_path / "diffusers", "diffusers_file", forward)
+        out_c, mods_c = load_and_run(klein_pipe, klein_base, tmp_path / "comfy.safetensors", "comfy_file", forward)
 
         trained = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
         assert_same_lora(mods_d, mods_c, trained)

@@ -254,7 +254,9 @@ def test_clear_errors(ws: Workspace, monkeypatch, tmp_path: Path) -> None:
         ModelError, match=r"black-forest-labs/FLUX.1-dev are not in the Hugging Face cache.*hf download"
     ):
         resolve_model("black-forest-labs/FLUX.1-dev", "flux", ws)
-    with pytest.raises(ModelError, match="tiny models are tiny:flux, tiny:qwen-image-edit"):
+    with pytest.raises(
+        ModelError, match="tiny models are tiny:flux, tiny:flux2-klein, tiny:qwen-image-edit, tiny:vibe"
+    ):
         resolve_model("tiny:sdxl", "flux", ws)
 
 

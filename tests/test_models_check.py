@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from flenwheel.models import downloads
-from flenwheel.models import refs as models
 from flenwheel.store.workspace import Workspace
 
 
@@ -63,15 +62,14 @@ def test_cpu_tiny_needs_no_download(cli, ws: Workspace, offline: Path, tiny_mode
 
 def test_every_hub_model_and_lora_of_the_shipped_profiles_has_a_known_size(ws: Workspace) -> None:
     library = ws.loras()
-    for name in ("gpu-24gb", "gpu-80gb"):
+    for name in ("gpu-24gb", "gpu-80gb", "gpu-24gb-open"):
         profile = ws.profile(name)
-        for stage_name in models.STAGE_OF_KIND.values():
-            stage = getattr(profile, stage_name)
-            if stage is None:
-                continue
+        for stage in profile.stages().values():
             assert downloads.known_download(stage.model) is not None, (name, stage.model)
             for stack in stage.loras.values():
                 for use in stack:
                     spec = library[use.name]
                     assert downloads.known_download(spec.ref, spec.weight_name) is not None, (name, use.name)
+        if profile.trainer.model:  # klein-base-4B: the open profile's LoRA base
+            assert downloads.known_download(profile.trainer.model) is not None, (name, profile.trainer.model)
     assert downloads.known_download("Qwen/Qwen2.5-VL-7B-Instruct") is not None  # the VLM's fallback

@@ -12,7 +12,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import pytest
 import torch
@@ -32,7 +31,7 @@ from flenwheel.editing.vibe import (
     bin_table,
     closest_size,
 )
-from flenwheel.models import refs as models
+from flenwheel.models import families
 from flenwheel.models.loading import ModelManager, load_pipeline
 from flenwheel.models.twins import build_model
 from flenwheel.models.vibe.twin import SANA_SCHEDULER
@@ -72,16 +71,11 @@ def baseline(pipe: VibePipeline) -> np.ndarray:
 
 @pytest.fixture
 def vibe_profile(ws: Workspace, vibe_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Profile:
-    """cpu-tiny with a vibe stage loading the tiny twin's folder, and the model registry knowing ``vibe``."""
+    """cpu-tiny with a vibe stage loading the tiny twin's folder (the family registry knows ``vibe``)."""
     stage = StageSettings(model=str(vibe_dir), steps=2, true_cfg_scale=4.5)
     profile = ws.profile("cpu-tiny")
-    if KIND not in models.PIPELINE_CLASSES:
-        monkeypatch.setattr(diffusers, "VibePipeline", VibePipeline, raising=False)
-        monkeypatch.setitem(models.PIPELINE_CLASSES, KIND, "VibePipeline")
-    if "vibe_editor" in Profile.model_fields and models.STAGE_OF_KIND.get(KIND) == "vibe_editor":
-        return profile.model_copy(update={"vibe_editor": stage})
-    monkeypatch.setitem(models.STAGE_OF_KIND, KIND, "editor")
-    return profile.model_copy(update={"editor": stage})
+    assert families.family(KIND).serves == ("vibe_editor",)
+    return profile.model_copy(update={"vibe_editor": stage})
 
 
 # --------------------------------------------------------------------------- the twin and its loading
@@ -102,7 +96,7 @@ def test_twin_is_saved_with_the_production_classes_and_loads_back(vibe_dir: Path
 
 
 def test_production_loader_loads_the_twin(ws: Workspace, vibe_profile: Profile, vibe_dir: Path) -> None:
-    stage = getattr(vibe_profile, models.STAGE_OF_KIND[KIND])
+    stage = vibe_profile.vibe_editor
     loaded, resolved = load_pipeline(KIND, stage, vibe_profile, ws)
     assert isinstance(loaded, VibePipeline) and resolved.path == vibe_dir.resolve()
     assert resolved.ref.startswith(f"{vibe_dir.resolve()}@sha256:")
@@ -238,7 +232,7 @@ def test_job_keys_differ_between_editors(ws: Workspace, catalog: Catalog, vibe_p
     stronger = VibeEditor(ws, ModelManager(ws, vibe_profile), catalog, sampling=VibeSampling(image_guidance_scale=2))
     assert stronger.key(job) != vibe.key(job)  # every sampling setting is part of the key
     assert not vibe.supports(ws.prompt_library()["angle-left-45"]) and vibe.supports(prompt)
-    stage_name = models.STAGE_OF_KIND[KIND]
+    stage_name = "vibe_editor"
     with_loras = getattr(vibe_profile, stage_name).model_copy(update={"loras": {"default": [{"name": "x"}]}})
     with pytest.raises(EditError, match="applies none"):
         VibeEditor(ws, ModelManager(ws, vibe_profile.model_copy(update={stage_name: with_loras})), catalog)

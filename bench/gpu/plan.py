@@ -14,7 +14,8 @@ SEQUENCE = (
     ("flux-infer", "flux-train"),
     ("identity", "qwen-encode"),
     ("qwen-train", "qwen-sample"),
-    ("qwen-infer", "vibe-infer", "vibe-critic"),
+    ("qwen-infer", "qwen2511-infer", "vibe-infer", "vibe-critic"),
+    ("klein-infer", "klein-train"),
 )
 
 
@@ -65,14 +66,18 @@ def estimate(name: str, have: dict[str | None, set[str]], sz: dict) -> tuple[flo
         build += START_S if any(p not in built for p in parts) else 0
         read += sum(sz[k, p][0] for p in parts if p != "base" and (name != "qwen-encode" or p != "transformer"))
     vlm_bf16 = sz["qwen-image-edit", "text_encoder"][1]
-    quantise_at_load = {"flux-infer": sz["flux", "text_encoder_2"][1], "qwen-infer": vlm_bf16, "vibe-critic": vlm_bf16}
+    klein_te = sz["flux2-klein", "text_encoder"][1]
+    quantise_at_load = {
+        "flux-infer": sz["flux", "text_encoder_2"][1], "qwen-infer": vlm_bf16, "qwen2511-infer": vlm_bf16,
+        "vibe-critic": vlm_bf16, "klein-infer": klein_te, "klein-train": sz["flux2-klein", "transformer"][1],
+    }  # fmt: skip
     load = read / DISK_READ_GBS + quantise_at_load.get(name, 0.0) / HOST_DEVICE_GBS
-    lin, layers = sz[kind, "transformer"][3], {"qwen-image-edit": 60, "flux": 57, "vibe": 20}[kind]
+    lin, layers = sz[kind, "transformer"][3], {"qwen-image-edit": 60, "flux": 57, "vibe": 20, "flux2-klein": 25}[kind]
 
     def passes(tokens: float, count: float) -> float:  # seconds of ``count`` transformer forwards
         return count * (2 * lin * tokens + 4 * layers * tokens**2 * 3072) / (TFLOPS * 1e12)
 
-    flux_tokens = {r: (r / 16) ** 2 + 512 for r in (512, 768, 1024)}
+    flux_tokens = {r: (r / 16) ** 2 + 512 for r in (512, 768, 1024)}  # klein: the same, its 512 Qwen3 tokens
     qwen_tokens = {r: (r / 16) ** 2 + 4096 + PROMPT_TOKENS_QWEN for r in (512, 1024)}
     run = {
         "flux-infer": passes(flux_tokens[1024], 30) + 2 * 8,
@@ -83,6 +88,11 @@ def estimate(name: str, have: dict[str | None, set[str]], sz: dict) -> tuple[flo
         + 20
         + (lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)) / DISK_WRITE_GBS,
         "qwen-train": sum(passes(qwen_tokens[r], 4 * 4) for r in (512, 1024)),
+        "qwen2511-infer": passes(qwen_tokens[1024], 1 + 4) + 10 + lora_gb(64, None) / DISK_WRITE_GBS,
+        "klein-infer": passes(flux_tokens[1024], 2 + 4) + 2 * 5,
+        "klein-train": sum(passes(flux_tokens[r], 4 * 4) for r in (512, 768, 1024))
+        + passes(flux_tokens[768], 2 * 28)  # the base model's CFG sample
+        + 10,
         "qwen-sample": passes(qwen_tokens[512], 2 * 4 + 20) + 10,  # two training steps, then 20 sampling steps
         # DC-AE f32 latents, patch 1: (px/32)² tokens + 224 meta tokens; 3 guidance branches; Sana's attention is
         # linear, so the quadratic term overestimates: an upper bound
@@ -92,6 +102,8 @@ def estimate(name: str, have: dict[str | None, set[str]], sz: dict) -> tuple[flo
     }[name]
     if name == "qwen-infer":
         disk += lora_gb(64, None) + 2 * lora_gb(16, QwenEditBackend.default_targets)
+    if name == "qwen2511-infer":
+        disk += lora_gb(64, None) + lora_gb(16, QwenEditBackend.default_targets)
     total = START_S + build + load + run
     return disk, total / 60, f"start {START_S:.0f} s, build {build:.0f} s, load {load:.0f} s, run {run:.0f} s"
 

@@ -28,13 +28,15 @@ class LorasMixin(CatalogCore):
         comfy_path: str | None,
         chosen_checkpoint: int,
         run_id: str | None,
+        licences: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        """Record a finished LoRA (paths relative to the data root); registering the same id again is a no-op."""
+        """Record a finished LoRA (paths relative to the data root) with the licences of the models that made it
+        (base model and its training data's); registering the same id again is a no-op."""
         self.write(
             lambda con: con.execute(
                 "INSERT OR IGNORE INTO loras (lora_id, character, kind, base_model_ref, dataset_version, hyperparams,"
-                " steps, path, sha256, comfy_path, chosen_checkpoint, run_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " steps, path, sha256, comfy_path, chosen_checkpoint, run_id, created_at, licences)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     lora_id,
                     character,
@@ -49,12 +51,13 @@ class LorasMixin(CatalogCore):
                     chosen_checkpoint,
                     run_id,
                     now(),
+                    None if licences is None else json.dumps(list(licences), sort_keys=True),
                 ],
             )
         )
 
     def lora(self, lora_id: str) -> dict[str, Any] | None:
-        """The ``loras`` row of ``lora_id`` (``hyperparams`` decoded), or None."""
+        """The ``loras`` row of ``lora_id`` (``hyperparams`` and ``licences`` decoded), or None."""
         if not self.path.exists():
             return None
         rows = self.rows("SELECT * FROM loras WHERE lora_id = ?", [lora_id])
@@ -62,6 +65,7 @@ class LorasMixin(CatalogCore):
             return None
         row = rows[0]
         row["hyperparams"] = json.loads(row["hyperparams"] or "{}")
+        row["licences"] = json.loads(row["licences"]) if row.get("licences") else None
         return row
 
     def loras_of(self, character: str) -> list[dict[str, Any]]:

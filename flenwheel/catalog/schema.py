@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flenwheel.core.types import ORIGINS, VERDICTS
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 9
 
 _IN = lambda values: ", ".join(f"'{v}'" for v in values)  # noqa: E731 - CHECK lists from the shared types
 
@@ -347,6 +347,32 @@ _SCHEMA_V6 = [
                    FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
 ]
 
+# v9: licences on record (docs/models.md). A LoRA and a dataset version hold the licences of the models that made
+# them (JSON list of {model, role, family, licence, commercial, source}); ``loras.kind`` loses its CHECK, so a new
+# model family's trainer needs no migration (its kind is data: the family's ``lora_kind``). Self-contained: it
+# touches no table that versions 7 and 8 (other changes, numbered apart) create.
+_SCHEMA_V9 = [
+    """CREATE TABLE loras_v9 (
+        lora_id           VARCHAR PRIMARY KEY,
+        character         VARCHAR NOT NULL,
+        kind              VARCHAR NOT NULL,
+        base_model_ref    VARCHAR NOT NULL,
+        dataset_version   VARCHAR,
+        hyperparams       JSON,
+        steps             INTEGER,
+        path              VARCHAR NOT NULL,
+        sha256            VARCHAR NOT NULL,
+        comfy_path        VARCHAR,
+        chosen_checkpoint INTEGER,
+        run_id            VARCHAR,
+        created_at        TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,
+        licences          JSON)""",
+    "INSERT INTO loras_v9 SELECT *, NULL FROM loras",
+    "DROP TABLE loras",
+    "ALTER TABLE loras_v9 RENAME TO loras",
+    "ALTER TABLE dataset_versions ADD COLUMN licences JSON",
+]
+
 MIGRATIONS: dict[int, list[str]] = {
     1: _SCHEMA_V1,
     2: _SCHEMA_V2,
@@ -354,4 +380,5 @@ MIGRATIONS: dict[int, list[str]] = {
     4: _SCHEMA_V4,
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
+    9: _SCHEMA_V9,
 }

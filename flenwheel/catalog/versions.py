@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,10 @@ class VersionsMixin(CatalogCore):
         manifest_sha256: str,
         manifest_path: str | None,
         run_id: str | None,
+        licences: Sequence[dict[str, Any]] | None = None,
     ) -> tuple[str, bool]:
-        """Record a frozen version with ``(image_id, caption)`` members; returns ``(version_id, created)``.
+        """Record a frozen version with ``(image_id, caption)`` members and the licences of the models that made
+        them; returns ``(version_id, created)``.
 
         Versions are immutable: when the latest version of the character already has this manifest hash,
         it is returned as it is and nothing is written.
@@ -40,7 +43,8 @@ class VersionsMixin(CatalogCore):
             version_id = f"{character}@v{number}"
             con.execute(
                 "INSERT INTO dataset_versions (version_id, character, number, parent_version, created_by_run,"
-                " manifest_path, manifest_sha256, n_images, frozen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " manifest_path, manifest_sha256, n_images, frozen_at, licences)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     version_id,
                     character,
@@ -51,6 +55,7 @@ class VersionsMixin(CatalogCore):
                     manifest_sha256,
                     len(members),
                     now(),
+                    None if licences is None else json.dumps(list(licences), sort_keys=True),
                 ],
             )
             df = pd.DataFrame({"image_id": [m[0] for m in members], "caption": [m[1] for m in members]})
@@ -60,6 +65,40 @@ class VersionsMixin(CatalogCore):
             return version_id, True
 
         return self.write(write)
+
+    def version_licences(self, version_id: str) -> list[dict[str, Any]] | None:
+        """The licences recorded with a version (None for a version frozen before they were recorded)."""
+        rows = self.rows("SELECT licences FROM dataset_versions WHERE version_id = ?", [version_id])
+        return json.loads(rows[0]["licences"]) if rows and rows[0]["licences"] else None
+
+    def makers_of(self, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """What made these images: each distinct (op, model_ref, loras) of their derivations, and the identity
+        backends that scored them; the questions a version's licence record asks."""
+        if not image_ids:
+            return []
+        ids = pd.DataFrame({"image_id": list(image_ids)})
+
+        def run(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+            con.register("wanted", ids)
+            try:
+                made = con.execute(
+                    """SELECT DISTINCT d.op, d.model_ref, CAST(d.loras AS VARCHAR) AS loras
+                       FROM derivations d SEMI JOIN wanted w ON w.image_id = d.child_id
+                       WHERE d.model_ref IS NOT NULL ORDER BY d.op, d.model_ref, loras"""
+                ).fetchdf()
+                judged = con.execute(
+                    """SELECT DISTINCT s.backend FROM identity_scores s SEMI JOIN wanted w ON w.image_id = s.image_id
+                       ORDER BY s.backend"""
+                ).fetchdf()
+            finally:
+                con.unregister("wanted")
+            rows = [
+                {"op": r.op, "model_ref": r.model_ref, "loras": json.loads(r.loras) if r.loras else []}
+                for r in made.itertuples()
+            ]
+            return rows + [{"op": "identity", "model_ref": b, "loras": []} for b in judged["backend"]]
+
+        return self.read(run)
 
     def selectable_members(self, character: str) -> list[dict[str, Any]]:
         """What a version of the character may hold: sources no review rejected and candidates whose latest

@@ -106,8 +106,8 @@ ProfileOpt = Annotated[
 EditorOpt = Annotated[
     EditorChoice,
     typer.Option(
-        help="qwen (Qwen-Image-Edit-2509), vibe (VIBE), augment (CPU), or configured: the character's "
-        "editor per prompt category (editors: in its YAML)"
+        help="qwen (the profile's Qwen-Image-Edit, 2509 or 2511), vibe (VIBE), klein (FLUX.2 [klein] reference "
+        "editing), augment (CPU), or configured: the character's editor per prompt category (editors: in its YAML)"
     ),
 ]
 ReviewOpt = Annotated[ReviewMode, typer.Option(help="who decides at review gates")]

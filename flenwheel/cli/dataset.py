@@ -44,7 +44,7 @@ def dataset_caption(
 ) -> None:
     """VLM captions (captions.model in configs/flenwheel.yaml) for the members the next version would hold."""
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     catalog = ws.catalog()
     if ws.settings.captions.model is None:
         out.print("captions.model is null in configs/flenwheel.yaml: versions use template captions")
@@ -63,7 +63,7 @@ def dataset_freeze(
 ) -> None:
     """Freeze approved sources and candidates as the next immutable version (nothing new if unchanged)."""
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     catalog = ws.catalog()
     with catalog.run("cli:dataset-freeze", {"character": character, "captions": captions}) as run_id:
         if captions:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flenwheel.cli.catalog import print_lineage, sql
-from flenwheel.cli.common import err, out, workspace
+from flenwheel.cli.common import EditorOpt, ProfileOpt, err, out, workspace
 from flenwheel.cli.flywheel import print_flywheel
 from flenwheel.cli.samples import sample_photos
 from flenwheel.store.ingest import ingest_paths
@@ -24,9 +24,12 @@ DEMO_CHARACTER = "hopper"
 def demo(
     ctx: typer.Context,
     iterations: Annotated[int, typer.Option(min=1, max=5, help="flywheel iterations")] = 2,
+    profile: ProfileOpt = None,
+    editor: EditorOpt = "augment",
 ) -> None:
-    """Offline demo on cpu-tiny: sample photos -> augment enrichment -> dlib identity -> auto review -> v1 ->
-    tiny FLUX LoRA -> synthetic images -> auto review -> v2 -> retrain -> report."""
+    """Offline demo on a CPU profile (cpu-tiny; cpu-tiny-open: the open stack's twins and the yunet backend):
+    sample photos -> enrichment (augment, or --editor qwen/klein with the tiny twin) -> identity -> auto review ->
+    v1 -> tiny LoRA -> synthetic images -> auto review -> v2 -> retrain -> report with the licences on record."""
     import diffusers  # torch, prefect: only the demo pays for them
     import transformers
 
@@ -38,6 +41,10 @@ def demo(
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()
     ws = workspace(ctx)
+    prof = ws.profile(profile or "cpu-tiny")
+    if prof.device != "cpu":
+        err.print(f"the demo runs offline on a CPU profile (cpu-tiny, cpu-tiny-open); {prof.name} is for {prof.device}")
+        raise typer.Exit(2)
     catalog = ws.catalog()
     out.print("[bold]1. ingest sample photos shipped inside installed packages[/bold]")
     for character, paths in sample_photos().items():
@@ -45,16 +52,17 @@ def demo(
         with catalog.run("cli:demo", {"character": character, "paths": [str(p) for p in paths]}) as run_id:
             for o in ingest_paths(ws, catalog, character, paths, run_id):
                 out.print(f"  {o.status:9s} {character:10s} {o.path.name}: {o.image_id or o.reason}")
-    out.print(f"\n[bold]2. flywheel 1 for {DEMO_CHARACTER}, {iterations} iteration(s) on cpu-tiny[/bold]")
+    out.print(f"\n[bold]2. flywheel 1 for {DEMO_CHARACTER}, {iterations} iteration(s) on {prof.name}[/bold]")
     out.print(
-        "  Tiny random-weight models stand in for FLUX.1-dev: their images are noise by design, so no synthetic\n"
-        "  image keeps the identity and the demo retrains anyway (min_new_synthetics=0) to show the loop."
+        f"  Tiny random-weight models stand in for {prof.family_of('generator')}: their images are noise by design, "
+        "so no synthetic\n  image keeps the identity and the demo retrains anyway (min_new_synthetics=0) to show "
+        "the loop."
     )
     params = FlywheelParams(
         character=DEMO_CHARACTER,
         iterations=iterations,
-        profile="cpu-tiny",
-        editor="augment",
+        profile=prof.name,
+        editor=editor,
         review="auto",
         enrich_seeds=1,
         synthetic_prompts=["pose-portrait", "pose-three-quarter", "scene-park", "light-studio"],
@@ -85,7 +93,9 @@ def demo(
         f"[bold]review in FiftyOne[/bold]: flenwheel --root {ws.root} review serve {DEMO_CHARACTER}  "
         f"(then open http://{ws.settings.review.app_address}:{ws.settings.review.app_port})"
     )
+    gpu = "gpu-24gb-open" if prof.name.endswith("-open") else "gpu-24gb"
     out.print(
         "[bold]real models[/bold]: on a 24 GB GPU with the weights in the Hugging Face cache, run\n"
-        f"  flenwheel flywheel {DEMO_CHARACTER} --profile gpu-24gb --editor qwen --review fiftyone"
+        f"  flenwheel flywheel {DEMO_CHARACTER} --profile {gpu}"
+        " --editor qwen --review fiftyone\n  (flenwheel models list shows each model's licence)"
     )

@@ -9,25 +9,53 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flenwheel.cli.common import ProfileOpt, group, out, workspace
+from flenwheel.core.config.profiles import STAGE_NAMES
 
 if TYPE_CHECKING:
     from flenwheel.core.config import Profile
     from flenwheel.store.workspace import Workspace
 
-models_app = group("Model runtime: tiny offline twins, profile checks.")
+models_app = group("Model runtime: the configured models and their licences, tiny offline twins, profile checks.")
 
 
 @models_app.command("tiny")
 def models_tiny(out_dir: Annotated[Path, typer.Argument(help="folder to build into")]) -> None:
-    """Build the tiny random-weight twins of both pipelines (real classes) into OUT_DIR.
+    """Build the tiny random-weight twins of the model families (real classes) into OUT_DIR.
 
-    FluxPipeline.from_pretrained(OUT_DIR/"flux") and QwenImageEditPlusPipeline.from_pretrained(
-    OUT_DIR/"qwen-image-edit") load them with no hub access.
+    FluxPipeline.from_pretrained(OUT_DIR/"flux"), QwenImageEditPlusPipeline.from_pretrained(
+    OUT_DIR/"qwen-image-edit") and Flux2KleinPipeline.from_pretrained(OUT_DIR/"flux2-klein") load them with no hub
+    access.
     """
     from flenwheel.models.twins import ensure_tiny_models  # torch, diffusers
 
     for kind, path in ensure_tiny_models(out_dir).items():
         out.print(f"{kind:16s} {path}")
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, profile: ProfileOpt = None) -> None:
+    """Every model the profiles configure (or one profile's): family, hub id, pipeline class, licence and whether a
+    business may use it, gated or not, download size, and whether it is in the Hugging Face cache. The identity
+    backends and the captions'/critic's VLM are listed too; a non-commercial licence is flagged."""
+    from flenwheel.identity import LICENCES
+    from flenwheel.models.families import family
+    from flenwheel.models.listing import configured_models
+
+    ws = workspace(ctx)
+    names = [profile] if profile else ws.profile_names()
+    rows = configured_models(ws, [ws.profile(n) for n in names], LICENCES)
+    flagged = 0
+    for r in rows:
+        pipeline = family(r.family).pipeline_class.rpartition(":")[2] if r.family else "-"
+        mark = "" if r.commercial else ("  NON-COMMERCIAL" if r.commercial is False else "  LICENCE UNKNOWN")
+        flagged += r.commercial is not True
+        out.print(
+            f"{r.model}  (used by {', '.join(r.used_by)})\n"
+            f"    family {r.family or '-'} · pipeline {pipeline} · licence {r.licence}{mark}\n"
+            f"    gated {'yes' if r.gated else 'no'} · download {r.size} · {r.cached}",
+            markup=False,
+        )
+    out.print(f"{len(rows)} model(s); {flagged} not cleared for commercial use")
 
 
 @models_app.command("check")
@@ -68,13 +96,13 @@ def models_check(ctx: typer.Context, profile: ProfileOpt = None) -> None:
     except refs.ModelError as e:
         problems.append(str(e))
         out.print(f"device    {prof.device}: {e}")
-    for kind, stage_name in refs.STAGE_OF_KIND.items():
+    for stage_name in STAGE_NAMES:
         stage = getattr(prof, stage_name)
-        if stage is None:  # an optional stage (vibe_editor) this profile does not configure
+        if stage is None:  # an optional stage (vibe_editor, ref_editor) this profile does not configure
             out.print(f"{stage_name:9s} not configured")
             continue
         try:
-            resolved = refs.resolve_model(stage.model, kind, ws)
+            resolved = refs.resolve_model(stage.model, prof.family_of(stage_name), ws)
             out.print(f"{stage_name:9s} {resolved.ref}")
         except refs.ModelError as e:
             problems.append(str(e))

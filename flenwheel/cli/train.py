@@ -41,7 +41,7 @@ def train(
     from flenwheel.training import train_flux  # torch, diffusers
 
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     prof = ws.profile(profile)
     catalog = ws.catalog()
     version = dataset or versions.latest_version(catalog, character)
@@ -98,11 +98,12 @@ def train_edit(
     resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
     ops: Annotated[str, typer.Option(help="which approved edits train it: edit (Qwen outputs), augment")] = "edit",
 ) -> None:
-    """Train CHARACTER's Qwen-Image-Edit-2509 LoRA on its approved (before, instruction, after) triplets."""
+    """Train CHARACTER's editor LoRA (the profile's Qwen-Image-Edit, 2509 or 2511) on its approved (before,
+    instruction, after) triplets."""
     from flenwheel.training import train_edit_lora  # torch, diffusers
 
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     prof = ws.profile(profile)
     chosen = id_list([ops])
     bad = sorted(set(chosen) - set(EDIT_OPS))
@@ -135,7 +136,7 @@ def eval_edit(
     from flenwheel.training import evaluate_edit_lora  # torch, diffusers
 
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     prof = ws.profile(profile)
     catalog = ws.catalog()
     config = {"character": character, "lora": lora, "profile": prof.name, "prompts": prompts, "seeds": seeds}
@@ -172,7 +173,7 @@ def eval_editors(
     from flenwheel.report.format import cell
 
     ws = workspace(ctx)
-    char = ws.character(character)
+    char = ws.character(character, profile)
     prof = ws.profile(profile)
     catalog = ws.catalog()
     names = id_list([editors])

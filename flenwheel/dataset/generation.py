@@ -1,4 +1,5 @@
-"""Synthetic generation: FLUX.1-dev with a character LoRA from the catalog, prompts from a library, seeds.
+"""Synthetic generation: the profile's generator (FLUX.1-dev, FLUX.2 [klein], ...) with a character LoRA from the
+catalog, prompts from a library, seeds.
 
 Each output is stored with a ``derivations`` row (op ``generate``, no parent image) holding every parameter
 that made it: model ref, the LoRA stack with pinned refs (the character LoRA as ``catalog:<lora_id>@sha256``),
@@ -21,6 +22,7 @@ from PIL import Image
 from flenwheel.catalog import Catalog, DerivationRecord, sha256_json
 from flenwheel.core.config import Character, LoraSpec, PromptEntry
 from flenwheel.core.errors import FlenwheelError
+from flenwheel.models.families import family
 from flenwheel.models.loading import ModelManager
 from flenwheel.models.loras import Sampling, StackEntry, lora_stack
 from flenwheel.store.objects import EncodedImage
@@ -57,7 +59,8 @@ def lora_row(catalog: Catalog, lora_id: str) -> dict[str, Any]:
 
 
 class SyntheticGenerator:
-    """FLUX.1-dev through the model runtime, with the profile's generator stack plus the character LoRA."""
+    """The profile's generator through the model runtime, with its stack plus the character LoRA (of the LoRA kind
+    the generator's family trains)."""
 
     op = "generate"
 
@@ -71,9 +74,11 @@ class SyntheticGenerator:
         scale: float = 1.0,
     ) -> None:
         row = lora_row(catalog, lora_id)
-        if row["kind"] != "flux" or row["character"] != character.name:
+        self.family = family(manager.profile.family_of("generator"))
+        if row["kind"] != self.family.lora_kind or row["character"] != character.name:
             raise GenerationError(
-                f"LoRA {lora_id} is a {row['kind']} LoRA of {row['character']}, not FLUX of {character.name}"
+                f"LoRA {lora_id} is a {row['kind']} LoRA of {row['character']}, not a {self.family.lora_kind} LoRA "
+                f"of {character.name} (the generator of profile {manager.profile.name} is {self.family.name})"
             )
         self.ws, self.manager, self.catalog, self.character = ws, manager, catalog, character
         self.lora_id, self.scale = lora_id, scale
@@ -84,13 +89,13 @@ class SyntheticGenerator:
         return prompt.prompt.replace("{trigger}", self.character.trigger)
 
     def _stack(self, prompt: PromptEntry) -> list[StackEntry]:
-        own = LoraSpec(ref=f"catalog:{self.lora_id}", applies_to="flux", scale=self.scale)
+        own = LoraSpec(ref=f"catalog:{self.lora_id}", applies_to=self.family.name, scale=self.scale)
         return lora_stack(self.ws, self.stage, prompt.category, [StackEntry(self.lora_id, own, self.scale)])
 
     def fingerprint(self, prompt: PromptEntry) -> dict[str, Any]:
         stack = self._stack(prompt)
         return {
-            "generator": "flux",
+            "generator": self.family.name,
             "model": self.stage.model,
             "profile": self.manager.profile.name,
             "loras": [(e.name, e.spec.ref, e.spec.weight_name, e.scale) for e in stack],
@@ -111,7 +116,7 @@ class SyntheticGenerator:
     def generate(self, job: GenerationJob) -> tuple[Image.Image, DerivationRecord]:
         """One image and its derivation (``child_id`` left empty: the store names the image)."""
         stack = self._stack(job.prompt)
-        loaded, records = self.manager.stacked("flux", stack, self.catalog)
+        loaded, records = self.manager.stacked("generator", stack, self.catalog)
         sampling = Sampling.for_stack(self.stage, stack)
         steps = job.prompt.steps or sampling.steps
         text = self.prompt_text(job.prompt)
@@ -134,7 +139,7 @@ class SyntheticGenerator:
             steps=steps,
             guidance=sampling.guidance,
             params={
-                "pipeline": "FluxPipeline",
+                "pipeline": type(loaded.pipe).__name__,
                 "profile": self.manager.profile.name,
                 "lora_id": self.lora_id,
                 "category": job.prompt.category,

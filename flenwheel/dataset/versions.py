@@ -25,6 +25,7 @@ from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, PromptEntry
 from flenwheel.core.errors import FlenwheelError
 from flenwheel.core.files import atomic_write
+from flenwheel.dataset.licences import version_licences
 from flenwheel.store.workspace import Workspace
 
 MANIFEST_FORMAT = 1
@@ -115,8 +116,9 @@ def freeze(
     sha = hashlib.sha256(data).hexdigest()
     rel = Path("manifests") / character.name / f"{sha}.json"
     atomic_write(ws.root / rel, data)
+    licences = version_licences(ws, catalog, [m.image_id for m in members])
     version_id, created = catalog.freeze_version(
-        character.name, [(m.image_id, m.caption) for m in members], sha, rel.as_posix(), run_id
+        character.name, [(m.image_id, m.caption) for m in members], sha, rel.as_posix(), run_id, licences
     )
     return Frozen(version_id, created, len(members), sha, ws.root / rel)
 

@@ -9,6 +9,7 @@ from typing import Any
 from flenwheel.core.config import Character
 from flenwheel.editing.augment import AugmentEditor
 from flenwheel.editing.jobs import EditError, Editor
+from flenwheel.editing.klein import KleinEditor
 from flenwheel.editing.qwen import QwenEditor, character_editor_loras
 from flenwheel.editing.vibe import VibeEditor
 from flenwheel.store.workspace import Workspace
@@ -20,8 +21,9 @@ EDITORS: dict[str, EditorFactory] = {
         ws, manager, catalog, character_editor_loras(catalog, character)
     ),
     "vibe": lambda ws, manager, catalog, character: VibeEditor(ws, manager, catalog),
+    "klein": lambda ws, manager, catalog, character: KleinEditor(ws, manager, catalog),
 }
-MODEL_EDITORS = ("qwen", "vibe")  # editors that load a pipeline through the model manager
+MODEL_EDITORS = ("qwen", "vibe", "klein")  # editors that load a pipeline through the model manager
 
 
 def make_editor(

@@ -113,7 +113,7 @@ class VibeEditor(Editor):
     """VIBE through the model runtime: for edits that must keep the rest of the photo (light, background,
     expression, outfit); camera-angle prompts stay with the qwen editor and its multiple-angles LoRA.
 
-    The stage is the profile's ``vibe_editor`` (where ``flenwheel.models.STAGE_OF_KIND`` points ``vibe``); the
+    The stage is the profile's ``vibe_editor`` (family ``vibe``, flenwheel/models/vibe/family.py); the
     categories in ``skip_categories`` are not offered to VIBE, because the paper names large geometric changes
     as its weak spot and the angle prompts are written for the Qwen LoRA.
     """
@@ -130,10 +130,8 @@ class VibeEditor(Editor):
         sampling: VibeSampling | None = None,
         skip_categories: Sequence[str] = ("angles",),
     ) -> None:
-        from flenwheel.models.refs import STAGE_OF_KIND
-
         self.ws, self.manager, self.catalog = ws, manager, catalog
-        stage_name = STAGE_OF_KIND.get(KIND, "vibe_editor")
+        stage_name = "vibe_editor"
         self.stage: StageSettings | None = getattr(manager.profile, stage_name, None)
         if self.stage is None:
             raise EditError(
@@ -165,7 +163,7 @@ class VibeEditor(Editor):
         }
 
     def edit(self, image: Image.Image, job: EditJob, face_box: Box | None) -> EditResult:
-        loaded, records = self.manager.stacked(KIND, [], self.catalog)
+        loaded, records = self.manager.stacked("vibe_editor", [], self.catalog)
         s = self.sampling
         steps = job.prompt.steps or s.steps
         generator = torch.Generator("cpu").manual_seed(job.seed)

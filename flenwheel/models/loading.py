@@ -17,14 +17,7 @@ from diffusers.quantizers import PipelineQuantizationConfig
 from flenwheel.core.config import PipelineKind, Profile, StageSettings
 from flenwheel.models.loras import StackEntry, resolve_lora_file, stack_key
 from flenwheel.models.memory import Footprint, footprint, precision_tag, with_precision
-from flenwheel.models.refs import (
-    PIPELINE_CLASSES,
-    STAGE_OF_KIND,
-    ModelError,
-    ResolvedModel,
-    pipeline_class,
-    resolve_model,
-)
+from flenwheel.models.refs import ModelError, ResolvedModel, pipeline_class, pipeline_class_name, resolve_model
 from flenwheel.models.weights import CheckpointMismatch, check_pipeline
 from flenwheel.store.workspace import Workspace
 
@@ -103,7 +96,7 @@ def load_pipeline(
     except CheckpointMismatch as e:  # a pipeline that checks its own (VibePipeline)
         raise ModelError(str(e)) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelError(f"cannot load {PIPELINE_CLASSES[kind]} from {resolved.path}: {e}") from None
+        raise ModelError(f"cannot load {pipeline_class_name(kind)} from {resolved.path}: {e}") from None
     if stage.vae_tiling and hasattr(pipe.vae, "enable_tiling"):
         pipe.vae.enable_tiling()
     if stage.offload == "model":
@@ -120,7 +113,7 @@ def load_pipeline(
 class Loaded:
     """A resident pipeline with the LoRA stack currently applied to it."""
 
-    kind: PipelineKind
+    kind: PipelineKind  # its model family
     pipe: Any
     model: ResolvedModel
     stage: StageSettings
@@ -129,6 +122,7 @@ class Loaded:
     stack_key: tuple = ()
     fused: bool = False
     lora_records: list[dict[str, Any]] = field(default_factory=list)
+    stage_name: str = ""  # the profile's stage it was loaded for (editor, generator, ...)
 
     @property
     def ref(self) -> str:
@@ -163,7 +157,7 @@ class Loaded:
             except (ValueError, KeyError, RuntimeError) as e:
                 self.clear_stack()
                 raise ModelError(
-                    f"LoRA {entry.name} ({ref}) does not load into {PIPELINE_CLASSES[self.kind]}: {e}"
+                    f"LoRA {entry.name} ({ref}) does not load into {pipeline_class_name(self.kind)}: {e}"
                 ) from None
             names.append(adapter)
             records.append({"name": entry.name, "ref": ref, "scale": entry.scale})
@@ -208,24 +202,36 @@ class ModelManager:
         # have to make room (flenwheel.models.runtime releases a VLM the pipeline would not fit beside)
         self.before_load: Callable[[PipelineKind, StageSettings], None] | None = None
 
-    def get(self, kind: PipelineKind) -> Loaded:
-        if self.current is not None and self.current.kind == kind:
+    def stage(self, name: str) -> tuple[str, str, StageSettings]:
+        """(stage name, family, settings) of a stage named by its name or by its family (``flux`` -> generator)."""
+        try:
+            stage_name, stage = self.profile.stage_for(name)
+        except KeyError as e:
+            raise ModelError(str(e.args[0])) from None
+        return stage_name, self.profile.family_of(stage_name), stage
+
+    def get(self, name: str) -> Loaded:
+        """The pipeline of a stage (``editor``, ``generator``, ``ref_editor``, ...; a family name picks the first
+        stage of that family), loading it and releasing the previous one when another is resident."""
+        stage_name, kind, stage = self.stage(name)
+        if self.current is not None and self.current.stage_name == stage_name:
             return self.current
         self.release()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        stage: StageSettings = getattr(self.profile, STAGE_OF_KIND[kind])
         if self.before_load is not None:
             self.before_load(kind, stage)
         pipe, resolved = load_pipeline(kind, stage, self.profile, self.ws)
         self.last_peak = None
-        self.current = Loaded(kind, pipe, resolved, stage, dict(pipe.scheduler.config), self.profile.dtype)
+        self.current = Loaded(
+            kind, pipe, resolved, stage, dict(pipe.scheduler.config), self.profile.dtype, stage_name=stage_name
+        )
         return self.current
 
     def stacked(
-        self, kind: PipelineKind, stack: list[StackEntry], catalog: Any | None = None
+        self, kind: str, stack: list[StackEntry], catalog: Any | None = None
     ) -> tuple[Loaded, list[dict[str, Any]]]:
-        """The pipeline of ``kind`` with ``stack`` applied, and the stack's records.
+        """The pipeline of a stage (see :meth:`get`) with ``stack`` applied, and the stack's records.
 
         Unfusing subtracts what fusing added, which in floating point (let alone in re-quantised 4-bit weights)
         does not give the base back bit for bit: the same job would make another image depending on what ran

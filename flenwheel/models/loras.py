@@ -55,9 +55,25 @@ def resolve_lora_file(spec: LoraSpec, ws: Workspace, catalog: Any | None = None)
     repo_id, _, revision = ref.partition("@")
     if not HUB_ID.match(repo_id):
         raise ModelError(f"LoRA ref {ref!r} is neither a local file or folder, a hub id, nor catalog:<lora_id>")
-    if not spec.weight_name:
-        raise ModelError(f"LoRA {ref}: a hub LoRA needs weight_name (the .safetensors file inside the repo)")
-    return _hub_file(repo_id, spec.weight_name, revision or spec.revision)
+    return _hub_file(repo_id, spec.weight_name or _only_safetensors(repo_id, revision or spec.revision), revision)
+
+
+def _only_safetensors(repo_id: str, revision: str | None) -> str:
+    """The one .safetensors file of a hub LoRA repo whose entry names no ``weight_name`` (diffusers'
+    ``load_lora_weights`` picks it the same way); found in the cache's snapshot, or an error saying what to set."""
+    from huggingface_hub import snapshot_download
+
+    how = f"set weight_name for {repo_id} in configs/loras.yaml, or run `hf download {repo_id}` and copy the cache here"
+    try:
+        folder = Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=["*.safetensors"], local_files_only=True)
+        )
+    except Exception:
+        raise ModelError(f"LoRA {repo_id} is not in the Hugging Face cache: {how}") from None
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors"))
+    if len(files) != 1:
+        raise ModelError(f"LoRA {repo_id} holds {len(files)} .safetensors files ({', '.join(files[:3])}): {how}")
+    return files[0]
 
 
 def _hub_file(repo_id: str, filename: str, revision: str | None) -> tuple[Path, str]:

@@ -4,8 +4,8 @@ A model ref is one of:
 * a hub id with an optional revision, ``Qwen/Qwen-Image-Edit-2509`` or ``black-forest-labs/FLUX.1-dev@main``:
   loaded from the Hugging Face cache, downloaded only when the hub can be reached;
 * a local folder holding a diffusers pipeline (``model_index.json``);
-* ``tiny:qwen-image-edit`` or ``tiny:flux``: the tiny random-weight twins (:mod:`flenwheel.models.twins`), built under
-  ``<root>/models/tiny`` on first use.
+* ``tiny:<family>`` (``tiny:qwen-image-edit``, ``tiny:flux``, ``tiny:flux2-klein``, ...): the tiny random-weight
+  twins (:mod:`flenwheel.models.twins`), built under ``<root>/models/tiny`` on first use.
 
 What a profile asks for (dtype, nf4 components, CPU offload, VAE tiling) is data in configs/profiles; this
 module only carries it out. Every loaded model and LoRA is recorded as a ref string that pins its exact
@@ -15,28 +15,21 @@ version (``id@commit`` or ``path@sha256:...``), which goes into ``derivations.mo
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 from huggingface_hub import constants
 
 from flenwheel.core.config import PipelineKind
 from flenwheel.core.errors import FlenwheelError
-from flenwheel.models.twins import TINY_KINDS, ensure_tiny_models
+from flenwheel.core.types import HUB_ID_PATTERN
+from flenwheel.models.families import UnknownFamily, family, load_object, tiny_families
+from flenwheel.models.twins import ensure_models
 from flenwheel.store.workspace import Workspace
 
-# A diffusers class by name, or "module:Class" for a pipeline of ours (VIBE is not in diffusers).
-PIPELINE_CLASSES: dict[str, str] = {
-    "qwen-image-edit": "QwenImageEditPlusPipeline",
-    "flux": "FluxPipeline",
-    "vibe": "flenwheel.models.vibe.pipeline:VibePipeline",
-}
-STAGE_OF_KIND: dict[str, str] = {"qwen-image-edit": "editor", "flux": "generator", "vibe": "vibe_editor"}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(HUB_ID_PATTERN)
 
 
 class ModelError(FlenwheelError, RuntimeError):
@@ -44,9 +37,15 @@ class ModelError(FlenwheelError, RuntimeError):
 
 
 def pipeline_class(kind: PipelineKind) -> type:
-    """The pipeline class of ``kind`` (see PIPELINE_CLASSES)."""
-    module, _, name = PIPELINE_CLASSES[kind].rpartition(":")
-    return getattr(importlib.import_module(module) if module else diffusers, name)
+    """The pipeline class of the family ``kind`` (its ``family.py``)."""
+    try:
+        return load_object(family(kind).pipeline_class)
+    except UnknownFamily as e:
+        raise ModelError(str(e)) from None
+
+
+def pipeline_class_name(kind: PipelineKind) -> str:
+    return family(kind).pipeline_class.rpartition(":")[2]
 
 
 # --------------------------------------------------------------------------- refs
@@ -108,9 +107,9 @@ def resolve_model(spec: str, kind: PipelineKind, ws: Workspace) -> ResolvedModel
     """Turn a model ref from config into a local folder and a pinned ref string."""
     if spec.startswith("tiny:"):
         name = spec.removeprefix("tiny:")
-        if name not in TINY_KINDS:
-            raise ModelError(f"model ref {spec!r}: tiny models are {', '.join('tiny:' + k for k in TINY_KINDS)}")
-        path = ensure_tiny_models(ws.root / "models" / "tiny")[name]
+        if name not in tiny_families():
+            raise ModelError(f"model ref {spec!r}: tiny models are {', '.join('tiny:' + k for k in tiny_families())}")
+        path = ensure_models(ws.root / "models" / "tiny", "tiny", (name,))[name]
         return ResolvedModel(path, f"{spec}@{folder_digest(path)}")
     local = Path(spec).expanduser()
     if local.exists():

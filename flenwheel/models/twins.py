@@ -2,16 +2,15 @@
 
 No weights can be downloaded here, yet every code path (loading, LoRA, training, sampling) should run on the
 very classes production uses. So each model family's folder makes its pipeline from the real
-diffusers/transformers classes with tiny configurations and random weights (``flux/twin.py``,
-``qwen_image_edit/twin.py``, ``vibe/twin.py``; their ``SIZES["real"]`` are the published architectures, for the
-GPU bench and memory accounting), and this module saves them with ``save_pretrained``: plain
-``FluxPipeline.from_pretrained(dir)`` loads them like any hub snapshot. Builds are deterministic for a seed, take a
-few seconds, and produce noise images by design.
+diffusers/transformers classes with tiny configurations and random weights (the ``twin`` its ``family.py`` names:
+``flux/twin.py``, ``qwen_image_edit/twin.py``, ``vibe/twin.py``, ``flux2_klein/twin.py``; their ``SIZES["real"]``
+are the published architectures, for the GPU bench and memory accounting), and this module saves them with
+``save_pretrained``: plain ``FluxPipeline.from_pretrained(dir)`` loads them like any hub snapshot. Builds are
+deterministic for a seed, take a few seconds, and produce noise images by design.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
@@ -21,21 +20,17 @@ from typing import Any
 import torch
 
 from flenwheel.core.files import clear_leftovers, temp_prefix
+from flenwheel.models.families import family, load_object
 
-TINY_KINDS = ("flux", "qwen-image-edit", "vibe")
-# The module and function that make each family's twin (imported when asked for: Qwen3-VL and Sana only then).
-MAKERS: dict[str, tuple[str, str]] = {
-    "flux": ("flenwheel.models.flux.twin", "make_flux"),
-    "qwen-image-edit": ("flenwheel.models.qwen_image_edit.twin", "make_qwen_image_edit"),
-    "vibe": ("flenwheel.models.vibe.twin", "make_vibe"),
-}
+# The twins built by default (``flenwheel models tiny``, the test session): the families of the shipped profiles.
+TINY_KINDS = ("flux", "qwen-image-edit", "vibe", "flux2-klein")
 
 
 def make_pipeline(kind: str, seed: int = 0, size: str = "tiny") -> Any:
-    """The random-weight pipeline of ``kind`` (tiny, or ``size="real"``); under ``torch.device("meta")`` its shapes
-    alone (memory accounting, the GPU bench)."""
-    module, name = MAKERS[kind]
-    return getattr(importlib.import_module(module), name)(seed, size)
+    """The random-weight pipeline of the family ``kind`` (tiny, or ``size="real"``), made by the twin its
+    ``family.py`` names (imported when asked for: Qwen3-VL and Sana only then); under ``torch.device("meta")`` its
+    shapes alone (memory accounting, the GPU bench)."""
+    return load_object(family(kind).twin)(seed, size)
 
 
 def build_model(kind: str, out_dir: Path, seed: int = 0, size: str = "tiny") -> Path:

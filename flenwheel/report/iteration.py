@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from flenwheel.core.config import ReviewSettings
 from flenwheel.report.checks import enrichment_section, review_section
 from flenwheel.report.format import cell
 from flenwheel.report.grids import image_grid
+from flenwheel.report.licences import iteration_licences, licence_section, licence_summary
 from flenwheel.report.page import Section, render_html
 from flenwheel.report.plots import (
     TARGET_PASS_RATE,
@@ -177,6 +179,9 @@ def iteration_report(
         + html.escape(", ".join(it["lora_id"] or "-" for it in iterations))
         + ".",
     ]
+    last = iterations[-1] if iterations else {}
+    licences = iteration_licences(catalog, last.get("dataset_version"), last.get("lora_id"))
+    summary += licence_summary(licences)
     if current.n and not current.similarities:
         summary.append(
             "No face was found in any synthetic image: expected with the random-weight cpu-tiny models, "
@@ -192,6 +197,7 @@ def iteration_report(
         enrichment_section(root, catalog, character, out),
         review_section(catalog, character, review or ReviewSettings()),
         _editor_section(root, catalog, character),
+        licence_section(licences, out),
     )
     sections += [s for s in extra if s is not None]
     path = render_html(f"{character}: flywheel iteration {number}", summary, sections, out / "index.html")
@@ -199,6 +205,7 @@ def iteration_report(
         f"## {character}: flywheel iteration {number}\n\n"
         f"- identity pass rate: {change}\n- target {TARGET_PASS_RATE:.0%}: **{verdict}**\n"
         f"- report: `{path}`\n"
+        + "".join(f"- {html.unescape(re.sub('<[^>]+>', '', line))}\n" for line in licence_summary(licences))
     )
     return IterationReport(path, markdown, table, metrics, target_met)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import shutil
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -33,6 +34,7 @@ from flenwheel.core.config import (
     Settings,
     validate_character_name,
 )
+from flenwheel.core.types import HUB_ID_PATTERN
 
 
 def default_configs() -> Path:
@@ -158,7 +160,9 @@ class Workspace:
         return self.root / "inbox" / validate_character_name(character)
 
     # --- config files
-    def character(self, name: str) -> Character:
+    def character(self, name: str, profile: str | None = None) -> Character:
+        """configs/characters/<name>.yaml; an identity backend it leaves open is the profile's (``profile``, else
+        the default profile's)."""
         validate_character_name(name)
         path = self.configs_dir / "characters" / f"{name}.yaml"
         if not path.exists():
@@ -169,6 +173,11 @@ class Workspace:
         character = load_yaml_model(path, Character)
         if character.name != name:
             raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {character.name!r}")
+        if character.identity.backend is None:
+            backend = self.profile(profile).identity_backend
+            character = character.model_copy(
+                update={"identity": character.identity.model_copy(update={"backend": backend})}
+            )
         return character
 
     def character_names(self) -> list[str]:
@@ -219,8 +228,9 @@ class Workspace:
         if profile.name != name:
             raise ConfigError(f"{path}: key 'name': must equal the file name ({name!r}), got {profile.name!r}")
         library = self.loras()
-        for stage, kind in (("editor", "qwen-image-edit"), ("generator", "flux")):
-            for category, stack in getattr(profile, stage).loras.items():
+        for stage, settings in profile.stages().items():
+            kind = profile.family_of(stage)
+            for category, stack in settings.loras.items():
                 for i, use in enumerate(stack):
                     key = f"{stage}.loras.{category}.{i}.name"
                     if use.name not in library:
@@ -232,6 +242,13 @@ class Workspace:
                         raise ConfigError(
                             f"{path}: key '{key}': LoRA {use.name!r} is for {library[use.name].applies_to}, "
                             f"not the {stage} ({kind})"
+                        )
+                    base, model = library[use.name].base, settings.model.partition("@")[0]
+                    if base and re.match(HUB_ID_PATTERN, model) and not Path(model).exists() and base != model:
+                        # a 2509 LoRA on the 2511 editor loads (same shapes) but was not trained for it
+                        raise ConfigError(
+                            f"{path}: key '{key}': LoRA {use.name!r} was made for {base}, and the {stage} runs "
+                            f"{model}: pick the LoRA made for it (configs/loras.yaml)"
                         )
         return profile
 
@@ -266,7 +283,7 @@ class RunContext:
         return self.ws.catalog()
 
     def character_config(self) -> Character:
-        return self.ws.character(self.character)
+        return self.ws.character(self.character, self.profile)
 
     def for_character(self, character: str) -> RunContext:
         """The same run, for another character (the nightly run goes through them all)."""

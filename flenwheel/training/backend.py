@@ -1,6 +1,7 @@
 """The model-specific half of a LoRA trainer: encode and cache, the loss of a batch, sampling, file names.
 
-The generic loop (:mod:`.trainer`) drives a backend; :mod:`.flux` and :mod:`.qwen_edit` are the two backends.
+The generic loop (:mod:`.trainer`) drives a backend; :mod:`.flux`, :mod:`.flux2_klein` and :mod:`.qwen_edit` are the
+backends, each named by its model family (``flenwheel/models/<family>/family.py``) and found by :func:`backend_class`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 from PIL import Image
 
 from flenwheel.core.config import PipelineKind, Profile, TrainerSettings
+from flenwheel.models.families import family, load_object
 from flenwheel.models.loading import torch_dtype
 from flenwheel.models.refs import resolve_model
 from flenwheel.models.weights import check_component, check_pipeline
@@ -170,6 +172,17 @@ class TrainingBackend(ABC):
         """Free the VAE and caches held for sampling."""
         self._vae = None
         free_memory()
+
+
+def backend_class(family_name: str) -> type[TrainingBackend]:
+    """The trainer backend a model family names (its ``family.py``: ``trainer_backend``, by import path)."""
+    fam = family(family_name)
+    if not fam.trainer_backend:
+        raise TrainingError(f"model family {fam.name} has no trainer backend: its LoRAs cannot be trained here")
+    cls = load_object(fam.trainer_backend)
+    if not (isinstance(cls, type) and issubclass(cls, TrainingBackend)):
+        raise TrainingError(f"model family {fam.name}: {fam.trainer_backend} is not a TrainingBackend")
+    return cls
 
 
 def free_memory() -> None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
 from flenwheel.core.files import clear_leftovers, file_sha256, temp_prefix
+from flenwheel.models.licences import LicenceRecord, merge, model_licence
 from flenwheel.report.plots import training_curves
 from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend
@@ -150,7 +151,8 @@ def register(
     result: TrainResult,
     alpha: float,
 ) -> None:
-    """The ``loras`` row of a finished run (a no-op when it is there already)."""
+    """The ``loras`` row of a finished run (a no-op when it is there already), with the licences of its base model
+    and of the models that made its training data (the dataset version's record)."""
     catalog.register_lora(
         lora_id=result.lora_id,
         character=job.character,
@@ -164,4 +166,14 @@ def register(
         comfy_path=result.comfy_weights.relative_to(ws.root).as_posix(),
         chosen_checkpoint=result.chosen_step,
         run_id=run_id,
+        licences=lora_licences(catalog, backend, job),
     )
+
+
+def lora_licences(catalog: Catalog, backend: TrainingBackend, job: TrainJob) -> list[dict]:
+    """The base model's licence and those recorded with the dataset version the LoRA learned from."""
+    records = [model_licence(backend.model.ref, "base model")]
+    if job.dataset_version and catalog.version_exists(job.dataset_version):
+        data = catalog.version_licences(job.dataset_version) or []
+        records += [LicenceRecord(**{**r, "role": f"training data: {r['role']}"}) for r in data]
+    return [r.to_json() for r in merge(records)]

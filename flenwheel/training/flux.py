@@ -21,10 +21,11 @@ from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, Profile
+from flenwheel.models.families import family
 from flenwheel.models.loading import check_device
 from flenwheel.store.objects import open_rgb
 from flenwheel.store.workspace import Workspace
-from flenwheel.training.backend import TrainingBackend, free_memory
+from flenwheel.training.backend import TrainingBackend, backend_class, free_memory
 from flenwheel.training.checkpoints import atomic_save_file
 from flenwheel.training.data import (
     LATENT_MULTIPLE,
@@ -48,22 +49,7 @@ class FluxBackend(TrainingBackend):
     transformer_class = "FluxTransformer2DModel"
     vae_class = "AutoencoderKL"
     base_model_version = "flux1"
-    # diffusers' train_dreambooth_lora_flux.py default: attention (image and text streams; the names also match
-    # the single blocks' q/k/v) and both feed-forwards of the double blocks.
-    default_targets = (
-        "attn.to_k",
-        "attn.to_q",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "ff.net.0.proj",
-        "ff.net.2",
-        "ff_context.net.0.proj",
-        "ff_context.net.2",
-    )
+    default_targets = family("flux").lora_targets  # flenwheel/models/<family>/family.py says why
 
     @property
     def vae_scale_factor(self) -> int:
@@ -204,11 +190,13 @@ def train_flux(
     on_progress: ProgressFn | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train a FLUX LoRA of ``character`` on a frozen dataset version (exported for other trainers too)."""
+    """Train the character LoRA of ``character`` on a frozen dataset version (exported for other trainers too), with
+    the trainer backend of the profile's generator family (FLUX.1 here, FLUX.2 [klein] in :mod:`.flux2_klein`)."""
     check_device(profile)
     settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
     export_version(ws, catalog, version_id)
-    backend = FluxBackend(ws, profile, settings, settings.model or profile.generator.model)
+    backend_cls = backend_class(profile.family_of("generator"))
+    backend = backend_cls(ws, profile, settings, settings.model or profile.generator.model)
     job = TrainJob(
         character.name,
         version_id,

@@ -4,6 +4,9 @@
   reference FLUX weights fuse q, k, v (and, in single blocks, the MLP input) into one linear, so their LoRA is
   the block-diagonal union of the per-projection LoRAs (:func:`flux_to_comfy`, inverse :func:`comfy_to_flux`).
 * Qwen-Image(-Edit): ComfyUI loads the diffusers module names under ``diffusion_model.`` (:func:`qwen_to_comfy`).
+* FLUX.2 [klein]: the same ``lora_unet_<BFL module>`` names as FLUX.1 with FLUX.2's modules (:func:`flux2_to_comfy`):
+  the double blocks' q, k, v fuse into ``img_attn_qkv``/``txt_attn_qkv``; the single blocks' input is already one
+  fused linear in diffusers (``to_qkv_mlp_proj`` = ``linear1``).
 """
 
 from __future__ import annotations
@@ -156,4 +159,60 @@ def qwen_to_comfy(diffusers_sd: dict[str, torch.Tensor], alpha: float) -> dict[s
         out[f"diffusion_model.{module}.lora_down.weight"] = a.contiguous()
         out[f"diffusion_model.{module}.lora_up.weight"] = b.contiguous()
         out[f"diffusion_model.{module}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+FLUX2_DOUBLE_PLAIN = {
+    "attn.to_out.0": "img_attn_proj",
+    "attn.to_add_out": "txt_attn_proj",
+    "ff.linear_in": "img_mlp_0",
+    "ff.linear_out": "img_mlp_2",
+    "ff_context.linear_in": "txt_mlp_0",
+    "ff_context.linear_out": "txt_mlp_2",
+}
+FLUX2_SINGLE_PLAIN = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"}
+
+
+def flux2_to_comfy(sd: dict[str, torch.Tensor], alpha: float, inner_dim: int) -> dict[str, torch.Tensor]:
+    """diffusers FLUX.2 LoRA -> ComfyUI/kohya ``lora_unet_<BFL module>`` keys (lora_down/lora_up/alpha).
+
+    q, k, v of each double-block stream become one block-diagonal LoRA on the fused ``qkv`` (rank 3r, alpha 3a:
+    alpha/rank unchanged), which diffusers' kohya FLUX.2 converter recognises as sparse and splits back exactly.
+    """
+    pairs = lora_pairs(sd)
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, down: torch.Tensor, up: torch.Tensor, a: float) -> None:
+        out[f"lora_unet_{name}.lora_down.weight"] = down.contiguous()
+        out[f"lora_unet_{name}.lora_up.weight"] = up.contiguous()
+        out[f"lora_unet_{name}.alpha"] = torch.tensor(float(a))
+
+    for i in sorted({int(m.split(".")[1]) for m in pairs if m.startswith("transformer_blocks.")}):
+        base = f"transformer_blocks.{i}."
+        for fused, members in FLUX_DOUBLE_FUSED.items():
+            parts = [pairs.get(base + m) for m in members]
+            if any(parts):
+                down, up = fused_lora(parts, [inner_dim] * 3)
+                put(f"double_blocks_{i}_{fused}", down, up, alpha * 3)
+        for module, name in FLUX2_DOUBLE_PLAIN.items():
+            if base + module in pairs:
+                a, b = pairs[base + module]
+                put(f"double_blocks_{i}_{name}", a.float(), b.float(), alpha)
+    for i in sorted({int(m.split(".")[1]) for m in pairs if m.startswith("single_transformer_blocks.")}):
+        base = f"single_transformer_blocks.{i}."
+        for module, name in FLUX2_SINGLE_PLAIN.items():
+            if base + module in pairs:
+                a, b = pairs[base + module]
+                put(f"single_blocks_{i}_{name}", a.float(), b.float(), alpha)
+    known = (*FLUX2_DOUBLE_PLAIN, *(m for ms in FLUX_DOUBLE_FUSED.values() for m in ms))
+    unknown = [
+        m
+        for m in pairs
+        if not (
+            (m.startswith("transformer_blocks.") and m.split(".", 2)[2] in known)
+            or (m.startswith("single_transformer_blocks.") and m.split(".", 2)[2] in FLUX2_SINGLE_PLAIN)
+        )
+    ]
+    if unknown:
+        raise TrainingError(f"no ComfyUI name for LoRA module(s) {', '.join(sorted(unknown)[:3])}")
     return out

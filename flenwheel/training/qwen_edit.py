@@ -26,10 +26,11 @@ from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, Profile, TrainerSettings
+from flenwheel.models.families import family
 from flenwheel.models.loading import check_device
 from flenwheel.store.objects import open_rgb
 from flenwheel.store.workspace import Workspace
-from flenwheel.training.backend import TrainingBackend, free_memory
+from flenwheel.training.backend import TrainingBackend, backend_class, free_memory
 from flenwheel.training.checkpoints import TrainingError, atomic_save_file
 from flenwheel.training.data import Example, bucket_resolution, bucket_size, fit_to_bucket
 from flenwheel.training.job import ProgressFn, TrainJob, TrainResult
@@ -71,23 +72,7 @@ class QwenEditBackend(TrainingBackend):
     vae_class = "AutoencoderKLQwenImage"
     base_model_version = "qwen_image_edit"
     cache_format = 2  # 2: the condition at the pipeline's size, buckets chosen per example
-    # musubi-tuner's default for Qwen-Image: every Linear of the transformer blocks except the modulation
-    # (img_mod / txt_mod), i.e. both attention streams and both MLPs; diffusers' Qwen example trains only
-    # to_q/k/v/out, which leaves the text stream and the MLPs, where an edit's look lives, untouched.
-    default_targets = (
-        "to_q",
-        "to_k",
-        "to_v",
-        "to_out.0",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        "to_add_out",
-        "img_mlp.net.0.proj",
-        "img_mlp.net.2",
-        "txt_mlp.net.0.proj",
-        "txt_mlp.net.2",
-    )
+    default_targets = family("qwen-image-edit").lora_targets  # flenwheel/models/<family>/family.py says why
 
     def __init__(
         self,
@@ -260,7 +245,8 @@ def train_edit_lora(
     export_triplets(ws, triplets, f"{character.name}_triplets_{digest}")
     held_paths = [ws.root / r["path"] for r in catalog.source_images(character.name) if r["image_id"] in held_out]
     sample_sources = held_paths[:1] or [ws.root / triplets[0].before_path]
-    backend = QwenEditBackend(ws, profile, settings, settings.model or profile.editor.model, sample_sources)
+    backend_cls = backend_class(profile.family_of("editor"))  # the editor family's trainer (QwenEditBackend)
+    backend = backend_cls(ws, profile, settings, settings.model or profile.editor.model, sample_sources)
     examples = [
         Example(f"{t.before_id[:16]}-{t.after_id[:16]}", (ws.root / t.before_path, ws.root / t.after_path), text)
         for t, text in zip(triplets, texts, strict=True)

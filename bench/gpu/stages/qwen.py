@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit-2509: the editor with its LoRA stacks, the edit trainer's caching, steps and samples."""
+"""Qwen-Image-Edit (2509 and 2511, one class and shape): the editor with its LoRA stacks, the edit trainer's caching,
+steps and samples."""
 
 from __future__ import annotations
 
@@ -12,18 +13,21 @@ from bench.gpu.meter import now, sync
 
 
 def _editor_stacks(ctx: Ctx) -> tuple[list[Any], list[Any], str]:
-    """The angles stack of the gpu-24gb editor (Lightning + multiple-angles) plus a character editor LoRA, with
-    LoRA files of the real module shapes standing for the hub files; and the character-only stack."""
+    """The angles stack of the stage's profile's editor (gpu-24gb: Lightning + multiple-angles; gpu-24gb-open:
+    2511's Lightning) plus a character editor LoRA, with LoRA files of the real module shapes standing for the hub
+    files; and the character-only stack."""
     from flenwheel.core.config import LoraSpec
     from flenwheel.models.loras import StackEntry
     from flenwheel.training import QwenEditBackend
 
     library = ctx.ws.loras()
-    uses = ctx.ws.profile("gpu-24gb").editor.loras.get("angles", [])
+    uses = ctx.ws.profile(ctx.stage.profile).editor.loras.get("angles", [])
     s = QwenEditBackend.with_targets(ctx.profile.edit_trainer)
     shapes = {
         "lightning-4step": (64, None),
         "lightning-8step": (64, None),  # every Linear of the 60 blocks
+        "lightning-2511-4step": (64, None),  # 2511's Lightning: the same layout as 2509's (not seen offline)
+        "lightning-2511-8step": (64, None),
         "multiple-angles": (16, QwenEditBackend.default_targets),
     }
     angles, notes = [], []
@@ -64,6 +68,10 @@ def measure_qwen_infer(ctx: Ctx) -> None:
             "editor, other categories: character LoRA only, the profile's steps and CFG",
         ),
     )
+    if ctx.stage.name == "qwen2511-infer":  # 2511 with Lightning: the angles stack only
+        runs = (
+            ("qwen2511-infer-lightning", full, runs[0][2], "Qwen-Image-Edit-2511 editor, Lightning 4-step + character"),
+        )
     for key, stack, prompt, what in runs:
         sampling = Sampling.for_stack(stage, stack)
         ctx.meter.start()
@@ -78,7 +86,7 @@ def measure_qwen_infer(ctx: Ctx) -> None:
             "height": sampling.height,
             "width": sampling.width,
         }
-        if key == "qwen-infer-angles":
+        if key in ("qwen-infer-angles", "qwen2511-infer-lightning"):
             timed_call(loaded.pipe, num_inference_steps=1, **kwargs)  # warm-up
         # a distilled stack's few steps all run; 40 CFG steps would take minutes: a few are timed, the rest added
         run = sampling.steps if sampling.steps <= 8 else min(sampling.steps, ctx.steps + 2)

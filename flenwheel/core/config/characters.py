@@ -14,7 +14,11 @@ from flenwheel.core.types import EditorName, IdentityBackendName
 
 
 class IdentitySettings(Strict):
-    backend: IdentityBackendName = "dlib"
+    backend: IdentityBackendName | None = Field(
+        None,
+        description="face backend; None: the run's profile's identity_backend (dlib on cpu-tiny, yunet on the "
+        "-open profiles, insightface on gpu-24gb)",
+    )
     threshold: float | None = Field(
         None, description="similarity needed to pass; None = calibrated value or the backend default"
     )

@@ -9,7 +9,16 @@ from pydantic import Field, model_validator
 from flenwheel.core.config.base import Strict
 from flenwheel.core.types import IdentityBackendName, ProfileName
 
-PipelineKind = Literal["qwen-image-edit", "flux", "vibe"]
+# A model family's name (flenwheel/models/<family>/family.py declares it; the registry checks it where models load).
+PipelineKind = str
+# The stages a profile may configure, and the family each one uses unless it names another.
+DEFAULT_FAMILIES: dict[str, str] = {
+    "editor": "qwen-image-edit",
+    "generator": "flux",
+    "vibe_editor": "vibe",
+    "ref_editor": "flux2-klein",
+}
+STAGE_NAMES: tuple[str, ...] = tuple(DEFAULT_FAMILIES)
 
 
 class LoraSpec(Strict):
@@ -19,7 +28,10 @@ class LoraSpec(Strict):
     weight_name: str | None = Field(None, description="file inside a hub repo or folder")
     revision: str | None = None
     scale: float = Field(1.0, description="adapter weight (fuse scale when fused)")
-    applies_to: PipelineKind
+    applies_to: PipelineKind = Field(..., description="the model family it loads into (e.g. qwen-image-edit)")
+    base: str | None = Field(None, description="the hub id it was trained for (e.g. Qwen/Qwen-Image-Edit-2511)")
+    licence: str | None = Field(None, description="SPDX id or licence name, recorded with what it makes")
+    commercial: bool | None = Field(None, description="whether its licence allows commercial use; None: unknown")
     steps: int | None = Field(None, ge=1, description="sampling steps this LoRA is made for")
     true_cfg_scale: float | None = Field(None, ge=1.0)
     guidance: float | None = Field(None, ge=0.0)
@@ -37,7 +49,13 @@ class LoraUse(Strict):
 class StageSettings(Strict):
     """How one pipeline (editor or generator) is loaded and sampled under a profile."""
 
-    model: str = Field(..., description="hub id[@revision], a local folder, or tiny:<kind> (built offline)")
+    model: str = Field(..., description="hub id[@revision], a local folder, or tiny:<family> (built offline)")
+    family: PipelineKind | None = Field(
+        None, description="the model family (flenwheel/models/<family>/); None: the stage's default family"
+    )
+    twin_of: str | None = Field(
+        None, description="tiny:<family> only: the hub id the twin stands in for (its licence is recorded)"
+    )
     quantize: list[str] = Field(default_factory=list, description="components loaded 4-bit nf4 (bitsandbytes)")
     offload: Literal["none", "model", "sequential"] = "none"
     vae_tiling: bool = False
@@ -157,11 +175,48 @@ class Profile(Strict):
     vibe_editor: StageSettings | None = Field(
         None, description="the vibe editor (VIBE: Sana1.5 + Qwen3-VL, docs/editing.md); None: not available"
     )
+    ref_editor: StageSettings | None = Field(
+        None, description="the reference-image editor (FLUX.2 [klein], docs/models.md); None: not available"
+    )
     trainer: TrainerSettings = TrainerSettings()
     edit_trainer: TrainerSettings = Field(
         default_factory=lambda: TrainerSettings(rank=16, steps=1000, sample_prompts=[], sample_size=1024),
         description="the Qwen-Image-Edit LoRA recipe (flywheel 2)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_families(cls, data: Any) -> Any:
+        # each configured stage names its family: the default of its stage unless the YAML names another
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, default in DEFAULT_FAMILIES.items():
+            stage = data.get(name)
+            if isinstance(stage, dict) and stage.get("family") is None:
+                data[name] = {**stage, "family": default}
+            elif isinstance(stage, StageSettings) and stage.family is None:
+                data[name] = stage.model_copy(update={"family": default})
+        return data
+
+    def stages(self) -> dict[str, StageSettings]:
+        """The configured stages by name (editor, generator, and the optional ones this profile has)."""
+        return {name: getattr(self, name) for name in STAGE_NAMES if getattr(self, name) is not None}
+
+    def stage_for(self, name: str) -> tuple[str, StageSettings]:
+        """A stage by its name, or the first configured stage of a family (``flux`` -> the generator)."""
+        stages = self.stages()
+        if name in stages:
+            return name, stages[name]
+        for stage_name, stage in stages.items():
+            if self.family_of(stage_name) == name:
+                return stage_name, stage
+        raise KeyError(f"profile {self.name} has no stage {name!r} and no stage of that family")
+
+    def family_of(self, stage_name: str) -> str:
+        """The model family of a stage (a stage set with ``model_copy`` skips validation: the default then)."""
+        stage = getattr(self, stage_name)
+        return (stage.family if stage is not None else None) or DEFAULT_FAMILIES[stage_name]
 
 
 class LoraLibrary(Strict):

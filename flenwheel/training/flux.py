@@ -21,6 +21,9 @@ from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, Profile
+from flenwheel.evaluation import SampleScorer
+from flenwheel.evaluation.scoring import configured_critic
+from flenwheel.models import runtime
 from flenwheel.models.loading import check_device
 from flenwheel.store.objects import open_rgb
 from flenwheel.store.workspace import Workspace
@@ -35,8 +38,9 @@ from flenwheel.training.data import (
     fit_to_bucket,
     version_examples,
 )
+from flenwheel.training.judging import evaluation_judge, evaluation_samples
 from flenwheel.training.lora_formats import flux_to_comfy
-from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult, identity_scorer
+from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult
 
 
 class FluxBackend(TrainingBackend):
@@ -204,7 +208,12 @@ def train_flux(
     on_progress: ProgressFn | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train a FLUX LoRA of ``character`` on a frozen dataset version (exported for other trainers too)."""
+    """Train a FLUX LoRA of ``character`` on a frozen dataset version (exported for other trainers too).
+
+    Every checkpoint samples the character's evaluation prompt set (unless the profile names ``sample_prompts``)
+    and is scored by the evaluation engine against ``version_id``: the exported checkpoint has the best composite
+    of good samples, prompt adherence and copies of training images (docs/training.md).
+    """
     check_device(profile)
     settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
     export_version(ws, catalog, version_id)
@@ -217,5 +226,13 @@ def train_flux(
         character.trigger,
         base_model_ref=backend.model.ref,
     )
+    if settings.sample_prompts is None:
+        job.sample_prompts, job.sample_seeds = evaluation_samples(ws, character)
+        # which prompts chose the checkpoint is part of the run (its fingerprint, the LoRA's recorded settings)
+        job.extra["evaluation_set"] = {"prompts": [p.prompt_id for p in job.sample_prompts], "seeds": job.sample_seeds}
+    scorer = SampleScorer(ws, catalog, character, version_id, configured_critic(ws, profile.name))
     trainer = LoraTrainer(ws, catalog, backend, run_id)
-    return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)
+    try:
+        return trainer.train(job, evaluation_judge(scorer), resume, on_progress, stop_after)
+    finally:
+        runtime.release_vlms()  # the critic, if one answered the checks, leaves the card with the run

@@ -33,7 +33,7 @@ from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
 from flenwheel.tasks.enrich import score_images
-from flenwheel.tasks.generate import generate_batch, make_report
+from flenwheel.tasks.generate import check_copies, generate_batch, make_report
 from flenwheel.tasks.training import caption_dataset, train_lora
 
 log = logging.getLogger("flenwheel.flows.flywheel")
@@ -156,6 +156,7 @@ def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str) -> int:
         for batch in batches(jobs, params.batch_size):
             ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
             score_images(ctx, ids)
+            check_copies(ctx, lora_id, ids)
             made += len(ids)
     finally:
         runtime.release_models()

@@ -154,6 +154,8 @@ def test_adherence_is_the_share_of_checks_the_tiny_critic_passes(
     assert summary.composite == pytest.approx((1 / 3 + 1.0) / 2)  # a good sample earns its adherence (1 unmeasured)
     row = score.verifications("x", scorer.band, version, None)[1]
     assert row["name"] == "critic:low" and row["passed"] and row["params"]["model"] == critic.source
+    # an evaluation prompt that is a training caption would measure recall, not generalisation: it is named
+    assert scorer.in_training_captions({"same": "Photo of fw_obama", "new": "photo of fw_obama in a lab"}) == ["same"]
 
 
 def kohya_flux_lora(path: Path, tiny_models: dict[str, Path]) -> Path:

@@ -77,6 +77,8 @@ def evaluate(
         ev = evaluate_lora(ws, catalog, char, lora, prof, chosen, run_id, configured_critic(ws, prof.name), progress)
     for score in ev.scores:
         _print_score(score, as_json)
+    if ev.in_captions and not as_json:
+        out.print(f"note: evaluation prompt(s) {', '.join(ev.in_captions)} are training captions of {chosen}")
     _print_summary(ev.summary, chosen, as_json, {"lora": ev.lora.key, "report": str(ev.report)})
     if not as_json:
         out.print(f"metrics: scope lora_eval, id {ev.lora.key}; samples: {ev.out_dir}; report: {ev.report}")

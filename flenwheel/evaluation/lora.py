@@ -55,6 +55,7 @@ class LoraEvaluation:
     per_prompt: dict[str, Summary]
     out_dir: Path
     report: Path
+    in_captions: list[str]  # evaluation prompts that are training captions of the version (should be none)
 
 
 def lora_under_test(ws: Workspace, catalog: Catalog, ref: str) -> LoraUnderTest:
@@ -107,6 +108,9 @@ def evaluate_lora(
     scorer = SampleScorer(ws, catalog, character, version, critic)
     out_dir = ws.root / "evals" / f"lora-{_slug(lora.key)}"
     jobs = [(p, seed) for p in prompts.values() for seed in seeds]
+    in_captions = scorer.in_training_captions(
+        {p.id: p.prompt.replace("{trigger}", character.trigger) for p in prompts.values()}
+    )
     records: list[dict[str, Any]] = []
     manager = runtime.model_manager(ws, profile.name, run_id)
     own = StackEntry(lora.key, lora.spec, lora.spec.scale)
@@ -155,8 +159,8 @@ def evaluate_lora(
         "samples": [{**r, **s.to_json()} for r, s in zip(records, scores, strict=True)],
     }
     atomic_write(out_dir / "samples.json", json.dumps(detail, indent=1, default=str).encode())
-    report = _page(ws, character, lora, version, scorer, scores, records, summary, per_prompt, out_dir)
-    return LoraEvaluation(lora, version, scores, summary, per_prompt, out_dir, report)
+    report = _page(ws, character, lora, version, scorer, scores, records, summary, per_prompt, out_dir, in_captions)
+    return LoraEvaluation(lora, version, scores, summary, per_prompt, out_dir, report, in_captions)
 
 
 def _page(
@@ -170,6 +174,7 @@ def _page(
     summary: Summary,
     per_prompt: dict[str, Summary],
     out_dir: Path,
+    in_captions: list[str],
 ) -> Path:
     paths = {m.image_id: m.path for m in scorer.members}
     rows = []
@@ -192,6 +197,11 @@ def _page(
         f"Band ({scorer.backend.name}): likeness floor {band.likeness_floor:.2f}, copy ceiling {band.copy_ceiling:.2f} "
         f"({band.source}).",
     ]
+    if in_captions:
+        lines.append(
+            f"Evaluation prompt(s) {', '.join(in_captions)} are training captions of {version}: their samples measure "
+            "recall of training photos, not generalisation."
+        )
     metrics = {"all": summary.metrics(), **{p: s.metrics() for p, s in per_prompt.items()}}
     out = ws.root / "reports" / character.name / f"lora-eval-{_slug(lora.key)}"
     return lora_evaluation_report(out, f"{character.name}: LoRA {lora.key} on the evaluation set", lines, rows, metrics)

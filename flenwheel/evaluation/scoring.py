@@ -20,7 +20,7 @@ the iteration report and ``flenwheel evaluate`` (docs/evaluation.md):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,12 @@ class SampleScorer:
             self._members = found
             self._matrix = np.stack([m.embedding for m in found]) if found else None
         return self._members
+
+    def in_training_captions(self, prompts: Mapping[str, str]) -> list[str]:
+        """Ids of ``prompts`` (id -> text as sent) whose text is a caption of the version: an evaluation prompt the
+        LoRA was trained on measures recall of a training photo, not generalisation."""
+        captions = {(r["caption"] or "").strip().lower() for r in self.catalog.version_members(self.version_id)}
+        return [pid for pid, text in prompts.items() if text.strip().lower() in captions]
 
     def member_ids(self) -> set[str]:
         return {m.image_id for m in self.members}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from flenwheel.training.data import (
 from flenwheel.training.judging import evaluation_judge, evaluation_samples
 from flenwheel.training.lora_formats import flux_to_comfy
 from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult
+
+log = logging.getLogger(__name__)
 
 
 class FluxBackend(TrainingBackend):
@@ -231,6 +234,9 @@ def train_flux(
         # which prompts chose the checkpoint is part of the run (its fingerprint, the LoRA's recorded settings)
         job.extra["evaluation_set"] = {"prompts": [p.prompt_id for p in job.sample_prompts], "seeds": job.sample_seeds}
     scorer = SampleScorer(ws, catalog, character, version_id, configured_critic(ws, profile.name))
+    leaked = scorer.in_training_captions({p.prompt_id or p.text: p.text for p in job.samples()[0]})
+    if leaked:
+        log.warning(f"checkpoint sample prompt(s) {', '.join(leaked)} are training captions of {version_id}")
     trainer = LoraTrainer(ws, catalog, backend, run_id)
     try:
         return trainer.train(job, evaluation_judge(scorer), resume, on_progress, stop_after)

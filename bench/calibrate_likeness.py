@@ -11,8 +11,10 @@ composition similarity of the pictures around them, copy score = the smaller of 
   (a re-coloured different photo is still a different photo);
 * **other people**: every photo against every other person's photos.
 
-For comparison, the perceptual-hash distance (imagehash.phash, 64 bits; a near-copy against its photo and the
-mirrored photo, whichever is closer) of the same pairs is printed: the signal a copy detector might use instead.
+Also printed: the size of the face detector's box on each near-copy relative to its photo's (corrected for
+resizing), which the composition signal must tolerate, and, for comparison, the perceptual-hash distance
+(imagehash.phash, 64 bits; a near-copy against its photo and the mirrored photo, whichever is closer) of the same
+pairs: the signal a copy detector might use instead.
 
 The copy ceiling sits midway between the highest copy score of a different photo and the 5th percentile of the
 near-copies, rounded to 0.05; the likeness floor midway between the highest similarity of other people and the
@@ -57,6 +59,11 @@ def face_of(backend: FaceBackend, rgb: np.ndarray) -> tuple[np.ndarray, object] 
         return None
     face = max(faces, key=lambda f: f.area)
     return backend.embed(rgb, face), face.box
+
+
+def box_size(box: object) -> float:
+    x0, y0, x1, y1 = box  # type: ignore[misc]
+    return float(((x1 - x0) * (y1 - y0)) ** 0.5)
 
 
 def stats(values: list[float]) -> str:
@@ -126,6 +133,9 @@ def main() -> None:
             measured[kind]["copy score"].append(min(identity, comp))
             if same:
                 worst_copies.append((min(identity, comp), f"{name}:{variant} vs {other}"))
+    for name, variant, _, box, _ in copies:  # how far the detector's box of a near-copy strays from its photo's
+        factor = float(variant.removeprefix("resize")) if variant.startswith("resize") else 1.0
+        measured["near-copy"]["box size ratio"].append(box_size(box) / (box_size(originals[name][2]) * factor))
     for a, b in itertools.combinations(originals, 2):
         if originals[a][0] != originals[b][0]:
             measured["other person"]["identity"].append(
@@ -137,7 +147,7 @@ def main() -> None:
         f"({len(lost)} lost their face: {', '.join(lost) or 'none'}); {time.perf_counter() - started:.0f} s\n"
     )
     for kind in ("near-copy", "different photo", "other person"):
-        for signal in ("identity", "composition", "copy score", "phash bits"):
+        for signal in ("identity", "composition", "copy score", "phash bits", "box size ratio"):
             if measured[kind][signal]:
                 print(f"{kind:16s} {signal:12s} {stats(measured[kind][signal])}")
         if measured[kind]["no overlap"]:

@@ -33,7 +33,7 @@ from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
 from flenwheel.tasks.cluster import Cluster, cluster_for
-from flenwheel.tasks.generate import generate_batch, make_report
+from flenwheel.tasks.generate import check_copies, generate_batch, make_report
 from flenwheel.tasks.remote import caption_on_cluster, generate_on_cluster
 from flenwheel.tasks.training import caption_dataset, train_lora
 
@@ -157,12 +157,15 @@ def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str, cluster: Cl
     )
     log.info(f"synthetic generation with {lora_id}: {len(jobs)} job(s) to do")
     if cluster is not None:
-        return len(generate_on_cluster(cluster, ctx, lora_id, jobs, params.batch_size))
+        ids = generate_on_cluster(cluster, ctx, lora_id, jobs, params.batch_size)
+        check_copies(ctx, lora_id, ids)  # on this machine: it compares with the training version in the store
+        return len(ids)
     made = 0
     try:
         for batch in batches(jobs, params.batch_size):
             ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
             score(ctx, ids, None)
+            check_copies(ctx, lora_id, ids)
             made += len(ids)
     finally:
         runtime.release_models()

@@ -1,4 +1,5 @@
-"""Tasks of the synthetic stage: generate a batch with the character LoRA, and write the iteration report."""
+"""Tasks of the synthetic stage: generate a batch with the character LoRA, check it for copies of training images,
+and write the iteration report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import logging
 from prefect import task
 from prefect.cache_policies import NONE
 
+from flenwheel.dataset.admission import check_synthetics
 from flenwheel.dataset.generation import GenerationJob, SyntheticGenerator, run_generation_batch, synthetic_prompts
+from flenwheel.evaluation.scoring import configured_critic
 from flenwheel.models import runtime
 from flenwheel.report import IterationReport, iteration_report
 from flenwheel.store.workspace import RunContext
@@ -26,6 +29,19 @@ def generate_batch(ctx: RunContext, lora_id: str, jobs: list[tuple[str, int]]) -
     made = run_generation_batch(ws, cat, ctx.character, gen, todo, ctx.run_id)
     log.info(f"generated {len(made)} synthetic image(s) of {ctx.character} with LoRA {lora_id}")
     return made
+
+
+@task(name="copy-check", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+def check_copies(ctx: RunContext, lora_id: str, image_ids: list[str]) -> dict[str, int]:
+    """Score generated images as samples against the LoRA's training version: a copy of a training image fails
+    check ``copy`` (docs/evaluation.md); counts by verdict."""
+    ws = ctx.ws
+    critic = configured_critic(ws, ctx.profile)
+    counts = check_synthetics(ws, ctx.catalog(), ctx.character_config(), lora_id, image_ids, ctx.run_id, critic)
+    if counts:
+        detail = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        log.info(f"samples of LoRA {lora_id}: {detail}; copies fail check 'copy' and stay out of the next version")
+    return counts
 
 
 @task(name="iteration-report", cache_policy=NONE)

@@ -76,10 +76,8 @@ def evaluate_edit(ctx: RunContext, lora_id: str, prompts: list[str] | None, seed
 
 
 def _log_result(result: TrainResult, what: str) -> None:
-    chosen = next((s for s in result.scores if s.step == result.chosen_step), None)
-    rate = "-" if chosen is None or chosen.pass_rate is None else f"{chosen.pass_rate:.0%}"
     verb = "trained" if result.trained else "found, already trained:"
     log.info(
-        f"{what} {verb} {result.lora_id}; chosen checkpoint step {result.chosen_step} "
-        f"(sample identity pass rate {rate}) of {len(result.scores)} scored"
+        f"{what} {verb} {result.lora_id}; chosen checkpoint step {result.chosen_step} of {len(result.scores)} "
+        f"scored: {result.choice or 'no checkpoint was scored'}"
     )

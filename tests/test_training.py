@@ -29,6 +29,7 @@ from flenwheel.training import (
     comfy_to_flux,
     export_version,
     flux_to_comfy,
+    identity_judge,
     train_flux,
 )
 from flenwheel.training.data import version_examples
@@ -196,7 +197,8 @@ def test_killed_run_resumes_to_identical_weights(
 
 
 def test_choice_follows_identity_not_the_last_checkpoint(ws: Workspace, catalog: Catalog, v1: str, faces: Path) -> None:
-    """Real identity verdicts per checkpoint: the second of three checkpoints keeps the identity best."""
+    """The editor LoRA's rule (identity only), on real identity verdicts per checkpoint: the second of three
+    checkpoints keeps the identity best."""
     backend_dlib = DlibBackend(ws.settings.identity)
     refs = [faces / "obama" / "obama_1.jpg", faces / "obama" / "obama_2.jpg"]
     refset = build_reference_set(backend_dlib, "obama", [(str(p), load_rgb(p)) for p in refs])
@@ -220,7 +222,7 @@ def test_choice_follows_identity_not_the_last_checkpoint(ws: Workspace, catalog:
     backend = FluxBackend(ws, profile, settings, profile.generator.model)
     job = TrainJob("obama", v1, version_examples(ws, catalog, v1), settings, "fw_obama", backend.model.ref)
     with catalog.run("test:choice", {}) as run_id:
-        result = LoraTrainer(ws, catalog, backend, run_id).train(job, score)
+        result = LoraTrainer(ws, catalog, backend, run_id).train(job, identity_judge(score))
     assert [(s.step, s.pass_rate) for s in sorted(result.scores, key=lambda s: s.step)] == [
         (4, 0.5),
         (8, 1.0),
@@ -242,6 +244,13 @@ def test_choose_checkpoint_ties() -> None:
     scores = [CheckpointScore(250, 0.5, 0.4, 8), CheckpointScore(500, 0.5, 0.45, 8), CheckpointScore(750, 0.25, 0.6, 8)]
     assert choose_checkpoint(scores).step == 500
     assert choose_checkpoint([CheckpointScore(1, None, None, 0), CheckpointScore(2, None, None, 0)]).step == 2
+    # by composite: ties go to fewer copies, then more likeness, then the earlier (less memorised) step
+    same = dict(pass_rate=None, mean_similarity=None, n_samples=4, composite=0.5)
+    assert (
+        choose_checkpoint([CheckpointScore(1, **same, copy_rate=0.25), CheckpointScore(2, **same, copy_rate=0.0)]).step
+        == 2
+    )
+    assert choose_checkpoint([CheckpointScore(1, **same), CheckpointScore(2, **same)]).step == 1
 
 
 def test_train_command(cli, ws: Workspace, v1: str, monkeypatch) -> None:
@@ -253,3 +262,58 @@ def test_train_command(cli, ws: Workspace, v1: str, monkeypatch) -> None:
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the refusal a machine without a GPU gives
     bad = cli("train", "obama", "--profile", "gpu-24gb")
     assert bad.exit_code == 2 and "needs a CUDA GPU" in bad.stderr
+
+
+def test_later_checkpoints_that_copy_training_photos_are_not_exported(
+    ws: Workspace, catalog: Catalog, faces: Path
+) -> None:
+    """The character LoRA's rule on real photos standing in for samples: step 4's samples are another photo of the
+    person (good) and someone else (weak); step 8's are near-copies of both training photos, more like the person
+    than anything step 4 made; step 12 copies one of them. Identity alone would export step 8; the composite
+    exports step 4, says why, and the report's chart marks it."""
+    from bench.nearcopies import grid
+    from flenwheel.evaluation import SampleScorer
+    from flenwheel.training import evaluation_judge
+
+    ingest_paths(ws, catalog, "obama", [faces / "obama" / f"obama_{i}.jpg" for i in (1, 2)], None)
+    version = versions.freeze(ws, catalog, ws.character("obama"), None).version_id
+    photo = lambda person, name: load_rgb(faces / person / name)  # noqa: E731
+    stand_ins = iter(
+        [
+            [photo("obama", "obama_3.jpg"), photo("biden", "biden_1.jpg")],
+            [grid(photo("obama", "obama_1.jpg"))["crop15-all-round"], grid(photo("obama", "obama_2.jpg"))["mirror"]],
+            [photo("obama", "obama_3.jpg"), grid(photo("obama", "obama_1.jpg"))["combined"]],
+        ]
+    )
+    real = evaluation_judge(SampleScorer(ws, catalog, ws.character("obama"), version))
+
+    def judge(step: int, samples: list[Image.Image], specs: list) -> tuple:
+        return real(step, [Image.fromarray(p) for p in next(stand_ins)], specs)
+
+    profile = ws.profile("cpu-tiny")
+    settings = profile.trainer.model_copy(update={"steps": 12, "checkpoint_every": 4, "keep_last": 1})
+    backend = FluxBackend(ws, profile, settings, profile.generator.model)
+    job = TrainJob("obama", version, version_examples(ws, catalog, version), settings, "fw_obama", backend.model.ref)
+    with catalog.run("test:copies", {}) as run_id:
+        result = LoraTrainer(ws, catalog, backend, run_id).train(job, judge)
+    by_step = {s.step: s for s in result.scores}
+    assert [(s, by_step[s].good_rate, by_step[s].copy_rate, by_step[s].weak_rate) for s in (4, 8, 12)] == [
+        (4, 0.5, 0.0, 0.5),
+        (8, 0.0, 1.0, 0.0),
+        (12, 0.5, 0.5, 0.0),
+    ]
+    assert by_step[8].mean_likeness > by_step[12].mean_likeness > by_step[4].mean_likeness  # copies look alike
+    assert by_step[8].pass_rate == 1.0 > by_step[4].pass_rate  # so identity alone would export a copying step
+    assert result.chosen_step == 4
+    assert "step 4: the highest composite (+0.50)" in result.choice
+    assert "later checkpoints copy training images (step 8 100%, step 12 50%" in result.choice
+    chosen = load_file(str(result.run_dir / "checkpoints" / "step-000004" / "adapter.safetensors"))
+    exported = load_file(str(result.weights))
+    assert all(torch.equal(exported[f"transformer.{k}"], v) for k, v in chosen.items())
+    recorded = json.loads((result.run_dir / "result.json").read_text())
+    assert recorded["choice"] == result.choice and recorded["scores"][0]["composite"] is not None
+    assert (result.run_dir / "checkpoints.png").is_file()
+    metrics = {
+        (r["step"], r["name"]): r["value"] for r in catalog.rows("SELECT * FROM metrics WHERE scope = 'checkpoint'")
+    }
+    assert metrics[(8, "copy_rate")] == 1.0 and metrics[(4, "composite")] == 0.5 and (4, "adherence") not in metrics

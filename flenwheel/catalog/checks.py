@@ -1,8 +1,10 @@
-"""Verified edits in the catalog: edit-region masks, verifier checks per image, and the attempts of each job."""
+"""Checked images in the catalog: edit-region masks, verifier checks per image, the attempts of each job, and the
+evaluation of generated samples (check ``copy``, docs/evaluation.md)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -90,3 +92,47 @@ class ChecksMixin(CatalogCore):
                ORDER BY i.created_at, i.image_id""",
             {"c": character, "gate": f"{character}:enrich"},
         )
+
+    # ------------------------------------------------------------------ samples judged by the evaluation engine
+
+    def unchecked(self, image_ids: Sequence[str], name: str) -> list[str]:
+        """Of ``image_ids``, those without a ``verifications`` row called ``name``, in the order given."""
+        if not image_ids:
+            return []
+        done = self.rows(
+            "SELECT image_id FROM verifications WHERE name = ? AND image_id IN (SELECT unnest(?))",
+            [name, list(image_ids)],
+        )
+        seen = {r["image_id"] for r in done}
+        return [i for i in image_ids if i not in seen]
+
+    def failing(self, image_ids: Sequence[str], name: str) -> set[str]:
+        """Of ``image_ids``, those whose check ``name`` failed (e.g. the synthetic images that copy a training
+        image: check ``copy``)."""
+        if not image_ids:
+            return set()
+        rows = self.rows(
+            "SELECT image_id FROM verifications WHERE name = ? AND NOT passed AND image_id IN (SELECT unnest(?))",
+            [name, list(image_ids)],
+        )
+        return {r["image_id"] for r in rows}
+
+    def sample_summary(self, image_ids: Sequence[str]) -> dict[str, Any]:
+        """The evaluation of the images that have one (a ``copy`` row, docs/evaluation.md), summed up: how many
+        (``judged``), the share of each verdict, the mean likeness of those with one face, and adherence, the
+        share of critic checks passed over the images asked any (None: not measured)."""
+        rates = ", ".join(
+            f"avg((verdict = '{v}')::INTEGER) AS {v}_rate" for v in ("good", "copy", "weak", "no_face", "multi_face")
+        )
+        found = self.rows(
+            f"""SELECT count(*) AS judged, {rates},
+                      avg(likeness) FILTER (WHERE verdict IN ('good', 'copy', 'weak')) AS mean_likeness,
+                      avg(adherence) AS adherence
+               FROM (SELECT v.image_id, v.params->>'$.verdict' AS verdict,
+                            TRY_CAST(v.params->>'$.likeness' AS DOUBLE) AS likeness,
+                            (SELECT avg(c.passed::INTEGER) FROM verifications c
+                             WHERE c.image_id = v.image_id AND c.name LIKE 'critic:%') AS adherence
+                     FROM verifications v WHERE v.name = 'copy' AND v.image_id IN (SELECT unnest(?)))""",
+            [list(image_ids)],
+        )
+        return found[0] if found else {"judged": 0}

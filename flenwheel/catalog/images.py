@@ -267,6 +267,16 @@ class ImagesMixin(CatalogCore):
         )
         return [r["image_id"] for r in rows]
 
+    def made_by_prompt(self, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Store path and the prompt id that made each image (None for a source photo), in the order given."""
+        rows = self.rows(
+            """SELECT i.image_id, i.path, d.prompt_id FROM images i
+               LEFT JOIN first_derivation d ON d.child_id = i.image_id WHERE i.image_id IN (SELECT unnest(?))""",
+            [list(image_ids)],
+        )
+        by_id = {r["image_id"]: r for r in rows}
+        return [by_id[i] for i in image_ids if i in by_id]
+
     def generated_with(self, lora_id: str) -> list[str]:
         """Ids of the images generated with the character LoRA ``lora_id``."""
         rows = self.rows(

@@ -147,6 +147,20 @@ class VersionsMixin(CatalogCore):
             [version_id],
         )
 
+    def version_member_faces(self, version_id: str, backend: str) -> list[dict[str, Any]]:
+        """Members of a version with the face their newest ``backend`` identity score found (verdict, box,
+        embedding; all None for a member never scored with it), by image id: what a sample is compared with to
+        tell a copy (docs/evaluation.md)."""
+        return self.rows(
+            """SELECT m.image_id, i.path, s.verdict, s.face_box, s.embedding
+               FROM dataset_members m JOIN images i USING (image_id)
+               LEFT JOIN (SELECT * FROM identity_scores WHERE backend = $b
+                          QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY scored_at DESC) = 1) s
+                    USING (image_id)
+               WHERE m.version_id = $v ORDER BY m.image_id""",
+            {"v": version_id, "b": backend},
+        )
+
     def version_composition(self, version_id: str) -> list[dict[str, Any]]:
         """Origin and prompt category of each member of a version (sources have category ``source``)."""
         return self.rows(

@@ -1,8 +1,8 @@
 """The ``flenwheel`` command, one module per command group.
 
 :mod:`.catalog` (ingest, sql, lineage, characters, init), :mod:`.identity`, :mod:`.models`, :mod:`.review`,
-:mod:`.dataset`, :mod:`.train` (train, train-edit, eval-edit), :mod:`.flywheel` (enrich, flywheel, report,
-serve) and :mod:`.demo`. Every command that writes records a ``runs`` row. Errors the user can fix (bad config,
+:mod:`.dataset`, :mod:`.train` (train, train-edit, eval-edit), :mod:`.evaluate`, :mod:`.flywheel` (enrich, flywheel,
+report, serve) and :mod:`.demo`. Every command that writes records a ``runs`` row. Errors the user can fix (bad config,
 bad input, a busy or foreign catalog) print one line starting with ``error:`` and exit with status 2.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from flenwheel.cli import catalog, dataset, demo, flywheel, identity, models, review, train
+from flenwheel.cli import catalog, dataset, demo, evaluate, flywheel, identity, models, review, train
 from flenwheel.cli.common import OneLineErrors
 from flenwheel.flows.setup import private_defaults
 
@@ -40,7 +40,7 @@ def _options(
     ctx.obj = {"root": root, "configs": configs}
 
 
-for module in (catalog, flywheel, train, demo):
+for module in (catalog, flywheel, train, evaluate, demo):
     module.register(app)
 app.add_typer(identity.identity_app, name="identity")
 app.add_typer(models.models_app, name="models")

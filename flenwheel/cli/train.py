@@ -37,7 +37,8 @@ def train(
     steps: Annotated[int | None, typer.Option(min=1, help="override the profile's step count")] = None,
     resume: Annotated[bool, typer.Option("--resume/--restart", help="continue from the last checkpoint")] = True,
 ) -> None:
-    """Train a FLUX.1-dev LoRA of CHARACTER; the exported checkpoint is the one with the best identity pass rate."""
+    """Train a FLUX.1-dev LoRA of CHARACTER; the exported checkpoint is the one whose samples are most often good,
+    follow their prompts and never copy a training image (docs/training.md)."""
     from flenwheel.training import train_flux  # torch, diffusers
 
     ws = workspace(ctx)
@@ -79,14 +80,24 @@ def training_progress(total: int) -> Iterator[Callable[[int, int, float, float],
 
 
 def _print_training(result: TrainResult, trained_on: str) -> None:
+    from flenwheel.report.format import cell  # matplotlib, with the report package
+
     if not result.trained:
         out.print(f"already trained: {result.lora_id}")
     out.print(f"LoRA {result.lora_id} ({trained_on}): chosen checkpoint step {result.chosen_step}")
     for sc in sorted(result.scores, key=lambda x: x.step):
-        rate = "-" if sc.pass_rate is None else f"{sc.pass_rate:.0%}"
-        sim = "-" if sc.mean_similarity is None else f"{sc.mean_similarity:.3f}"
         mark = "  <- chosen" if sc.step == result.chosen_step else ""
-        out.print(f"  step {sc.step:6d}: identity pass rate {rate:>4s}, mean similarity {sim}{mark}")
+        if sc.composite is None:
+            rate, sim = cell(sc.pass_rate, "pass_rate"), cell(sc.mean_similarity, "mean_similarity")
+            out.print(f"  step {sc.step:6d}: identity pass rate {rate:>4s}, mean similarity {sim}{mark}")
+            continue
+        shown = {k: cell(getattr(sc, k), k) for k in ("good_rate", "copy_rate", "adherence", "mean_likeness")}
+        out.print(
+            f"  step {sc.step:6d}: good {shown['good_rate']}, copies {shown['copy_rate']}, adherence "
+            f"{shown['adherence']}, likeness {shown['mean_likeness']}, composite {sc.composite:+.2f}{mark}"
+        )
+    if result.choice:
+        out.print(f"why: {result.choice}")
     out.print(f"diffusers: {result.weights}\nComfyUI:   {result.comfy_weights}")
 
 

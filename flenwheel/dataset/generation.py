@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from PIL import Image
 
 from flenwheel.catalog import Catalog, DerivationRecord, sha256_json
 from flenwheel.core.config import Character, LoraSpec, PromptEntry
 from flenwheel.core.errors import FlenwheelError
 from flenwheel.models.families import family
+from flenwheel.models.generate import text_to_image
 from flenwheel.models.loading import ModelManager
 from flenwheel.models.loras import Sampling, StackEntry, lora_stack
 from flenwheel.store.objects import EncodedImage
@@ -115,37 +115,28 @@ class SyntheticGenerator:
 
     def generate(self, job: GenerationJob) -> tuple[Image.Image, DerivationRecord]:
         """One image and its derivation (``child_id`` left empty: the store names the image)."""
-        stack = self._stack(job.prompt)
-        loaded, records = self.manager.stacked("generator", stack, self.catalog)
-        sampling = Sampling.for_stack(self.stage, stack)
-        steps = job.prompt.steps or sampling.steps
         text = self.prompt_text(job.prompt)
-        kwargs: dict[str, Any] = {"width": sampling.width, "height": sampling.height}
-        if sampling.guidance is not None:
-            kwargs["guidance_scale"] = sampling.guidance
-        result = loaded.pipe(
-            prompt=text, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(job.seed), **kwargs
-        )
-        image = result.images[0].convert("RGB")
+        made = text_to_image(self.manager, self._stack(job.prompt), text, job.prompt.steps, job.seed, self.catalog)
+        image = made.image
         derivation = DerivationRecord(
             child_id="",
             parent_id=None,
             op=self.op,
-            model_ref=loaded.ref,
-            loras=records,
+            model_ref=made.model_ref,
+            loras=made.loras,
             prompt=text,
             prompt_id=job.prompt.id,
             seed=job.seed,
-            steps=steps,
-            guidance=sampling.guidance,
+            steps=made.steps,
+            guidance=made.sampling.guidance,
             params={
-                "pipeline": type(loaded.pipe).__name__,
+                "pipeline": made.pipeline,
                 "profile": self.manager.profile.name,
                 "lora_id": self.lora_id,
                 "category": job.prompt.category,
                 "width": image.width,
                 "height": image.height,
-                "scheduler": dict(loaded.pipe.scheduler.config),
+                "scheduler": made.scheduler,
                 "generator": "torch.Generator('cpu').manual_seed(seed)",
             },
             job_key=self.key(job),

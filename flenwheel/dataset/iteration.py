@@ -1,9 +1,9 @@
 """Flywheel 1's policy: what each iteration's dataset version holds, when the flywheel stops, what it reports.
 
 Per iteration N: dataset vN = the previous version + newly approved real and enriched images + the approved
-synthetics of LoRA vN-1 (near-duplicates dropped, synthetic share capped) -> LoRA vN -> synthetic images ->
-identity -> the synthetic review gate -> the iteration report. ``flows/flywheel.py`` orchestrates these steps;
-the decisions are made here, in plain Python.
+synthetics of LoRA vN-1 (copies of training images kept out, near-duplicates dropped, synthetic share capped) ->
+LoRA vN -> synthetic images -> identity and copy checks -> the synthetic review gate -> the iteration report.
+``flows/flywheel.py`` orchestrates these steps; the decisions are made here, in plain Python.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character
 from flenwheel.core.errors import FlenwheelError
 from flenwheel.dataset import versions
+from flenwheel.dataset.admission import COPY_CHECK
 from flenwheel.gate import GateStatus
 from flenwheel.store.objects import open_rgb
 from flenwheel.store.workspace import Workspace
@@ -79,6 +80,7 @@ class SyntheticSelection:
 
     candidates: int = 0
     added: list[str] = field(default_factory=list)
+    copies: list[str] = field(default_factory=list)  # copy a training image (failed check 'copy'): never admitted
     near_duplicates: list[str] = field(default_factory=list)
     over_cap: list[str] = field(default_factory=list)
 
@@ -99,10 +101,12 @@ def next_version_members(
     """Members of an iteration's version: vN + newly approved real/enriched images + approved synthetics.
 
     Synthetics already in ``previous_version`` stay (unless a review rejected them since). New ones are the
-    approved images generated with LoRA ``synthetic_from``, best identity similarity first; each is dropped
-    when its perceptual hash is within ``max_hash_distance`` bits of an image already kept (near-duplicates
-    teach nothing and over-weight one look), and admission stops when synthetics would exceed
-    ``max_synthetic_share`` of the version (a LoRA trained mostly on its own outputs drifts).
+    approved images generated with LoRA ``synthetic_from``, best identity similarity first; one that copies a
+    training image (its check ``copy`` failed, :mod:`flenwheel.dataset.admission`) is never admitted, approved or
+    not (a LoRA retrained on its own copies of a photo learns that photo harder); each is dropped when its
+    perceptual hash is within ``max_hash_distance`` bits of an image already kept (near-duplicates teach nothing
+    and over-weight one look), and admission stops when synthetics would exceed ``max_synthetic_share`` of the
+    version (a LoRA trained mostly on its own outputs drifts).
     """
     current = {m.image_id: m for m in versions.selected_members(catalog, character, ws.prompt_library(character))}
     kept = [m for m in current.values() if m.origin != "generate"]
@@ -117,6 +121,9 @@ def next_version_members(
         kept_ids = {m.image_id for m in kept}
         new = [current[i] for i in catalog.generated_with(synthetic_from) if i in current and i not in kept_ids]
         selection.candidates = len(new)
+        copies = catalog.failing([m.image_id for m in new], COPY_CHECK)
+        selection.copies = sorted(copies)
+        new = [m for m in new if m.image_id not in copies]
         sims = {r["image_id"]: r["similarity"] or 0.0 for r in catalog.latest_scores([m.image_id for m in new])}
         new.sort(key=lambda m: (-sims.get(m.image_id, 0.0), m.image_id))
         hashes = [_phash(ws, m.path) for m in kept]
@@ -161,8 +168,9 @@ def freeze_iteration_version(
     if number > 1 and len(selection.added) < policy.min_new_synthetics:
         raise FlywheelStopped(
             f"iteration {number}: only {len(selection.added)} new synthetic image(s) were admitted "
-            f"({selection.candidates} approved, {len(selection.near_duplicates)} near-duplicates, "
-            f"{len(selection.over_cap)} over the cap), fewer than min_new_synthetics={policy.min_new_synthetics}; "
+            f"({selection.candidates} approved, {len(selection.copies)} copies of training images, "
+            f"{len(selection.near_duplicates)} near-duplicates, {len(selection.over_cap)} over the cap), fewer than "
+            f"min_new_synthetics={policy.min_new_synthetics}; "
             "retraining on the same data would change nothing"
         )
     extra = None
@@ -172,6 +180,7 @@ def freeze_iteration_version(
             "parent_version": previous["dataset_version"],
             "synthetic_from": synthetic_from,
             "synthetic_admitted": len(selection.added),
+            "synthetic_copies": len(selection.copies),
         }
     frozen = versions.freeze(ws, catalog, character, run_id, select=lambda _: members, extra=extra)
     catalog.update_iteration(character.name, number, run_id, dataset_version=frozen.version_id)

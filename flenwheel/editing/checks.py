@@ -167,17 +167,4 @@ def verification_rows(check: AttemptCheck, image_id: str, prompt: PromptEntry, r
         for name, score, passed in check.verification.rows()
     ]
     # The critic's answers are checks like the others: p(yes) against the check's threshold.
-    rows += [
-        {
-            "image_id": image_id,
-            "name": f"critic:{a.check_id}",
-            "score": a.p_yes,
-            "threshold": a.threshold,
-            "passed": a.passed,
-            "mask_id": None,
-            "run_id": run_id,
-            "params": {"question": a.question, "expect": a.expect, "model": check.critic},
-        }
-        for a in check.answers
-    ]
-    return rows
+    return rows + [a.verification(image_id, check.critic, run_id) for a in check.answers]

@@ -117,6 +117,19 @@ class CriticAnswer:
         """(check_id, question, p_yes, passed) for ``critic_answers(image_id, check_id, question, p_yes, passed)``."""
         return self.check_id, self.question, self.p_yes, self.passed
 
+    def verification(self, image_id: str, model: str, run_id: str | None) -> dict[str, Any]:
+        """The answer as a ``verifications`` row (``critic:<check id>``): p(yes) against the check's threshold."""
+        return {
+            "image_id": image_id,
+            "name": f"critic:{self.check_id}",
+            "score": self.p_yes,
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "mask_id": None,
+            "run_id": run_id,
+            "params": {"question": self.question, "expect": self.expect, "model": model},
+        }
+
 
 # --------------------------------------------------------------------------- weights
 

@@ -52,6 +52,13 @@ def release_models() -> None:
     _CRITICS.clear()
 
 
+def release_vlms() -> None:
+    """Free the VLMs this process loaded for the critic and captions (a resident pipeline stays)."""
+    if _CRITICS:
+        _CRITICS.clear()
+        gc.collect()
+
+
 @dataclass
 class _Resident:
     """A VLM this process keeps loaded, and the weights it holds on the device."""

@@ -6,7 +6,7 @@ comes back as 21.0):
 
 * counts (``n``, ``edits``, ``attempts``, ``approved``, ``verdict pass``, ``failed:preservation``, ...) as
   integers;
-* rates and shares (``pass_rate``, ``identity pass``, ``policy share``, ...) as percentages, one decimal
+* rates and shares (``pass_rate``, ``identity pass``, ``policy share``, ``adherence``, ...) as percentages, one decimal
   unless the percentage is whole;
 * seconds with the precision their size deserves (0.042, 1.35, 12.4, 311);
 * GiB with two decimals; anything else with three (similarities, ratios); ``-`` for nothing.
@@ -28,7 +28,7 @@ _COUNT_WORDS = {
     "compared", "overridden", "policy", "people", "source", "enriched", "synthetic", "members", "checked",
 }  # fmt: skip
 _COUNT_PREFIXES = ("verdict", "failed")  # "verdict no_face", "failed:preservation": how many had it
-_RATE_WORDS = {"rate", "share", "agree", "agreement"}
+_RATE_WORDS = {"rate", "share", "agree", "agreement", "adherence"}
 
 
 def _words(column: str) -> list[str]:

@@ -20,11 +20,16 @@ from flenwheel.report.page import Section, render_html
 from flenwheel.report.plots import (
     TARGET_PASS_RATE,
     arm_stats,
+    checkpoint_chart,
     composition_chart,
     pass_rate_bars,
     similarity_histogram,
     training_curves,
 )
+
+SAMPLE_COLUMNS = (
+    "judged", "good_rate", "copy_rate", "weak_rate", "no_face_rate", "multi_face_rate", "mean_likeness", "adherence",
+)  # fmt: skip
 
 
 @dataclass
@@ -38,16 +43,31 @@ class IterationReport:
     target_met: bool
 
 
-def _lora_curves(ws_root: Path, lora_path: str | None) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(loss per step, identity pass rate per checkpoint) from a LoRA's result.json."""
+def _lora_record(ws_root: Path, lora_path: str | None) -> dict[str, Any]:
+    """A LoRA's result.json (losses, checkpoint scores, chosen step and why), or {} when there is none."""
     if not lora_path:
-        return [], []
+        return {}
     result = ws_root / Path(lora_path).parent / "result.json"
-    if not result.exists():
+    return json.loads(result.read_text()) if result.exists() else {}
+
+
+def _lora_curves(record: dict[str, Any]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(loss per step, identity pass rate per checkpoint) from a LoRA's result.json."""
+    if not record:
         return [], []
-    raw = json.loads(result.read_text())
-    checkpoints = sorted((s["step"], s["pass_rate"] or 0.0) for s in raw["scores"] if s["pass_rate"] is not None)
-    return [tuple(x) for x in raw["losses"]], checkpoints  # type: ignore[misc]
+    scores = record["scores"]
+    checkpoints = sorted((s["step"], s["pass_rate"] or 0.0) for s in scores if s["pass_rate"] is not None)
+    return [tuple(x) for x in record["losses"]], checkpoints  # type: ignore[misc]
+
+
+def _samples_line(name: str, summary: dict[str, Any]) -> str:
+    if not summary.get("judged"):
+        return f"{name} not judged"
+    adherence = "not measured" if summary["adherence"] is None else cell(summary["adherence"], "adherence")
+    return (
+        f"{name} good {cell(summary['good_rate'], 'good_rate')}, copies {cell(summary['copy_rate'], 'copy_rate')}, "
+        f"adherence {adherence}"
+    )
 
 
 def _grid_tiles(scores: list[dict[str, Any]], best: bool, n: int) -> list[tuple[Path, str]]:
@@ -68,7 +88,9 @@ def iteration_report(
 
     Compares the identity pass rate of the synthetic images of this iteration's LoRA with the previous
     iteration's (or with the enrichment candidates for the first one) and says whether the 70% target is met;
-    shows enrichment per prompt (checks, retries, failure examples) and who decided the review gates.
+    compares them as samples too (good rate, copies, adherence: docs/evaluation.md), shows each LoRA's checkpoints
+    with the exported one and why, enrichment per prompt (checks, retries, failure examples) and who decided the
+    review gates.
     """
     out = root / "reports" / character / f"iteration-{number}"
     iterations = [r for r in catalog.iterations(character) if r["number"] <= number]
@@ -83,6 +105,12 @@ def iteration_report(
         if it["lora_id"]:
             arms_scores[f"synthetic v{it['number']}"] = scored(catalog.generated_with(it["lora_id"]))
     arms = [arm_stats(name, rows) for name, rows in arms_scores.items()]
+    # the synthetic groups judged as samples (docs/evaluation.md): verdict rates, likeness, adherence
+    samples = {
+        name: catalog.sample_summary([r["image_id"] for r in rows])
+        for name, rows in arms_scores.items()
+        if name != "enrichment"
+    }
     thresholds = [s["threshold"] for rows in arms_scores.values() for s in rows if s["threshold"] is not None]
     current = arms[-1]
     previous = arms[-2] if len(arms) > 1 else None
@@ -134,14 +162,26 @@ def iteration_report(
             "dataset composition by prompt category",
         )
     )
-    losses, checkpoints = {}, {}
+    losses, checkpoints, series, chosen, reasons = {}, {}, {}, {}, []
     for it in iterations:
         if it["lora_id"] in loras:
-            loss, ckpt = _lora_curves(root, loras[it["lora_id"]]["path"])
-            losses[f"LoRA v{it['number']}"], checkpoints[f"LoRA v{it['number']}"] = loss, ckpt
+            name = f"LoRA v{it['number']}"
+            record = _lora_record(root, loras[it["lora_id"]]["path"])
+            losses[name], checkpoints[name] = _lora_curves(record)
+            if any(x.get("composite") is not None for x in record.get("scores", [])):
+                series[name], chosen[name] = record["scores"], record["chosen_step"]
+            if record.get("choice"):
+                reasons.append(f"{name} ({it['lora_id']}), exported {record['choice']}.")
     figures.append(
         (training_curves(losses, checkpoints, out / "training.png"), "training loss and checkpoint identity")
     )
+    if series:
+        figures.append(
+            (
+                checkpoint_chart(series, chosen, out / "checkpoints.png"),
+                "samples per checkpoint: likeness, copies, good samples and prompt adherence (ringed: exported)",
+            )
+        )
 
     table = [
         {
@@ -160,6 +200,15 @@ def iteration_report(
     if previous is not None and previous.pass_rate is not None and rate is not None:
         metrics["pass_rate_change"] = rate - previous.pass_rate
     metrics["target_met"] = float(target_met)
+    now_samples = samples.get(current.name, {})
+    before_samples = samples.get(previous.name, {}) if previous is not None else {}
+    for key in ("good_rate", "copy_rate", "weak_rate", "mean_likeness", "adherence"):
+        if now_samples.get(key) is not None:
+            metrics[key] = float(now_samples[key])
+            if before_samples.get(key) is not None and key != "mean_likeness":
+                metrics[f"{key}_change"] = float(now_samples[key]) - float(before_samples[key])
+    sample_table = [{"group": name, **{c: summary.get(c) for c in SAMPLE_COLUMNS}} for name, summary in samples.items()]
+    copies = len(catalog.failing([r["image_id"] for r in arms_scores[current.name]], "copy")) if samples else 0
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.0%}"
@@ -170,8 +219,18 @@ def iteration_report(
         else f"{current.name} {pct(rate)}"
     )
     verdict = "met" if target_met else "not met"
-    summary = [
-        f"Identity pass rate: {html.escape(change)}.",
+    sample_change = " → ".join(
+        _samples_line(name, samples[name])
+        for name in samples
+        if name in (current.name, previous.name if previous else None)
+    )
+    summary = [f"Identity pass rate: {html.escape(change)}."]
+    if samples:
+        summary.append(
+            f"Samples (docs/evaluation.md): {html.escape(sample_change)}; {copies} of {current.name}'s images copy "
+            "a training image (failed check copy: never admitted to the next version)."
+        )
+    summary += [
         f"Consistency target {TARGET_PASS_RATE:.0%}: <span class='{'ok' if target_met else 'miss'}'>{verdict}</span>.",
         "Dataset versions: "
         + html.escape(", ".join(it["dataset_version"] or "-" for it in iterations))
@@ -187,11 +246,24 @@ def iteration_report(
             "No face was found in any synthetic image: expected with the random-weight cpu-tiny models, "
             "whose outputs are noise by design."
         )
-    sections = [
-        Section("Identity by group", images=figures[:2], table=table),
+    sections = [Section("Identity by group", images=figures[:2], table=table)]
+    if samples:
+        sections.append(
+            Section(
+                "Synthetic images as samples: good, copies, adherence",
+                [
+                    "Each generated image judged as a sample against the version its LoRA was trained on "
+                    "(docs/evaluation.md): copy — it reproduces a training image; weak — its face is below the "
+                    "likeness floor; adherence — the share of its prompt's checks the critic passed ('-': not "
+                    "measured)."
+                ],
+                table=sample_table,
+            )
+        )
+    sections += [
         Section("Best and worst images", images=grids),
         Section("Dataset composition", images=figures[2:4]),
-        Section("Training", images=figures[4:]),
+        Section("Training", reasons, images=figures[4:]),
     ]
     extra = (
         enrichment_section(root, catalog, character, out),
@@ -204,7 +276,7 @@ def iteration_report(
     markdown = (
         f"## {character}: flywheel iteration {number}\n\n"
         f"- identity pass rate: {change}\n- target {TARGET_PASS_RATE:.0%}: **{verdict}**\n"
-        f"- report: `{path}`\n"
+        f"- samples: {sample_change or '-'}\n- report: `{path}`\n"
         + "".join(f"- {html.unescape(re.sub('<[^>]+>', '', line))}\n" for line in licence_summary(licences))
     )
     return IterationReport(path, markdown, table, metrics, target_met)

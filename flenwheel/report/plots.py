@@ -140,3 +140,39 @@ def training_curves(
         if ax.lines:
             ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def checkpoint_chart(series: dict[str, list[dict[str, Any]]], chosen: dict[str, int], path: Path) -> Path:
+    """Per checkpoint of each LoRA: mean likeness of its samples (left), copy rate, good rate and prompt adherence
+    (right, %); the exported checkpoint is ringed. ``series``: name -> rows with ``step``, ``mean_likeness``,
+    ``copy_rate``, ``good_rate``, ``adherence`` (None where not measured)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, rows in series.items():
+        rows = sorted(rows, key=lambda r: r["step"])
+        steps = [r["step"] for r in rows]
+        likeness = [r.get("mean_likeness") for r in rows]
+        if any(v is not None for v in likeness):
+            ax1.plot(steps, [float("nan") if v is None else v for v in likeness], marker="o", label=name)
+        for key, style in (("copy_rate", "-"), ("good_rate", "--"), ("adherence", ":")):
+            values = [r.get(key) for r in rows]
+            if any(v is not None for v in values):
+                shown = [float("nan") if v is None else v * 100 for v in values]
+                ax2.plot(steps, shown, linestyle=style, marker="o", label=f"{name}: {key.replace('_', ' ')}")
+        pick = next((r for r in rows if r["step"] == chosen.get(name)), None)
+        if pick is not None:
+            for ax, key, factor in ((ax1, "mean_likeness", 1), (ax2, "good_rate", 100)):
+                if pick.get(key) is not None:
+                    ax.scatter([pick["step"]], [pick[key] * factor], s=180, facecolors="none", edgecolors="red")
+            ax2.axvline(pick["step"], color="red", linewidth=0.8)
+            ax2.annotate("exported", (pick["step"], 102), color="red", fontsize=8, ha="center")
+    ax1.set_xlabel("checkpoint step")
+    ax1.set_ylabel("mean likeness of the samples")
+    ax2.set_xlabel("checkpoint step")
+    ax2.set_ylabel("% of samples")
+    ax2.set_ylim(-5, 110)
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no sample had a face", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)

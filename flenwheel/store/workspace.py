@@ -23,9 +23,11 @@ from pydantic import BaseModel, ValidationError
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import (
     ENRICH_CATEGORIES,
+    EVALUATION_CATEGORIES,
     SYNTHETIC_CATEGORIES,
     Character,
     ConfigError,
+    EvaluationLibrary,
     LoraLibrary,
     LoraSpec,
     Profile,
@@ -199,19 +201,37 @@ class Workspace:
         return library.loras
 
     def prompt_library(self, character: Character | None = None, kind: str = "enrich") -> dict[str, PromptEntry]:
-        """configs/prompts/<kind>.yaml by id, with the character's own prompts added (enrich only)."""
+        """configs/prompts/<kind>.yaml by id, with the character's own prompts added (enrich and evaluation; the
+        character chooses its evaluation library, see :meth:`evaluation_set`)."""
+        if kind == "evaluation":
+            return self.evaluation_set(character)[0]
         path = self.configs_dir / "prompts" / f"{kind}.yaml"
         library = load_yaml_model(path, PromptLibrary)
-        allowed = ENRICH_CATEGORIES if kind == "enrich" else SYNTHETIC_CATEGORIES
         entries = {p.id: p for p in library.prompts}
         if character is not None and kind == "enrich":
             entries.update({p.id: p for p in character.prompts})
+        self._check_categories(path, entries, ENRICH_CATEGORIES if kind == "enrich" else SYNTHETIC_CATEGORIES)
+        return entries
+
+    def evaluation_set(self, character: Character | None = None) -> tuple[dict[str, PromptEntry], list[int]]:
+        """The evaluation prompts by id and their fixed seeds (docs/evaluation.md): the library the character names
+        (configs/prompts/evaluation.yaml by default), its own evaluation prompts added, its seeds if it sets any."""
+        own = character.evaluation if character is not None else None
+        path = self.configs_dir / "prompts" / f"{own.library if own else 'evaluation'}.yaml"
+        library = load_yaml_model(path, EvaluationLibrary)
+        entries = {p.id: p for p in library.prompts}
+        if own is not None:
+            entries.update({p.id: p for p in own.prompts})
+        self._check_categories(path, entries, EVALUATION_CATEGORIES)
+        return entries, list(own.seeds if own is not None and own.seeds else library.seeds)
+
+    @staticmethod
+    def _check_categories(path: Path, entries: dict[str, PromptEntry], allowed: tuple[str, ...]) -> None:
         for i, p in enumerate(entries.values()):
             if p.category not in allowed:
                 raise ConfigError(
                     f"{path}: key 'prompts.{i}.category': {p.category!r} is not one of {', '.join(allowed)}"
                 )
-        return entries
 
     def profile_names(self) -> list[str]:
         folder = self.configs_dir / "profiles"

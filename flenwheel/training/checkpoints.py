@@ -1,4 +1,4 @@
-"""Checkpoints on disk: written atomically, scored, chosen by identity, pruned.
+"""Checkpoints on disk: written atomically, scored, chosen by what their samples say, pruned.
 
 A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding the adapter weights, the optimizer and RNG state,
 the samples with their grid, the loss curve so far and the identity score. It is written into a temporary
@@ -67,16 +67,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @dataclass
 class CheckpointScore:
+    """What a checkpoint's samples say. The character LoRA's are scored by the evaluation engine (verdict rates,
+    likeness, adherence and the composite it is chosen by, docs/evaluation.md); the editor LoRA's by identity only
+    (``pass_rate``, ``mean_similarity``), its samples being edits of a training photo by design."""
+
     step: int
-    pass_rate: float | None
+    pass_rate: float | None  # identity filter passes among the samples
     mean_similarity: float | None
     n_samples: int
+    good_rate: float | None = None
+    copy_rate: float | None = None
+    weak_rate: float | None = None
+    mean_likeness: float | None = None
+    adherence: float | None = None  # None: not measured (no critic, or no checks)
+    composite: float | None = None
+
+
+def _by_composite(s: CheckpointScore) -> tuple[float, float, float, int]:
+    # ties: fewer copies, then more likeness, then the earlier step (the same score after more steps on the same
+    # photos is more memorised)
+    return (
+        -2.0 if s.composite is None else s.composite,
+        -(s.copy_rate or 0.0),
+        -2.0 if s.mean_likeness is None else s.mean_likeness,
+        -s.step,
+    )
 
 
 def choose_checkpoint(scores: Sequence[CheckpointScore]) -> CheckpointScore:
-    """Best identity pass rate; ties by mean similarity, then the later step (never by loss)."""
+    """The checkpoint to export, never by loss: the highest composite of good rate, adherence and copies
+    (:mod:`flenwheel.evaluation.summary`) when the samples were scored so, else the best identity pass rate (ties:
+    mean similarity, then the later step)."""
     if not scores:
         raise TrainingError("no checkpoint to choose from")
+    if any(s.composite is not None for s in scores):
+        return max(scores, key=_by_composite)
     return max(
         scores,
         key=lambda s: (
@@ -85,6 +110,46 @@ def choose_checkpoint(scores: Sequence[CheckpointScore]) -> CheckpointScore:
             s.step,
         ),
     )
+
+
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.0%}"
+
+
+def checkpoint_reason(scores: Sequence[CheckpointScore]) -> str:
+    """Why :func:`choose_checkpoint` picks the checkpoint it picks, in words (the report and ``result.json``)."""
+    chosen = choose_checkpoint(scores)
+    n = len(scores)
+    if chosen.composite is None:
+        return (
+            f"step {chosen.step}: the best identity pass rate of the samples ({_pct(chosen.pass_rate)}) of {n} "
+            "checkpoint(s); ties go to the higher mean similarity, then the later step"
+        )
+    likeness = "-" if chosen.mean_likeness is None else f"{chosen.mean_likeness:.3f}"
+    words = [
+        f"step {chosen.step}: the highest composite ({chosen.composite:+.2f}) of {n} checkpoint(s) — good "
+        f"{_pct(chosen.good_rate)}, copies {_pct(chosen.copy_rate)}, adherence {_pct(chosen.adherence)}, mean "
+        f"likeness {likeness}"
+    ]
+    copying = [s for s in scores if s.step > chosen.step and (s.copy_rate or 0.0) > (chosen.copy_rate or 0.0)]
+    if copying:
+        listed = ", ".join(f"step {s.step} {_pct(s.copy_rate)}" for s in sorted(copying, key=lambda s: s.step))
+        words.append(f"later checkpoints copy training images ({listed} of their samples are copies)")
+    likelier = [
+        s
+        for s in scores
+        if s.mean_likeness is not None and chosen.mean_likeness is not None and s.mean_likeness > chosen.mean_likeness
+    ]
+    if likelier:
+        top = max(likelier, key=lambda s: s.mean_likeness or 0.0)
+        words.append(
+            f"step {top.step} looks more like the character (likeness {top.mean_likeness:.3f}) but scores "
+            f"{(top.composite or 0.0):+.2f}: likeness that comes from copying counts against a checkpoint"
+        )
+    tied = [s for s in scores if s is not chosen and s.composite == chosen.composite]
+    if tied:
+        words.append("ties go to fewer copies, then higher likeness, then the earlier step")
+    return "; ".join(words)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -140,5 +205,11 @@ def scores_from_disk(run_dir: Path) -> list[CheckpointScore]:
     for p in checkpoints(run_dir):
         raw = json.loads((p / "score.json").read_text()) if (p / "score.json").exists() else None
         if raw:
-            out.append(CheckpointScore(raw["step"], raw["pass_rate"], raw["mean_similarity"], raw["n_samples"]))
+            out.append(score_from_json(raw))
     return out
+
+
+def score_from_json(raw: dict[str, Any]) -> CheckpointScore:
+    """A stored score (``score.json``, ``result.json``); fields a record made before them lack stay None."""
+    known = {f for f in CheckpointScore.__dataclass_fields__}
+    return CheckpointScore(**{k: v for k, v in raw.items() if k in known})

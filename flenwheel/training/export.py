@@ -19,10 +19,17 @@ from safetensors.torch import load_file
 from flenwheel.catalog import Catalog
 from flenwheel.core.files import clear_leftovers, file_sha256, temp_prefix
 from flenwheel.models.licences import LicenceRecord, merge, model_licence
-from flenwheel.report.plots import training_curves
+from flenwheel.report.plots import checkpoint_chart, training_curves
 from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend
-from flenwheel.training.checkpoints import CheckpointScore, atomic_save_file, atomic_write_text, checkpoint_dir
+from flenwheel.training.checkpoints import (
+    CheckpointScore,
+    atomic_save_file,
+    atomic_write_text,
+    checkpoint_dir,
+    checkpoint_reason,
+    score_from_json,
+)
 from flenwheel.training.job import TrainJob, TrainResult
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -78,12 +85,16 @@ def export(
     training_curves(
         {lora_id: losses}, {lora_id: [(x.step, x.pass_rate or 0.0) for x in by_step]}, run_dir / "training.png"
     )
+    choice = checkpoint_reason(scores) if scores else f"step {step}: no checkpoint was scored, the last one"
+    if any(x.composite is not None for x in scores):
+        checkpoint_chart({lora_id: [x.__dict__ for x in by_step]}, {lora_id: step}, run_dir / "checkpoints.png")
     result = TrainResult(
-        lora_id, run_dir, weights, comfy_path(run_dir, lora_id), step, scores, losses, sha, resumed_from
+        lora_id, run_dir, weights, comfy_path(run_dir, lora_id), step, scores, losses, sha, resumed_from, choice=choice
     )
     summary = {
         "lora_id": lora_id,
         "chosen_step": step,
+        "choice": choice,
         "sha256": sha,
         "alpha": alpha,
         "losses": losses,
@@ -123,7 +134,7 @@ def finished_result(lora_id: str, run_dir: Path) -> TrainResult | None:
     if not (run_dir / WEIGHTS).exists() or not record.exists():
         return None
     raw = json.loads(record.read_text())
-    scores = [CheckpointScore(**x) for x in raw["scores"]]
+    scores = [score_from_json(x) for x in raw["scores"]]
     return TrainResult(
         lora_id,
         run_dir,
@@ -134,6 +145,7 @@ def finished_result(lora_id: str, run_dir: Path) -> TrainResult | None:
         [tuple(x) for x in raw["losses"]],
         raw["sha256"],
         trained=False,
+        choice=raw.get("choice", ""),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, Profile
+from flenwheel.evaluation import SampleScorer
+from flenwheel.evaluation.scoring import configured_critic
+from flenwheel.models import runtime
 from flenwheel.models.families import family
 from flenwheel.models.loading import check_device
 from flenwheel.store.objects import open_rgb
@@ -36,8 +40,11 @@ from flenwheel.training.data import (
     fit_to_bucket,
     version_examples,
 )
+from flenwheel.training.judging import evaluation_judge, evaluation_samples
 from flenwheel.training.lora_formats import flux_to_comfy
-from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult, identity_scorer
+from flenwheel.training.trainer import LoraTrainer, ProgressFn, TrainJob, TrainResult
+
+log = logging.getLogger(__name__)
 
 
 class FluxBackend(TrainingBackend):
@@ -191,7 +198,12 @@ def train_flux(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train the character LoRA of ``character`` on a frozen dataset version (exported for other trainers too), with
-    the trainer backend of the profile's generator family (FLUX.1 here, FLUX.2 [klein] in :mod:`.flux2_klein`)."""
+    the trainer backend of the profile's generator family (FLUX.1 here, FLUX.2 [klein] in :mod:`.flux2_klein`).
+
+    Every checkpoint samples the character's evaluation prompt set (unless the profile names ``sample_prompts``)
+    and is scored by the evaluation engine against ``version_id``: the exported checkpoint has the best composite
+    of good samples, prompt adherence and copies of training images (docs/training.md).
+    """
     check_device(profile)
     settings = profile.trainer if steps is None else profile.trainer.model_copy(update={"steps": steps})
     export_version(ws, catalog, version_id)
@@ -205,5 +217,16 @@ def train_flux(
         character.trigger,
         base_model_ref=backend.model.ref,
     )
+    if settings.sample_prompts is None:
+        job.sample_prompts, job.sample_seeds = evaluation_samples(ws, character)
+        # which prompts chose the checkpoint is part of the run (its fingerprint, the LoRA's recorded settings)
+        job.extra["evaluation_set"] = {"prompts": [p.prompt_id for p in job.sample_prompts], "seeds": job.sample_seeds}
+    scorer = SampleScorer(ws, catalog, character, version_id, configured_critic(ws, profile.name))
+    leaked = scorer.in_training_captions({p.prompt_id or p.text: p.text for p in job.samples()[0]})
+    if leaked:
+        log.warning(f"checkpoint sample prompt(s) {', '.join(leaked)} are training captions of {version_id}")
     trainer = LoraTrainer(ws, catalog, backend, run_id)
-    return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)
+    try:
+        return trainer.train(job, evaluation_judge(scorer), resume, on_progress, stop_after)
+    finally:
+        runtime.release_vlms()  # the critic, if one answered the checks, leaves the card with the run

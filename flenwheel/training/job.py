@@ -4,19 +4,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from flenwheel.core.config import TrainerSettings
+from flenwheel.core.config import Check, TrainerSettings
 from flenwheel.training.checkpoints import CheckpointScore
 from flenwheel.training.data import Example
 
 ScoreFn = Callable[[list[Image.Image]], list[Any]]  # images -> identity Scores
 ProgressFn = Callable[[int, int, float, float], None]  # step, total, loss, seconds per step
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """A prompt every checkpoint is sampled with: its text as sent, and the checks its samples are asked."""
+
+    text: str
+    prompt_id: str | None = None
+    checks: tuple[Check, ...] = ()
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One checkpoint sample: the prompt and seed that made it."""
+
+    prompt: SamplePrompt
+    seed: int
+
+
+# What a trainer asks of a checkpoint's samples: (step, samples, their specs) -> its score and a label per sample
+CheckpointJudge = Callable[[int, Sequence[Image.Image], Sequence[SampleSpec]], tuple[CheckpointScore, list[str]]]
 
 
 @dataclass
@@ -31,6 +52,7 @@ class TrainResult:
     sha256: str
     resumed_from: int | None = None
     trained: bool = True  # False when a finished LoRA was found and returned as it is
+    choice: str = ""  # why the exported checkpoint was chosen, in words
 
 
 @dataclass
@@ -44,6 +66,16 @@ class TrainJob:
     trigger: str
     base_model_ref: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # what every checkpoint is sampled with; empty: the settings' sample_prompts with their sample_seeds
+    sample_prompts: list[SamplePrompt] = field(default_factory=list)
+    sample_seeds: list[int] = field(default_factory=list)
+
+    def samples(self) -> tuple[list[SamplePrompt], list[int]]:
+        """The checkpoint sample prompts ({trigger} replaced) and seeds."""
+        if self.sample_prompts:
+            return self.sample_prompts, self.sample_seeds
+        texts = self.settings.sample_prompts or []
+        return [SamplePrompt(t.replace("{trigger}", self.trigger)) for t in texts], list(self.settings.sample_seeds)
 
     def fingerprint(self, kind: str) -> str:
         payload = {

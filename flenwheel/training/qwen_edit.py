@@ -34,8 +34,9 @@ from flenwheel.training.backend import TrainingBackend, backend_class, free_memo
 from flenwheel.training.checkpoints import TrainingError, atomic_save_file
 from flenwheel.training.data import Example, bucket_resolution, bucket_size, fit_to_bucket
 from flenwheel.training.job import ProgressFn, TrainJob, TrainResult
+from flenwheel.training.judging import identity_judge, identity_scorer
 from flenwheel.training.lora_formats import qwen_to_comfy
-from flenwheel.training.trainer import LoraTrainer, identity_scorer
+from flenwheel.training.trainer import LoraTrainer
 from flenwheel.training.triplets import approved_triplets, export_triplets, split_held_out
 
 
@@ -261,4 +262,4 @@ def train_edit_lora(
         extra={"held_out_sources": held_out, "ops": list(ops)},
     )
     trainer = LoraTrainer(ws, catalog, backend, run_id)
-    return trainer.train(job, identity_scorer(ws, catalog, character), resume, on_progress, stop_after)
+    return trainer.train(job, identity_judge(identity_scorer(ws, catalog, character)), resume, on_progress, stop_after)

@@ -1,11 +1,12 @@
-"""The generic LoRA loop on diffusers + peft, which picks its checkpoint by identity, not by loss.
+"""The generic LoRA loop on diffusers + peft, which picks its checkpoint by what its samples show, not by loss.
 
 It does what every good trainer does — cached latents and embeddings, aspect-ratio buckets that never upscale,
 gradient accumulation, atomic checkpoints every N steps (keep the last K and the best), resume with optimizer
 and RNG state, a progress callback — and adds what none of them do: at each checkpoint it samples fixed
-prompts and seeds, identity-scores the samples against the character's reference set, writes pass rate and
-mean similarity to ``metrics``, and finally exports the **checkpoint with the best identity pass rate** (ties:
-higher mean similarity, then the later step). Model-specific work lives in a backend (:mod:`.backend`).
+prompts and seeds, has a judge score the samples (:mod:`.judging`: the character LoRA by likeness, copies of
+its training images and prompt adherence; the editor LoRA by identity), writes the scores to ``metrics``, and
+finally exports the checkpoint :func:`~flenwheel.training.checkpoints.choose_checkpoint` picks, with the reason
+in words. Model-specific work lives in a backend (:mod:`.backend`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flenwheel.catalog import Catalog
-from flenwheel.core.config import Character, TrainerSettings
-from flenwheel.identity import judge_for, judge_image, load_backend, reference_set_for
+from flenwheel.core.config import TrainerSettings
 from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend
 from flenwheel.training.checkpoints import (
@@ -38,15 +38,12 @@ from flenwheel.training.checkpoints import (
     scores_from_disk,
 )
 from flenwheel.training.export import export, finished_result, recorded_alpha, register
-from flenwheel.training.job import ProgressFn, ScoreFn, TrainingInterrupted, TrainJob, TrainResult
+from flenwheel.training.job import CheckpointJudge, ProgressFn, SampleSpec, TrainingInterrupted, TrainJob, TrainResult
 
-
-def identity_scorer(ws: Workspace, catalog: Catalog, character: Character) -> ScoreFn:
-    """Score sample images against the character's reference set, in this process."""
-    refset = reference_set_for(ws, catalog, character)
-    judge = judge_for(ws, character, refset)
-    backend = load_backend(refset.backend, ws.settings.identity)
-    return lambda images: [judge_image(backend, judge, np.asarray(img.convert("RGB"))) for img in images]
+# metrics of a checkpoint, besides its sample count, when measured (scope ``checkpoint``)
+CHECKPOINT_METRICS = (
+    "pass_rate", "mean_similarity", "good_rate", "copy_rate", "weak_rate", "mean_likeness", "adherence", "composite",
+)  # fmt: skip
 
 
 class LoraTrainer:
@@ -65,7 +62,7 @@ class LoraTrainer:
     def train(
         self,
         job: TrainJob,
-        score_fn: ScoreFn | None = None,
+        judge: CheckpointJudge | None = None,
         resume: bool = True,
         on_progress: ProgressFn | None = None,
         stop_after: int | None = None,
@@ -90,8 +87,9 @@ class LoraTrainer:
         key = hashlib.sha256(cache_id.encode()).hexdigest()[:16]
         cache_dir = self.ws.root / "cache" / self.backend.kind / key
         data = self.backend.cache(job.examples, cache_dir)
-        prompts = [p.replace("{trigger}", job.trigger) for p in s.sample_prompts]
-        sample_conds = self.backend.cache_samples(prompts, cache_dir) if prompts else []
+        prompts, seeds = job.samples()
+        specs = [SampleSpec(p, seed) for p in prompts for seed in seeds]  # the order backend.sample makes them in
+        sample_conds = self.backend.cache_samples([p.text for p in prompts], cache_dir) if prompts else []
 
         transformer, params, alpha = self.prepare_model(s)
         optimizer = self.optimizer(params)
@@ -125,9 +123,9 @@ class LoraTrainer:
             if step % s.checkpoint_every == 0 or step == s.steps:
                 transformer.eval()
                 with self.backend.autocast():
-                    samples = self.backend.sample(transformer, sample_conds, s.sample_seeds) if sample_conds else []
+                    samples = self.backend.sample(transformer, sample_conds, seeds) if sample_conds else []
                 transformer.train()
-                score, labels = self._score(step, samples, score_fn)
+                score, labels = self._score(step, samples, specs, judge)
                 scores = [*(x for x in scores if x.step != step), score]
                 state = {
                     "step": step,
@@ -242,27 +240,21 @@ class LoraTrainer:
         return batch
 
     def _score(
-        self, step: int, samples: Sequence[Image.Image], score_fn: ScoreFn | None
+        self, step: int, samples: Sequence[Image.Image], specs: Sequence[SampleSpec], judge: CheckpointJudge | None
     ) -> tuple[CheckpointScore, list[str]]:
-        """The checkpoint's identity score and a label per sample (verdict and similarity)."""
-        if score_fn is None or not samples:
+        """The checkpoint's score and a label per sample (nothing measured without a judge or samples)."""
+        if judge is None or not samples:
             return CheckpointScore(step, None, None, len(samples)), [f"sample {i}" for i in range(len(samples))]
-        scores = score_fn(list(samples))
-        passed = sum(s.verdict == "pass" for s in scores)
-        sims = [s.similarity for s in scores if s.similarity is not None]
-        result = CheckpointScore(step, passed / len(scores), float(np.mean(sims)) if sims else None, len(scores))
-        labels = [s.verdict if s.similarity is None else f"{s.verdict} {s.similarity:.2f}" for s in scores]
-        return result, labels
+        return judge(step, samples, specs)
 
     def _record(self, lora_id: str, score: CheckpointScore, losses: list[tuple[int, float]], every: int) -> None:
-        """A committed checkpoint's identity score and recent loss in ``metrics`` (once per checkpoint, whichever
-        run records it: these are facts about the checkpoint)."""
+        """A committed checkpoint's scores and recent loss in ``metrics`` (once per checkpoint, whichever run
+        records it: these are facts about the checkpoint)."""
         if not self.run_id:
             return
-        if score.pass_rate is not None:
-            values = {"pass_rate": score.pass_rate, "n_samples": float(score.n_samples)}
-            if score.mean_similarity is not None:
-                values["mean_similarity"] = score.mean_similarity
+        values = {k: float(v) for k in CHECKPOINT_METRICS if (v := getattr(score, k)) is not None}
+        if values:
+            values["n_samples"] = float(score.n_samples)
             self.catalog.add_metrics(self.run_id, "checkpoint", lora_id, values, step=score.step, once=True)
         recent = [v for st, v in losses if score.step - every < st <= score.step]
         if recent:

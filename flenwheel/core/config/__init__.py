@@ -7,7 +7,7 @@ is the one way in.
 """
 
 from flenwheel.core.config.base import CHARACTER_NAME, ConfigError, Strict, validate_character_name
-from flenwheel.core.config.characters import Character, EditorRouting, IdentitySettings
+from flenwheel.core.config.characters import Character, CharacterEvaluation, EditorRouting, IdentitySettings
 from flenwheel.core.config.profiles import (
     LoraLibrary,
     LoraSpec,
@@ -20,9 +20,11 @@ from flenwheel.core.config.profiles import (
 )
 from flenwheel.core.config.prompts import (
     ENRICH_CATEGORIES,
+    EVALUATION_CATEGORIES,
     SYNTHETIC_CATEGORIES,
     AugmentSpec,
     Check,
+    EvaluationLibrary,
     Preserve,
     PromptEntry,
     PromptLibrary,
@@ -30,8 +32,10 @@ from flenwheel.core.config.prompts import (
 )
 from flenwheel.core.config.settings import (
     DEFAULT_CAPTION_INSTRUCTION,
+    BandSettings,
     CaptionSettings,
     CatalogSettings,
+    EvaluationSettings,
     IdentityBackendSettings,
     NightlySettings,
     ReviewSettings,
@@ -44,14 +48,19 @@ __all__ = [
     "CHARACTER_NAME",
     "DEFAULT_CAPTION_INSTRUCTION",
     "ENRICH_CATEGORIES",
+    "EVALUATION_CATEGORIES",
     "SYNTHETIC_CATEGORIES",
     "AugmentSpec",
+    "BandSettings",
     "CaptionSettings",
     "CatalogSettings",
     "Character",
+    "CharacterEvaluation",
     "Check",
     "ConfigError",
     "EditorRouting",
+    "EvaluationLibrary",
+    "EvaluationSettings",
     "IdentityBackendSettings",
     "IdentitySettings",
     "LoraLibrary",

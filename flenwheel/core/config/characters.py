@@ -38,6 +38,19 @@ class EditorRouting(Strict):
     )
 
 
+class CharacterEvaluation(Strict):
+    """How a character's LoRAs and checkpoints are evaluated (docs/evaluation.md): which prompt set, with which
+    prompts of its own and which seeds."""
+
+    library: str = Field(
+        "evaluation", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="configs/prompts/<library>.yaml"
+    )
+    prompts: list[PromptEntry] = Field(
+        default_factory=list, description="extra evaluation prompts (an id of the library replaces that entry)"
+    )
+    seeds: list[int] | None = Field(None, min_length=1, description="seeds of every prompt; None: the library's")
+
+
 class Character(Strict):
     """configs/characters/<name>.yaml."""
 
@@ -55,6 +68,9 @@ class Character(Strict):
     editor_lora_scale: float = Field(1.0, ge=0.0, le=2.0)
     editors: EditorRouting = Field(
         default_factory=EditorRouting, description="editor per prompt category (runs with --editor configured)"
+    )
+    evaluation: CharacterEvaluation = Field(
+        default_factory=CharacterEvaluation, description="the evaluation prompt set of its LoRAs (docs/evaluation.md)"
     )
 
     @field_validator("name")

@@ -120,18 +120,15 @@ class TrainerSettings(Strict):
         "Qwen-Image-Edit - musubi-tuner's, every Linear of the transformer blocks except the modulation",
     )
     resolutions: list[int] = Field(default_factory=lambda: [512], description="bucket base sizes (never upscaled)")
-    checkpoint_every: int = Field(250, ge=1, description="checkpoint, sample and identity-score every N steps")
+    checkpoint_every: int = Field(250, ge=1, description="checkpoint, sample and score the samples every N steps")
     keep_last: int = Field(3, ge=1, description="checkpoints kept besides the best one")
-    sample_prompts: list[str] = Field(
-        default_factory=lambda: [
-            "photo of {trigger}, portrait, looking at the camera",
-            "photo of {trigger} walking in a park, full body",
-            "photo of {trigger}, side view, studio lighting",
-            "photo of {trigger} smiling, close-up",
-        ],
-        description="prompts sampled at each checkpoint ({trigger} is replaced)",
+    sample_prompts: list[str] | None = Field(
+        None,
+        description="prompts sampled at each checkpoint ({trigger} is replaced), with sample_seeds; None: the "
+        "character's evaluation prompt set with its checks and seeds (docs/evaluation.md), so checkpoints are "
+        "chosen on the jobs LoRAs are compared on",
     )
-    sample_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    sample_seeds: list[int] = Field(default_factory=lambda: [0, 1], description="seeds of sample_prompts")
     sample_steps: int = Field(20, ge=1)
     sample_size: int = Field(768, ge=16, le=2048)
     guidance: float = Field(1.0, ge=0, description="FLUX guidance embedding value during training")

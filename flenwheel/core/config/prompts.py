@@ -38,7 +38,7 @@ class VerifierSpec(Strict):
 
 
 class Check(Strict):
-    """One yes/no question the VLM critic answers about an edited image."""
+    """One yes/no question the VLM critic answers about an image (an edit, or a sample of an evaluation prompt)."""
 
     id: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     question: str = Field(..., min_length=3)
@@ -48,6 +48,8 @@ class Check(Strict):
 
 ENRICH_CATEGORIES = ("angles", "lighting", "background", "expression", "outfit")
 SYNTHETIC_CATEGORIES = ("pose", "scene", "outfit", "lighting")
+# What an evaluation prompt changes from the training photos (docs/evaluation.md).
+EVALUATION_CATEGORIES = ("outfit", "scene", "lighting", "angle", "expression")
 
 
 class AugmentSpec(Strict):
@@ -77,7 +79,9 @@ class PromptEntry(Strict):
     verify: VerifierSpec | None = Field(
         None, description="what an edit must keep and change; default: the category's (docs/verification.md)"
     )
-    checks: list[Check] = Field(default_factory=list, description="yes/no questions the VLM critic asks of an edit")
+    checks: list[Check] = Field(
+        default_factory=list, description="yes/no questions the VLM critic asks of an edit or an evaluation sample"
+    )
 
 
 class PromptLibrary(Strict):
@@ -92,3 +96,10 @@ class PromptLibrary(Strict):
                 raise ValueError(f"prompt id {p.id!r} appears twice")
             seen.add(p.id)
         return v
+
+
+class EvaluationLibrary(PromptLibrary):
+    """configs/prompts/evaluation.yaml: the evaluation prompt set, sampled with the same fixed seeds for every
+    checkpoint and LoRA so that they are compared on the same jobs (docs/evaluation.md)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="seeds of every prompt")

@@ -1,5 +1,5 @@
 """configs/flenwheel.yaml: project-wide settings (store, catalog, identity backends, review, nightly runs,
-verification, captions, cluster mode)."""
+verification, captions, evaluation, cluster mode)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from flenwheel.core.config.base import Strict
 from flenwheel.core.config.prompts import Check
-from flenwheel.core.types import EditorChoice, ProfileName, ReviewMode
+from flenwheel.core.types import EditorChoice, IdentityBackendName, ProfileName, ReviewMode
 
 
 class StoreSettings(Strict):
@@ -160,6 +160,34 @@ class ClusterSettings(Strict):
         return v
 
 
+class BandSettings(Strict):
+    """One identity backend's likeness band for evaluation (docs/evaluation.md); None keeps the calibrated value."""
+
+    likeness_floor: float | None = Field(
+        None, ge=-1.0, le=1.0, description="a sample whose face is less like the character than this is 'weak'"
+    )
+    copy_ceiling: float | None = Field(
+        None, ge=0.0, le=1.0, description="a sample this close to a training image (copy score) is a 'copy'"
+    )
+
+
+class EvaluationSettings(Strict):
+    """How samples are judged: likeness, copies of training images, prompt adherence (docs/evaluation.md)."""
+
+    critic: str | None = Field(
+        "verify",
+        description="the VLM that answers the evaluation prompts' yes/no checks: 'verify' (verify.critic's), "
+        "'editor', a folder or hub id; null: adherence is not measured",
+    )
+    bands: dict[IdentityBackendName, BandSettings] = Field(
+        default_factory=dict, description="per identity backend: overrides of the calibrated likeness band"
+    )
+
+    def critic_ref(self, verify: VerifySettings) -> str | None:
+        """The critic the evaluation asks, or None when none is configured."""
+        return verify.critic if self.critic == "verify" else self.critic
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -173,3 +201,4 @@ class Settings(Strict):
     verify: VerifySettings = VerifySettings()
     captions: CaptionSettings = CaptionSettings()
     cluster: ClusterSettings = ClusterSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()

@@ -1,4 +1,5 @@
-"""Flywheel 1: enrich -> review -> caption + freeze vN -> train LoRA vN -> generate -> review -> vN+1 -> ...
+"""Flywheel 1: enrich (aimed at the set's coverage gaps) -> review -> caption + freeze vN -> train LoRA vN -> generate
+-> review -> vN+1 -> ...
 
 The flow is resumable from the catalog alone. ``iterations`` is the number of iterations the character should
 have: the ``iterations`` table says which are complete (they are skipped), and every step inside an iteration
@@ -32,7 +33,7 @@ from flenwheel.report.format import format_rows
 from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
-from flenwheel.tasks.enrich import score_images
+from flenwheel.tasks.enrich import assess, score_images
 from flenwheel.tasks.generate import generate_batch, make_report
 from flenwheel.tasks.training import caption_dataset, train_lora
 
@@ -56,6 +57,12 @@ class FlywheelParams(BaseModel):
     wait: bool = Field(False, description="a local run pauses at review gates instead of stopping")
     enrich_prompts: list[PromptId] | None = Field(None, description="enrichment prompt ids; default: all")
     enrich_seeds: int = Field(2, ge=1, le=64)
+    fill_gaps: bool = Field(
+        True, description="enrich only the sources x prompts that fill the set's thinnest coverage bins"
+    )
+    fill_budget: int | None = Field(
+        None, ge=1, description="edit jobs per enrichment at most (default: coverage.budget)"
+    )
     synthetic_prompts: list[PromptId] | None = Field(None, description="synthetic prompt ids; default: all")
     synthetic_seeds: int = Field(2, ge=1, le=64, description="seeds 0..N-1 per synthetic prompt")
     train_steps: int | None = Field(None, ge=1, description="override the profile's training steps")
@@ -90,6 +97,8 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
         review=params.review,
         wait=params.wait,
         batch_size=params.batch_size,
+        fill_gaps=params.fill_gaps,
+        budget=params.fill_budget,
     )
     try:
         with character_lock(ws, character.name, holder):
@@ -156,6 +165,7 @@ def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str) -> int:
         for batch in batches(jobs, params.batch_size):
             ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
             score_images(ctx, ids)
+            assess(ctx, ids)
             made += len(ids)
     finally:
         runtime.release_models()

@@ -207,13 +207,16 @@ class CatalogCore:
 
         def migrate(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("CREATE TABLE IF NOT EXISTS schema_info (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
-            current = con.execute("SELECT coalesce(max(version), 0) FROM schema_info").fetchone()[0]
+            applied = {row[0] for row in con.execute("SELECT version FROM schema_info").fetchall()}
+            current = max(applied, default=0)
             if current > SCHEMA_VERSION:
                 raise CatalogError(
                     f"catalog {self.path} has schema version {current}, newer than this flenwheel "
                     f"({SCHEMA_VERSION}): upgrade flenwheel"
                 )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
+            # Every known migration not applied yet, in order: versions written on parallel branches may arrive
+            # out of order (a catalog at 8 still takes 7 when 7 lands), so each is self-contained.
+            for version in sorted(v for v in MIGRATIONS if v not in applied):
                 for statement in MIGRATIONS[version]:
                     con.execute(statement)
                 con.execute("INSERT INTO schema_info VALUES (?, ?)", [version, now()])

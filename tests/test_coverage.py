@@ -109,6 +109,31 @@ def test_fill_gaps_aims_at_the_missing_left_views_first(ws: Workspace, catalog: 
     assert 3 < len(all_aimed) <= len(everything[0][1]) and all(j.prompt.adds for j in all_aimed)
 
 
+def test_an_interrupted_aimed_enrichment_ends_where_an_uninterrupted_one_would_and_a_rerun_plans_nothing(
+    ws: Workspace, catalog: Catalog, sources
+) -> None:
+    """The plan counts the aimed edits already made by what they aimed at, whatever became of them: planned again
+    after a kill it is the rest of the first plan, and after the review nothing it tried before."""
+    character = ws.character("obama")
+    checker = EditChecker(ws.root, load_backend("dlib", ws.settings.identity), ws.settings.verify)
+
+    def plan() -> list[EditJob]:
+        [(_, jobs)] = plan_enrichment(ws, catalog, character, "augment", None, None, 1, fill_gaps=True)
+        return jobs
+
+    def keys(jobs: list[EditJob]) -> list[tuple[str, str]]:
+        return [(j.parent_id, j.prompt.id) for j in jobs]
+
+    first = plan()
+    assert len(first) >= 3
+    run_edit_batch(ws, catalog, "obama", AugmentEditor(), first[:1], None, checker)  # killed after one job
+    again = plan()
+    assert keys(again) == keys(first[1:])
+    run_edit_batch(ws, catalog, "obama", AugmentEditor(), again, None, checker)
+    gate.Gate(catalog, "obama", "enrich").auto_review(None)  # the augment stand-ins miss most aims: rejected
+    assert plan() == []
+
+
 def test_an_angle_edit_that_stays_frontal_fails_landed_is_retried_and_counts_against_its_prompt(
     ws: Workspace, catalog: Catalog, sources
 ) -> None:

@@ -130,6 +130,21 @@ class CoverageMixin(CatalogCore):
 
     # ------------------------------------------------------------------ plans of aimed enrichment
 
+    def aimed_edits(self, character: str) -> list[dict[str, Any]]:
+        """Every edit job's candidate of the character (the chosen attempt; every edit when none was checked) with
+        its source, prompt, editor and current decision at the enrichment gate (None: undecided)."""
+        if not self.path.exists():
+            return []
+        return self.rows(
+            """SELECT i.image_id, d.parent_id AS source_id, d.prompt_id, d.params->>'$.editor' AS editor, r.decision
+               FROM images i JOIN first_derivation d ON d.child_id = i.image_id
+               LEFT JOIN review_state r ON r.image_id = i.image_id AND r.gate_id = $gate
+               WHERE i.character = $c AND i.origin IN ('edit', 'augment')
+                 AND NOT EXISTS (SELECT 1 FROM edit_attempts e WHERE e.image_id = i.image_id AND NOT e.chosen)
+               ORDER BY i.created_at, i.image_id""",
+            {"c": character, "gate": f"{character}:enrich"},
+        )
+
     def add_plan(self, row: dict[str, Any]) -> None:
         """Record an aimed enrichment's plan (its id is the run id and editor: a re-run of the same run keeps it)."""
 

@@ -1,4 +1,5 @@
-"""Enrichment: every source photo x prompt x seed not yet done -> edit -> store -> identity -> review gate.
+"""Enrichment: every source photo x prompt x seed not yet done (or, with ``fill_gaps``, the ones aimed at the set's
+thinnest coverage bins) -> edit -> store -> identity -> quality and coverage -> review gate.
 
 Work is planned from the catalog (an edit job is done when a derivation with its ``job_key`` exists), run
 in batches of ``batch_size`` jobs per task, and recorded batch by batch; a run that is killed and started
@@ -29,7 +30,7 @@ from flenwheel.store.objects import expand_paths
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
 from flenwheel.tasks.cluster import Cluster, cluster_for
-from flenwheel.tasks.enrich import edit_batch, score_images
+from flenwheel.tasks.enrich import assess, edit_batch, score_images
 from flenwheel.tasks.remote import edit_on_cluster, score_on_cluster
 from flenwheel.tasks.review import sync_review
 
@@ -66,6 +67,10 @@ class EnrichParams(BaseModel):
     batch_size: int = Field(16, ge=1, le=1024, description="edit jobs per task run")
     sources: list[str] | None = Field(None, description="only these source image ids (nightly: the new ones)")
     cluster: ClusterAddress = None
+    fill_gaps: bool = Field(
+        False, description="only the sources x prompts that fill the set's thinnest coverage bins (docs/coverage.md)"
+    )
+    budget: int | None = Field(None, ge=1, description="fill_gaps: edit jobs at most (default: coverage.budget)")
 
 
 def enrich_work(ctx: RunContext, params: EnrichParams, cluster: Cluster | None = None) -> EnrichSummary:
@@ -73,6 +78,7 @@ def enrich_work(ctx: RunContext, params: EnrichParams, cluster: Cluster | None =
     flywheel and nightly flows. With ``cluster`` the edit batches (with their checks and identity) run on its
     workers and are recorded here as they come back."""
     score(ctx, None, cluster)  # sources: reference set and face boxes
+    assess(ctx, None)  # sources: their bins (what each can add) and flags
     work = plan_enrichment(
         ctx.ws,
         ctx.catalog(),
@@ -82,16 +88,22 @@ def enrich_work(ctx: RunContext, params: EnrichParams, cluster: Cluster | None =
         params.prompts,
         params.seeds,
         params.sources,
+        fill_gaps=params.fill_gaps,
+        budget=params.budget,
+        run_id=ctx.run_id,
     )
     made: list[str] = []
     try:
         for name, jobs in work:
             if cluster is not None:
-                made.extend(edit_on_cluster(cluster, ctx, name, jobs, params.batch_size))
+                ids = edit_on_cluster(cluster, ctx, name, jobs, params.batch_size)
+                assess(ctx, ids)  # here: bins and flags are cheap, CPU-only and compare with the whole set
+                made.extend(ids)
                 continue
             for batch in batches(jobs, params.batch_size):
                 ids = edit_batch(ctx, name, [(j.parent_id, j.prompt.id, j.seed) for j in batch])
                 score_images(ctx, ids)
+                assess(ctx, ids)
                 made.extend(ids)
             runtime.release_models()  # the next editor's pipeline must not share the GPU with this one
     finally:

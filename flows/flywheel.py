@@ -1,4 +1,5 @@
-"""Flywheel 1: enrich -> review -> caption + freeze vN -> train LoRA vN -> generate -> review -> vN+1 -> ...
+"""Flywheel 1: enrich (aimed at the set's coverage gaps) -> review -> caption + freeze vN -> train LoRA vN -> generate
+-> review -> vN+1 -> ...
 
 The flow is resumable from the catalog alone. ``iterations`` is the number of iterations the character should
 have: the ``iterations`` table says which are complete (they are skipped), and every step inside an iteration
@@ -33,6 +34,7 @@ from flenwheel.store.locks import CharacterBusy, character_lock
 from flenwheel.store.workspace import RunContext, Workspace
 from flenwheel.tasks import batches
 from flenwheel.tasks.cluster import Cluster, cluster_for
+from flenwheel.tasks.enrich import assess
 from flenwheel.tasks.generate import check_copies, generate_batch, make_report
 from flenwheel.tasks.remote import caption_on_cluster, generate_on_cluster
 from flenwheel.tasks.training import caption_dataset, train_lora
@@ -57,6 +59,12 @@ class FlywheelParams(BaseModel):
     wait: bool = Field(False, description="a local run pauses at review gates instead of stopping")
     enrich_prompts: list[PromptId] | None = Field(None, description="enrichment prompt ids; default: all")
     enrich_seeds: int = Field(2, ge=1, le=64)
+    fill_gaps: bool = Field(
+        True, description="enrich only the sources x prompts that fill the set's thinnest coverage bins"
+    )
+    fill_budget: int | None = Field(
+        None, ge=1, description="edit jobs per enrichment at most (default: coverage.budget)"
+    )
     synthetic_prompts: list[PromptId] | None = Field(None, description="synthetic prompt ids; default: all")
     synthetic_seeds: int = Field(2, ge=1, le=64, description="seeds 0..N-1 per synthetic prompt")
     train_steps: int | None = Field(None, ge=1, description="override the profile's training steps")
@@ -92,6 +100,8 @@ def run_flywheel(ws: Workspace, params: FlywheelParams, run_id: str, holder: str
         review=params.review,
         wait=params.wait,
         batch_size=params.batch_size,
+        fill_gaps=params.fill_gaps,
+        budget=params.fill_budget,
     )
     try:
         with cluster_for(ws.settings.cluster, params.cluster) as cluster:
@@ -159,6 +169,7 @@ def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str, cluster: Cl
     if cluster is not None:
         ids = generate_on_cluster(cluster, ctx, lora_id, jobs, params.batch_size)
         check_copies(ctx, lora_id, ids)  # on this machine: it compares with the training version in the store
+        assess(ctx, ids)
         return len(ids)
     made = 0
     try:
@@ -166,6 +177,7 @@ def _generate(ctx: RunContext, params: FlywheelParams, lora_id: str, cluster: Cl
             ids = generate_batch(ctx, lora_id, [(j.prompt.id, j.seed) for j in batch])
             score(ctx, ids, None)
             check_copies(ctx, lora_id, ids)
+            assess(ctx, ids)
             made += len(ids)
     finally:
         runtime.release_models()

@@ -4,7 +4,9 @@ Each sample is one stored image (``filepath`` is the store file) and carries ``i
 (the source photo it derives from), ``parent_id``, ``gate``, ``origin``, ``editor``, ``prompt_id``, ``seed``,
 ``verdict``, ``similarity``, ``threshold`` and the identity ``embedding`` (for FiftyOne's similarity and
 uniqueness tools); the edit checks ``verified``, ``failed_checks``, ``attempts`` (docs/verification.md), each
-failed check also as a tag ``check:<name>`` to filter on; the current ``decision``, the ``uncertainty`` the
+failed check also as a tag ``check:<name>`` to filter on; the quality ``flags`` (docs/coverage.md), each also a tag
+``flag:<name>``, shown whether or not they decide anything (``review.auto_reject``); the coverage bins ``yaw_bin``,
+``pitch_bin``, ``framing``, ``expression``, ``light``, ``warmth_bin``; the current ``decision``, the ``uncertainty`` the
 gate gives the candidate and ``uncertainty_reason``, why (e.g. which check is borderline, with its score and
 threshold; saved view ``hardest-first``: undecided candidates, the most uncertain first, see
 :func:`flenwheel.gate.triage`); and the training ``caption`` (:mod:`flenwheel.dataset.captions`).
@@ -32,6 +34,7 @@ from flenwheel.store.workspace import Workspace
 APPROVED, REJECTED, AUTO_REJECTED = "approved", "rejected", "auto_rejected"
 GROUP_VIEW = "by-source"
 QUEUE_VIEW = "hardest-first"
+BIN_FIELDS = ("yaw_bin", "pitch_bin", "framing", "expression", "light", "warmth_bin")
 
 
 def dataset_name(ws: Workspace, character: str) -> str:
@@ -63,6 +66,8 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
         ("verified", fo.BooleanField, None),
         ("attempts", fo.IntField, None),
         ("failed_checks", fo.ListField, fo.StringField),
+        ("flags", fo.ListField, fo.StringField),
+        *((name, fo.StringField, None) for name in BIN_FIELDS),
         ("caption", fo.StringField, None),
         ("caption_catalog", fo.StringField, None),
         ("uncertainty", fo.FloatField, None),
@@ -99,6 +104,8 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             "embedding": list(r["embedding"]) if r["embedding"] is not None else None,
             "verified": r["verified"],
             "failed_checks": list(r["failed_checks"]),
+            "flags": list(r["flags"]),
+            **{name: r[name] for name in BIN_FIELDS},
             "attempts": r["attempts"] or None,
             "caption_catalog": r["caption"],
             "decision": review.get(r["image_id"], {}).get("decision"),
@@ -110,6 +117,7 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             continue
         tags = [AUTO_REJECTED] if r["origin"] != "source" and r["verdict"] not in (None, "pass") else []
         tags += [f"check:{name}" for name in r["failed_checks"]]
+        tags += [f"flag:{name}" for name in r["flags"]]
         new.append(fo.Sample(filepath=str(ws.root / r["path"]), tags=tags, caption=r["caption"], **fields))
     if new:
         ds.add_samples(new, progress=False)
@@ -120,6 +128,8 @@ def sync_candidates(ws: Workspace, catalog: Catalog, character: str) -> int:
             sample[key] = value
         if sample.origin != "source" and sample.verdict not in (None, "pass") and AUTO_REJECTED not in sample.tags:
             sample.tags.append(AUTO_REJECTED)
+        # flags arrive after the sample when an image is assessed later than it was first synced
+        sample.tags.extend(t for t in (f"flag:{name}" for name in sample.flags or []) if t not in sample.tags)
     if GROUP_VIEW not in ds.list_saved_views():
         ds.save_view(GROUP_VIEW, ds.group_by("source_id", order_by="origin"))
     if QUEUE_VIEW not in ds.list_saved_views():  # undecided candidates, the most uncertain first

@@ -1,4 +1,4 @@
-"""Tasks of the enrichment stage: edit a batch of jobs, identity-score what was made."""
+"""Tasks of the enrichment stage: edit a batch of jobs, identity-score what was made, assess quality and coverage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from prefect import task
 from prefect.cache_policies import NONE
 
+from flenwheel.dataset.coverage import assess_images
 from flenwheel.editing import MODEL_EDITORS, EditJob, make_editor, run_edit_batch
 from flenwheel.editing.checks import checker_for
 from flenwheel.identity import filter_images
@@ -43,3 +44,10 @@ def score_images(ctx: RunContext, image_ids: list[str] | None) -> dict[str, int]
         detail = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         log.info(f"identity of {total} image(s): {counts.get('pass', 0) / total:.0%} pass ({detail})")
     return counts
+
+
+@task(name="assess-images", cache_policy=NONE, retries=1, retry_delay_seconds=2)
+def assess(ctx: RunContext, image_ids: list[str] | None) -> dict[str, int]:
+    """Coverage bins and quality flags of the character's images not assessed yet (only ``image_ids`` when given),
+    run after identity scoring: sources before an enrichment aims at their gaps, candidates before the gate."""
+    return assess_images(ctx.ws, ctx.catalog(), ctx.character_config(), image_ids, ctx.run_id)

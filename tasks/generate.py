@@ -48,7 +48,7 @@ def check_copies(ctx: RunContext, lora_id: str, image_ids: list[str]) -> dict[st
 def make_report(ctx: RunContext, number: int) -> IterationReport:
     """Write the iteration's HTML report and its metrics (scope ``iteration``)."""
     ws, cat = ctx.ws, ctx.catalog()
-    report = iteration_report(ws.root, cat, ctx.character, number, ws.settings.review)
+    report = iteration_report(ws.root, cat, ctx.character, number, ws.settings.review, ws.settings.coverage)
     cat.add_metrics(ctx.run_id, "iteration", f"{ctx.character}:{number}", report.metrics, once=True)
     rate = report.metrics.get("pass_rate")
     shown = "-" if rate is None else f"{rate:.0%}"

@@ -35,6 +35,8 @@ TABLES = {
     "metrics",
     "reference_sets",
     "schema_info",
+    "image_attributes",
+    "enrichment_plans",
 }
 
 
@@ -50,9 +52,21 @@ def test_migration_is_idempotent(catalog: Catalog) -> None:
     assert catalog.schema_version() == SCHEMA_VERSION
     tables = {r["table_name"] for r in catalog.rows("SELECT table_name FROM information_schema.tables")}
     assert TABLES <= tables and {"triplets", "review_state"} <= tables
-    assert catalog.rows("SELECT count(*) AS n FROM schema_info")[0]["n"] == len(
-        MIGRATIONS
-    )  # each once (numbers may have gaps: 9 lands before 7 and 8)
+    applied = [r["version"] for r in catalog.rows("SELECT version FROM schema_info ORDER BY version")]
+    assert applied == sorted(MIGRATIONS) and applied[-1] == SCHEMA_VERSION
+
+
+def test_a_migration_of_a_parallel_branch_applies_after_a_later_one(catalog: Catalog, monkeypatch) -> None:
+    """Versions 7 and 8 were written on parallel branches: a catalog already at 8 still takes 7 when it lands."""
+    from flenwheel.catalog import core, schema
+
+    catalog.migrate()
+    late = {**schema.MIGRATIONS, 7: ["CREATE TABLE arrived_late (x INTEGER)"]}
+    monkeypatch.setattr(core, "MIGRATIONS", late)
+    monkeypatch.setattr(core, "_MIGRATED", set())
+    Catalog(catalog.path).migrate()
+    assert [r["version"] for r in catalog.rows("SELECT version FROM schema_info ORDER BY version")] == sorted(late)
+    assert catalog.rows("SELECT count(*) AS n FROM arrived_late")[0]["n"] == 0
 
 
 def test_newer_schema_is_refused(catalog: Catalog) -> None:

@@ -2,7 +2,8 @@
 
 One :class:`Catalog` object per data root, cheap to construct; each method opens the file for one short
 read or write transaction. The class is assembled from one mixin per subject (images and lineage,
-identity, reviews and gates, dataset versions, LoRAs, iterations, verified edits, captions, maintenance) on top of
+identity, reviews and gates, dataset versions, LoRAs, iterations, verified edits, captions, quality flags and
+coverage, maintenance) on top of
 :mod:`.core` (connections, retries, migrations, runs, metrics, user SQL); :mod:`.schema` holds the tables and
 views.
 """
@@ -10,6 +11,7 @@ views.
 from flenwheel.catalog.captions import CaptionsMixin
 from flenwheel.catalog.checks import ChecksMixin
 from flenwheel.catalog.core import CatalogBusy, CatalogError, code_version, now, sha256_json
+from flenwheel.catalog.coverage import CoverageMixin
 from flenwheel.catalog.identity import IdentityMixin
 from flenwheel.catalog.images import ImagesMixin
 from flenwheel.catalog.iterations import IterationsMixin
@@ -30,6 +32,7 @@ class Catalog(
     IterationsMixin,
     ChecksMixin,
     CaptionsMixin,
+    CoverageMixin,
     MaintenanceMixin,
 ):
     """The catalog at ``path`` (see the package docstring)."""

@@ -60,13 +60,14 @@ class ReviewsMixin(CatalogCore):
 
     def gate_candidates(self, character: str, gate_id: str, origins: Sequence[str]) -> list[dict[str, Any]]:
         """The gate's candidates (images of ``origins``) with their latest identity score, edit checks (failed ones,
-        the closest margin and the check it belongs to, attempts) and current decision."""
+        the closest margin and the check it belongs to, attempts), quality flags and current decision."""
         if not self.path.exists():
             return []
         return self.rows(
             """SELECT i.image_id, i.origin, i.path, i.created_at, d.parent_id, d.prompt_id, d.seed, d.op,
                       s.verdict, s.similarity, s.threshold, s.matched, r.decision, r.source AS decided_by,
-                      c.verified, c.failed_checks, c.check_margin, c.closest_check, c.attempts
+                      c.verified, c.failed_checks, c.check_margin, c.closest_check, c.attempts,
+                      coalesce(c.flags, []) AS flags
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
@@ -79,17 +80,20 @@ class ReviewsMixin(CatalogCore):
         )
 
     def review_dataset_rows(self, character: str) -> list[dict[str, Any]]:
-        """Every image of the character with identity fields, derivation details, checks and its current caption
-        (the review dataset)."""
+        """Every image of the character with identity fields, derivation details, checks, quality flags, coverage bins
+        and its current caption (the review dataset)."""
         return self.rows(
             """SELECT i.image_id, i.path, i.origin, i.lineage_root AS source_id, d.parent_id, d.prompt_id, d.seed,
                       d.params->>'$.editor' AS editor, s.verdict, s.similarity, s.threshold, s.embedding,
-                      c.verified, coalesce(c.failed_checks, []) AS failed_checks, c.attempts, lc.caption
+                      c.verified, coalesce(c.failed_checks, []) AS failed_checks, c.attempts, lc.caption,
+                      coalesce(c.flags, []) AS flags, a.yaw_bin, a.pitch_bin, a.framing, a.expression, a.light,
+                      a.warmth_bin
                FROM images i
                LEFT JOIN first_derivation d ON d.child_id = i.image_id
                LEFT JOIN latest_identity s ON s.image_id = i.image_id
                LEFT JOIN image_checks c ON c.image_id = i.image_id
                LEFT JOIN latest_captions lc ON lc.image_id = i.image_id
+               LEFT JOIN image_attributes a ON a.image_id = i.image_id
                WHERE i.character = ? AND c.candidate IS NOT FALSE
                ORDER BY i.created_at, i.image_id""",
             [character],

@@ -347,6 +347,60 @@ _SCHEMA_V6 = [
                    FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
 ]
 
+# v8 (docs/coverage.md): quality flags and coverage. Flags are ``verifications`` rows named ``flag:<name>``; they are
+# shown (image_checks.flags) but are no failed check: whether a flag rejects is the review settings' word
+# (``review.auto_reject``), so image_checks' verdict, failed checks and margin leave them out. Each image's measured
+# coverage bins, and each aimed enrichment's plan (the set's coverage and gaps when it was planned, what was aimed).
+# Self-contained (it rebuilds image_checks whole), so it applies after version 7 or without it.
+_SCHEMA_V8 = [
+    """CREATE TABLE image_attributes (
+        image_id    VARCHAR PRIMARY KEY,
+        yaw         DOUBLE,                     -- degrees, positive: turned to the subject's own left
+        pitch       DOUBLE,                     -- degrees, positive: chin up (or the camera below)
+        face_share  DOUBLE,                     -- landmark face height / image height
+        yaw_bin     VARCHAR,                    -- NULL: not measurable (no face)
+        pitch_bin   VARCHAR,
+        framing     VARCHAR,
+        expression  VARCHAR,
+        light       VARCHAR,
+        warmth_bin  VARCHAR,
+        measures    JSON,                       -- the values the bins come from (mouth, L*, b*, ...)
+        backend     VARCHAR,                    -- the face detector
+        run_id      VARCHAR,
+        measured_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    """CREATE TABLE enrichment_plans (
+        plan_id    VARCHAR PRIMARY KEY,
+        character  VARCHAR NOT NULL,
+        editor     VARCHAR,
+        budget     INTEGER,                     -- edit jobs allowed (NULL: until the gaps were full)
+        jobs       INTEGER NOT NULL,            -- edit jobs planned
+        coverage   JSON NOT NULL,               -- the set's coverage when planned (n, bins, names, gaps)
+        aims       JSON NOT NULL,               -- [{axis, bin, prompt_id, source_id, jobs}]
+        run_id     VARCHAR,
+        planned_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)""",
+    "DROP VIEW image_checks",
+    """CREATE VIEW image_checks AS
+        SELECT i.image_id, v.verified, coalesce(v.failed_checks, []) AS failed_checks, v.check_margin,
+               v.closest_check, coalesce(f.flags, []) AS flags, a.image_id IS NULL OR a.chosen AS candidate, a.attempts
+        FROM (SELECT image_id FROM verifications UNION SELECT image_id FROM edit_attempts) i
+        SEMI JOIN images USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_and(passed) AS verified,
+                          list(name ORDER BY name) FILTER (WHERE NOT passed) AS failed_checks,
+                          min(margin) AS check_margin,
+                          arg_min({'name': name, 'score': score, 'threshold': threshold}, (margin, name))
+                              FILTER (WHERE margin IS NOT NULL) AS closest_check
+                   FROM (SELECT *, CASE WHEN score IS NOT NULL AND threshold IS NOT NULL
+                                         AND name <> 'faces'  -- a face count is exact: no margin
+                                        THEN abs(score - threshold) / greatest(abs(threshold), 1e-6) END AS margin
+                         FROM verifications WHERE NOT starts_with(name, 'flag:'))
+                   GROUP BY image_id) v USING (image_id)
+        LEFT JOIN (SELECT image_id, list(substr(name, 6) ORDER BY name) AS flags FROM verifications
+                   WHERE starts_with(name, 'flag:') AND NOT passed GROUP BY image_id) f USING (image_id)
+        LEFT JOIN (SELECT image_id, bool_or(chosen) AS chosen,
+                          max((SELECT count(*) FROM edit_attempts b WHERE b.job_key = e.job_key)) AS attempts
+                   FROM edit_attempts e GROUP BY image_id) a USING (image_id)""",
+]
+
 # v9: licences on record (docs/models.md). A LoRA and a dataset version hold the licences of the models that made
 # them (JSON list of {model, role, family, licence, commercial, source}); ``loras.kind`` loses its CHECK, so a new
 # model family's trainer needs no migration (its kind is data: the family's ``lora_kind``). Self-contained: it
@@ -380,5 +434,7 @@ MIGRATIONS: dict[int, list[str]] = {
     4: _SCHEMA_V4,
     5: _SCHEMA_V5,
     6: _SCHEMA_V6,
+    # 7 was numbered for the evaluation change (docs/evaluation.md), which needed no new table in the end
+    8: _SCHEMA_V8,
     9: _SCHEMA_V9,
 }

@@ -1,14 +1,16 @@
-"""Dataset commands: freeze the approved selection as an immutable version, list versions, diff two."""
+"""Dataset commands: caption, freeze the approved selection as an immutable version, list versions, diff two, and
+audit a set's quality flags and coverage."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from flenwheel.catalog import Catalog
-from flenwheel.cli.common import ProfileOpt, group, out, progress_bar, workspace
+from flenwheel.cli.common import ProfileOpt, UserError, group, out, progress_bar, workspace
 from flenwheel.core.config import Character
 from flenwheel.dataset import versions
 from flenwheel.dataset.captions import caption_members
@@ -16,7 +18,7 @@ from flenwheel.models import runtime
 from flenwheel.models.critic import Critic
 from flenwheel.store.workspace import Workspace
 
-dataset_app = group("Frozen dataset versions: caption, freeze, list, diff.")
+dataset_app = group("Frozen dataset versions: caption, freeze, list, diff; audit quality and coverage.")
 
 
 def _caption(ws: Workspace, catalog: Catalog, char: Character, profile: str | None, run_id: str, redo: bool) -> int:
@@ -113,3 +115,64 @@ def dataset_diff(
     for m in d["recaptioned"]:
         out.print(f"~ {m['image_id'][:12]} {m['old_caption']!r} -> {m['caption']!r}", markup=False)
     out.print(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['recaptioned'])} re-captioned")
+
+
+def _version_id(catalog: Catalog, character: str, version: str) -> str:
+    """``v2``, ``2`` or ``obama@v2`` as the character's version id; an unknown one is a usage error naming the known."""
+    version_id = version if "@" in version else f"{character}@v{version.lower().removeprefix('v')}"
+    if not catalog.version_exists(version_id) or not version_id.startswith(f"{character}@"):
+        known = ", ".join(r["version_id"] for r in catalog.versions(character)) or "none yet"
+        raise UserError(f"--version: {character} has no version {version} (versions: {known})")
+    return version_id
+
+
+@dataset_app.command("audit")
+def dataset_audit(
+    ctx: typer.Context,
+    character: Annotated[str, typer.Argument(help="character name")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="a frozen version (v1, 1 or obama@v1); default: the next one")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per image, then one summary object")] = False,
+) -> None:
+    """Quality flags and coverage bins of every image of a set, then its coverage and gaps, thinnest first.
+
+    The set is what the next version would hold (sources and approved candidates), or a frozen --version. Images not
+    assessed yet are assessed first (docs/coverage.md).
+    """
+    from flenwheel.dataset.coverage import audit  # dlib, scikit-image
+
+    ws = workspace(ctx)
+    char = ws.character(character)
+    catalog = ws.catalog()
+    version_id = _version_id(catalog, character, version) if version else None
+    with catalog.run("cli:dataset-audit", {"character": character, "version": version_id}) as run_id:
+        with progress_bar() as bar:
+            task = bar.add_task("assessing", total=None)
+            report = audit(ws, catalog, char, version_id, run_id, lambda d, t: bar.update(task, completed=d, total=t))
+    if as_json:
+        for obj in [*report.image_objects(), report.summary()]:
+            out.print(json.dumps(obj, sort_keys=True), markup=False)
+        return
+    images = Table(title=f"{character} {version_id or '(next version)'}: {len(report.images)} image(s)")
+    for col in ("image", "origin", "flags", "yaw", "pitch", "framing", "expression", "light", "warmth"):
+        images.add_column(col)
+    for o in report.image_objects():
+        images.add_row(
+            o["image_id"][:12],
+            o["origin"],
+            ", ".join(o["flags"]) or "-",
+            *(str(o[k] or "-") for k in ("yaw_bin", "pitch_bin", "framing", "expression", "light", "warmth_bin")),
+        )
+    out.print(images)
+    coverage = Table(title="coverage (target: images a bin should hold at least)")
+    for col in ("axis", "bin", "images", "share", "target"):
+        coverage.add_column(col)
+    for r in report.coverage.table(ws.settings.coverage):
+        share = "-" if r["share"] is None else f"{r['share']:.0%}"
+        coverage.add_row(r["axis"], r["bin"], str(r["images"]), share, str(r["target"] or "-"))
+    out.print(coverage)
+    gaps = report.coverage.gaps
+    out.print(f"{len(gaps)} gap(s), thinnest first:" if gaps else "no gaps: every bin holds its target")
+    for rank, g in enumerate(gaps, start=1):
+        out.print(f"  {rank}. {g.axis} {g.bin}: {g.count} of {g.target}", markup=False)

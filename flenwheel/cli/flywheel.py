@@ -57,8 +57,16 @@ def enrich(
     wait: Annotated[bool, typer.Option("--wait", help="pause at the review gate instead of exiting")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="edit jobs per task")] = 16,
     cluster: ClusterOpt = None,
+    fill_gaps: Annotated[
+        bool, typer.Option("--fill-gaps", help="only the sources x prompts that fill the thinnest coverage bins")
+    ] = False,
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="--fill-gaps: edit jobs at most (default: coverage.budget)")
+    ] = None,
 ) -> None:
     """Enrich CHARACTER's source photos (source x prompt x seed not yet done), score them, open the review gate.
+
+    With --fill-gaps only the jobs aimed at the set's thinnest coverage bins, within --budget (docs/coverage.md).
 
     Exit status 3 when the run stopped at the review gate: review, then run the same command again.
     """
@@ -82,7 +90,11 @@ def enrich(
         wait=wait,
         batch_size=batch_size,
         cluster=cluster,
+        fill_gaps=fill_gaps,
+        budget=budget,
     )
+    if budget is not None and not fill_gaps:
+        raise UserError("--budget applies to --fill-gaps: add --fill-gaps or leave out --budget")
     with prefect_api(notify=err.print):
         result = enrich_flow(chosen, root=str(ws.root), configs=str(ws.configs_dir))
     if result.status == "busy":
@@ -105,6 +117,12 @@ def flywheel(
     review: ReviewOpt = "fiftyone",
     wait: Annotated[bool, typer.Option("--wait", help="pause at review gates instead of exiting")] = False,
     enrich_seeds: Annotated[int, typer.Option(help="seeds per source and enrichment prompt")] = 2,
+    fill_gaps: Annotated[
+        bool, typer.Option(help="enrich only the sources x prompts that fill the thinnest coverage bins")
+    ] = True,
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="edit jobs per enrichment at most (default: coverage.budget)")
+    ] = None,
     synthetic_prompts: Annotated[list[str] | None, typer.Option(help="synthetic prompt ids (comma-separated)")] = None,
     synthetic_seeds: Annotated[int, typer.Option(help="seeds per synthetic prompt")] = 2,
     train_steps: Annotated[int | None, typer.Option(help="override the profile's training steps")] = None,
@@ -131,6 +149,8 @@ def flywheel(
         review=review,
         wait=wait,
         enrich_seeds=enrich_seeds,
+        fill_gaps=fill_gaps,
+        fill_budget=budget,
         synthetic_prompts=id_list(synthetic_prompts) or None,
         synthetic_seeds=synthetic_seeds,
         train_steps=train_steps,
@@ -290,7 +310,8 @@ def report(
     number = iteration or numbers[-1]
     if number not in numbers:
         raise UserError(f"iteration {number} of {character} has no LoRA (iterations with one: {numbers})")
-    out.print(str(iteration_report(ws.root, catalog, character, number, ws.settings.review).path))
+    settings = ws.settings
+    out.print(str(iteration_report(ws.root, catalog, character, number, settings.review, settings.coverage).path))
 
 
 def serve(ctx: typer.Context) -> None:

@@ -40,3 +40,25 @@ REVIEW_MODES: tuple[str, ...] = get_args(ReviewMode)
 REVIEW_STAGES: tuple[str, ...] = get_args(ReviewStage)
 VERDICTS: tuple[str, ...] = get_args(Verdict)
 ORIGINS: tuple[str, ...] = get_args(Origin)
+
+# Coverage (docs/coverage.md): what a photo shows of its subject, binned per axis. Yaw is from the subject's point
+# of view (``left_*``: the head turned to the subject's own left, the nose toward the image's right), so a photo and
+# its mirror land in mirrored bins. Measured by :mod:`flenwheel.identity.attributes`; a prompt entry's ``adds``
+# names the bins it aims at.
+COVERAGE_AXES: dict[str, tuple[str, ...]] = {
+    "yaw": ("left_profile", "left_three_quarter", "frontal", "right_three_quarter", "right_profile"),
+    "pitch": ("up", "level", "down"),
+    "framing": ("close_up", "head_and_shoulders", "half_body", "full_body"),
+    "expression": ("neutral", "smiling", "mouth_open"),
+    "light": ("low_key", "mid_key", "high_key"),
+    "warmth": ("warm", "neutral", "cool"),
+}
+# Axes read from the captions: what an image adds there is a name ("red sweater"), and coverage counts distinct ones.
+VARIETY_AXES: tuple[str, ...] = ("outfit", "background")
+MIRRORED_YAW: dict[str, str] = dict(zip(COVERAGE_AXES["yaw"], reversed(COVERAGE_AXES["yaw"]), strict=True))
+
+# Quality flags (docs/coverage.md): shown on every image; a flag rejects automatically only when
+# ``review.auto_reject`` lists it. Stored as ``verifications`` rows named ``flag:<name>``.
+QualityFlag = Literal["blur", "underexposed", "overexposed", "noise", "letterbox", "small_face", "near_duplicate"]
+QUALITY_FLAGS: tuple[str, ...] = get_args(QualityFlag)
+FLAG_PREFIX = "flag:"

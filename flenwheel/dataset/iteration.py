@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import imagehash
-
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character
 from flenwheel.core.errors import FlenwheelError
 from flenwheel.dataset import versions
 from flenwheel.dataset.admission import COPY_CHECK
+from flenwheel.dataset.quality import perceptual_hash
 from flenwheel.gate import GateStatus
-from flenwheel.store.objects import open_rgb
 from flenwheel.store.workspace import Workspace
 
 
@@ -85,10 +83,6 @@ class SyntheticSelection:
     over_cap: list[str] = field(default_factory=list)
 
 
-def _phash(ws: Workspace, path: str) -> imagehash.ImageHash:
-    return imagehash.phash(open_rgb(ws.root / path))
-
-
 def next_version_members(
     ws: Workspace,
     catalog: Catalog,
@@ -126,13 +120,13 @@ def next_version_members(
         new = [m for m in new if m.image_id not in copies]
         sims = {r["image_id"]: r["similarity"] or 0.0 for r in catalog.latest_scores([m.image_id for m in new])}
         new.sort(key=lambda m: (-sims.get(m.image_id, 0.0), m.image_id))
-        hashes = [_phash(ws, m.path) for m in kept]
+        hashes = [perceptual_hash(ws.root / m.path) for m in kept]
         n_real = sum(m.origin != "generate" for m in kept)
         n_synth = len(kept) - n_real
         share = min(max_synthetic_share, 0.99)
         cap = int(share * n_real / (1.0 - share)) if share > 0 else 0
         for m in new:
-            h = _phash(ws, m.path)
+            h = perceptual_hash(ws.root / m.path)
             if any(h - other <= max_hash_distance for other in hashes):
                 selection.near_duplicates.append(m.image_id)
             elif n_synth >= cap:

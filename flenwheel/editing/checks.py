@@ -1,11 +1,14 @@
-"""Every edit verified before a person sees it: the edit region as a stored mask, the preservation verifier and
-the VLM critic's yes/no checks (docs/verification.md).
+"""Every edit verified before a person sees it: the edit region as a stored mask, the preservation verifier, the
+VLM critic's yes/no checks (docs/verification.md) and, for a prompt that declares what it ``adds``, whether the edit
+landed in the aimed coverage bins (``landed``, docs/coverage.md).
 
 :class:`EditChecker` proposes the edit region of a (source, prompt category) once per batch, stores it as a PNG
 under ``<root>/masks/`` (content-addressed, referenced by ``masks.mask_id``), and checks each attempt with
 :func:`flenwheel.editing.verify.verify` (change inside the region, SSIM/PSNR outside it where the category keeps it, one
-face), and, with a critic, asks the prompt's yes/no questions about the edit. ``run_edit_batch``
-(:mod:`.jobs`) retries a failed edit and writes these rows in the same transaction as the images.
+face), and, with a critic, asks the prompt's yes/no questions about the edit. A prompt that ``adds`` a measured bin
+(``{yaw: left_profile}``) is checked to have landed there: the edit's bins are measured as coverage measures them
+(:mod:`flenwheel.identity.attributes`), and an angle edit that stays frontal fails like any other check.
+``run_edit_batch`` (:mod:`.jobs`) retries a failed edit and writes these rows in the same transaction as the images.
 :func:`checker_for` builds the checker the settings ask for, so enrichment and ``flenwheel eval-editors``
 (:mod:`.compare`) check edits alike.
 """
@@ -25,6 +28,7 @@ from flenwheel.core.config import PromptEntry, VerifySettings
 from flenwheel.core.files import atomic_write
 from flenwheel.editing.masks import Mask, mask_png, propose
 from flenwheel.editing.verify import Verification, count_faces, verifier_for, verify
+from flenwheel.identity.attributes import Attributes, measure_image
 from flenwheel.identity.backends import FaceBackend, load_backend
 from flenwheel.models import runtime
 from flenwheel.models.critic import Critic, CriticAnswer
@@ -59,6 +63,33 @@ class StoredMask:
         }
 
 
+@dataclass(frozen=True)
+class Landed:
+    """Did an edit land where its prompt aimed (``adds``)? The aimed and the measured bin per axis."""
+
+    aimed: dict[str, str]
+    measured: dict[str, str | None]
+    values: dict[str, float | None]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.measured.get(axis) == value for axis, value in self.aimed.items())
+
+    @property
+    def score(self) -> float:
+        """The share of aimed axes the edit landed on."""
+        return sum(self.measured.get(axis) == value for axis, value in self.aimed.items()) / len(self.aimed)
+
+
+def landed_in(aims: dict[str, str], attributes: Attributes) -> Landed:
+    values = {"yaw": attributes.yaw, "pitch": attributes.pitch, "framing": attributes.face_share}
+    return Landed(
+        dict(aims),
+        {axis: attributes.bin(axis) for axis in aims},
+        {axis: None if values.get(axis) is None else round(values[axis], 3) for axis in aims if axis in values},
+    )
+
+
 @dataclass
 class AttemptCheck:
     """One attempt's verdict with the mask it was judged against."""
@@ -67,10 +98,16 @@ class AttemptCheck:
     mask: StoredMask
     answers: list[CriticAnswer] = field(default_factory=list)
     critic: str = ""  # the critic's model ref
+    landed: Landed | None = None  # None: the prompt aims at no measured bin
 
     @property
     def failures(self) -> list[str]:
-        return [*self.verification.failures, *(f"critic:{a.check_id}" for a in self.answers if not a.passed)]
+        landed = ["landed"] if self.landed is not None and not self.landed.passed else []
+        return [
+            *self.verification.failures,
+            *landed,
+            *(f"critic:{a.check_id}" for a in self.answers if not a.passed),
+        ]
 
     @property
     def passed(self) -> bool:
@@ -119,10 +156,15 @@ class EditChecker:
     ) -> AttemptCheck:
         spec = verifier_for(prompt.category, prompt.verify)
         stored = self.mask_for(parent_id, original, prompt, box)
-        faces = None
+        rgb = np.asarray(edited.convert("RGB"))
+        faces, landed, detections = None, None, None
+        if prompt.aims and self.face_backend is not None:
+            # one detection serves both: the bins are measured on the main face, the face check counts them all
+            attributes, _, detections = measure_image(self.face_backend, rgb)
+            landed = landed_in(prompt.aims, attributes)
         if spec.faces is not None and self.face_backend is not None:
-            faces = count_faces(self.face_backend, np.asarray(edited.convert("RGB")))
-        checked = AttemptCheck(verify(original, edited, stored.mask, spec, faces), stored)
+            faces = count_faces(self.face_backend, rgb, detections)
+        checked = AttemptCheck(verify(original, edited, stored.mask, spec, faces), stored, landed=landed)
         if self.critic is not None:
             critic = self.critic if isinstance(self.critic, Critic) else self.critic()
             checked.answers = critic.answer(edited, [*self.settings.critic_checks, *prompt.checks])
@@ -166,5 +208,24 @@ def verification_rows(check: AttemptCheck, image_id: str, prompt: PromptEntry, r
         }
         for name, score, passed in check.verification.rows()
     ]
+    if check.landed is not None:
+        # The measured bin is the verdict; the share of aimed axes hit is no margin (an exact check, like faces).
+        rows.append(
+            {
+                "image_id": image_id,
+                "name": "landed",
+                "score": check.landed.score,
+                "threshold": None,
+                "passed": check.landed.passed,
+                "mask_id": None,
+                "run_id": run_id,
+                "params": {
+                    "aimed": check.landed.aimed,
+                    "measured": check.landed.measured,
+                    "values": check.landed.values,
+                    "prompt_id": prompt.id,
+                },
+            }
+        )
     # The critic's answers are checks like the others: p(yes) against the check's threshold.
     return rows + [a.verification(image_id, check.critic, run_id) for a in check.answers]

@@ -65,7 +65,8 @@ def job_key(editor_fingerprint: dict[str, Any], job: EditJob) -> str:
     payload = {
         "editor": editor_fingerprint,
         "parent": job.parent_id,
-        "prompt": job.prompt.model_dump(mode="json"),
+        # what an edit is aimed at is checked, never sent: it leaves the job (and the keys of earlier jobs) as it was
+        "prompt": job.prompt.model_dump(mode="json", exclude={"adds"}),
         "seed": job.seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

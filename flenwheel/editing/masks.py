@@ -24,7 +24,6 @@ import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from flenwheel.core.errors import FlenwheelError
+from flenwheel.identity.attributes import face_landmarks
 
 BoxLike = Sequence[float]
 
@@ -143,32 +143,6 @@ def person_matte(rgb: np.ndarray, box: BoxLike | None, iterations: int = 4, work
 
 
 # --------------------------------------------------------------------------- face
-
-
-@lru_cache(maxsize=1)
-def _landmark_predictor() -> Any | None:
-    """dlib's 68-point shape predictor from face_recognition_models, or None when it is not installed."""
-    try:
-        import dlib
-
-        from flenwheel.identity.backends import face_recognition_models_dir
-
-        path = face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat"
-    except (ImportError, FlenwheelError):
-        return None
-    return dlib.shape_predictor(str(path)) if path.is_file() else None
-
-
-def face_landmarks(rgb: np.ndarray, face_box: BoxLike) -> np.ndarray | None:
-    """The 68 dlib landmarks (68, 2) of the face in ``face_box``, or None without the landmark model."""
-    predictor = _landmark_predictor()
-    if predictor is None:
-        return None
-    import dlib
-
-    x0, y0, x1, y1 = (round(v) for v in face_box)
-    shape = predictor(np.ascontiguousarray(rgb), dlib.rectangle(x0, y0, x1, y1))
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
 
 
 def _with_forehead(points: np.ndarray) -> np.ndarray:

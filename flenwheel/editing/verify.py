@@ -26,6 +26,7 @@ numbers in docs/verification.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from flenwheel.core.config import VerifierSpec
 from flenwheel.editing.masks import Mask, as_rgb
-from flenwheel.identity.backends import FaceBackend
+from flenwheel.identity.backends import Face, FaceBackend
 
 __all__ = ["DEFAULT_VERIFIERS", "Verification", "VerifierSpec", "count_faces", "verifier_for", "verify"]
 
@@ -212,6 +213,8 @@ def verify(
     )
 
 
-def count_faces(backend: FaceBackend, image: Image.Image | np.ndarray) -> int:
-    """Confident faces in ``image`` by the identity backend (as identity scoring counts them for ``multi_face``)."""
-    return sum(1 for f in backend.detect(as_rgb(image)) if f.score >= backend.facts.confident_score)
+def count_faces(backend: FaceBackend, image: Image.Image | np.ndarray, faces: Sequence[Face] | None = None) -> int:
+    """Confident faces in ``image`` by the identity backend (as identity scoring counts them for ``multi_face``);
+    ``faces``: the backend's detections on it when they are at hand."""
+    found = backend.detect(as_rgb(image)) if faces is None else faces
+    return sum(1 for f in found if f.score >= backend.facts.confident_score)

@@ -106,7 +106,7 @@ class Gate:
         for c in self.candidates():
             if c["decision"] is not None or c["verdict"] is None or (only is not None and c["image_id"] not in only):
                 continue
-            decision, why = policy_decision(c, self.review.auto_margin)
+            decision, why = policy_decision(c, self.review.auto_margin, self.review.auto_reject)
             decided.append((c["image_id"], decision, f"{context}: {why}"))
         return self._record_policy(decided, run_id)
 
@@ -159,7 +159,7 @@ class Gate:
             by_people += 1
             overridden += any(s == "auto" for s, _ in steps[:-1])
             if c["verdict"] is not None:
-                policy, _ = policy_decision(c, self.review.auto_margin)
+                policy, _ = policy_decision(c, self.review.auto_margin, self.review.auto_reject)
                 compared += 1
                 agreed += policy == decision
                 key = f"{decision}/{policy}"

@@ -3,16 +3,18 @@ a reviewer's answer. :class:`flenwheel.gate.Gate` applies them to a gate's candi
 
 A gate is per character and stage: ``<character>:enrich`` holds the enrichment candidates (``edit`` and
 ``augment`` images), ``<character>:synthetic`` the generated ones. **The policy** (:func:`policy_decision`)
-approves identity passes at least ``review.auto_margin`` above their threshold whose edit checks all passed, and
-rejects the rest. **Triage** (:func:`triage`) places each scored candidate between clear and uncertain (identity
-near its threshold, failed or borderline edit checks), so people see the hardest first and, with
-``review.auto_clear``, the policy decides the clear cases before anyone is asked.
+approves identity passes at least ``review.auto_margin`` above their threshold whose edit checks all passed and that
+carry no quality flag ``review.auto_reject`` lists, and rejects the rest; other flags are shown, never decisive.
+**Triage** (:func:`triage`) places each scored candidate between clear and uncertain (identity near its threshold,
+failed or borderline edit checks), so people see the hardest first and, with ``review.auto_clear``, the policy
+decides the clear cases before anyone is asked.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,18 +51,26 @@ class GateStatus:
         return self.pending == 0
 
 
-def policy_decision(c: dict[str, Any], margin: float) -> tuple[str, str]:
+def rejecting_flags(c: dict[str, Any], auto_reject: Collection[str]) -> list[str]:
+    """The candidate's quality flags that ``review.auto_reject`` lists (those reject; the others are only shown)."""
+    return [f for f in c.get("flags") or [] if f in auto_reject]
+
+
+def policy_decision(c: dict[str, Any], margin: float, auto_reject: Collection[str] = ()) -> tuple[str, str]:
     """What the auto policy decides for a scored candidate, and why: approve identity passes at least ``margin``
-    above their threshold whose edit checks all passed (or that were not checked); reject the rest."""
+    above their threshold whose edit checks all passed (or that were not checked) and that carry none of the
+    ``auto_reject`` quality flags; reject the rest."""
     failed = c.get("failed_checks") or []
-    ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin and not failed
+    flagged = rejecting_flags(c, auto_reject)
+    ok = c["verdict"] == "pass" and c["similarity"] >= c["threshold"] + margin and not failed and not flagged
     detail = (
         f", similarity {c['similarity']:.3f} vs threshold {c['threshold']:.3f} + {margin}"
         if c["similarity"] is not None
         else ""
     )
     checks = f"; failed checks: {', '.join(failed)}" if failed else ""
-    return ("approved" if ok else "rejected"), f"{c['verdict']}{detail}{checks}"
+    flags = f"; flagged: {', '.join(flagged)} (review.auto_reject)" if flagged else ""
+    return ("approved" if ok else "rejected"), f"{c['verdict']}{detail}{checks}{flags}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
     Identity within ``clear_band`` of its threshold is uncertain, the more the closer; a failed edit check is
     fully uncertain (the verifier may be wrong about an edit that keeps the person), and a check within
     ``check_band`` of its threshold is borderline (``why`` names it with its score and threshold). A clear
-    identity failure is a clear rejection whatever the checks say; a clear case is decided as the policy would
+    identity failure is a clear rejection whatever the checks say, and so is a quality flag ``review.auto_reject``
+    lists; other flags are named in ``why`` and change nothing. A clear case is decided as the policy would
     decide it.
     """
     if c["verdict"] is None:
@@ -88,6 +99,10 @@ def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
     if c["verdict"] != "pass" and (sim is None or sim <= thr - settings.clear_band):
         why = "no usable face" if sim is None else f"similarity {sim:.3f} far below threshold {thr:.3f}"
         return Triage(c["image_id"], 0.0, "rejected", why)
+    flagged = rejecting_flags(c, settings.auto_reject)
+    if flagged:  # a flag the settings reject on is the user's own rule: a clear case
+        return Triage(c["image_id"], 0.0, "rejected", f"flagged {', '.join(flagged)} (review.auto_reject)")
+    shown = [f for f in c.get("flags") or [] if f not in settings.auto_reject]
     u_identity = max(0.0, 1.0 - abs(sim - thr) / settings.clear_band) if sim is not None else 0.0
     failed = c.get("failed_checks") or []
     margin = c.get("check_margin")
@@ -100,10 +115,11 @@ def triage(c: dict[str, Any], settings: ReviewSettings) -> Triage | None:
         reasons.append(f"failed checks: {', '.join(failed)}")
     elif u_checks > 0:
         reasons.append(borderline_check(c.get("closest_check"), margin))
+    flags = f"; flags: {', '.join(shown)}" if shown else ""  # shown to people, deciding nothing
     if u > 0:
-        return Triage(c["image_id"], u, None, "; ".join(reasons))
-    decision, why = policy_decision(c, settings.auto_margin)
-    return Triage(c["image_id"], 0.0, decision, f"clear: {why}")
+        return Triage(c["image_id"], u, None, "; ".join(reasons) + flags)
+    decision, why = policy_decision(c, settings.auto_margin, settings.auto_reject)
+    return Triage(c["image_id"], 0.0, decision, f"clear: {why}{flags}")
 
 
 def borderline_check(closest: dict[str, Any] | None, margin: float) -> str:

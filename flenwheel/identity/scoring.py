@@ -25,6 +25,7 @@ import numpy as np
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import Character, IdentityBackendSettings
 from flenwheel.core.processes import exit_when_orphaned
+from flenwheel.identity.attributes import main_face
 from flenwheel.identity.backends import BackendFacts, FaceBackend, estimate_yaw, load_backend
 from flenwheel.identity.reference import ReferenceSet, reference_set_for
 from flenwheel.store.objects import decode_rgb, load_rgb
@@ -74,17 +75,10 @@ class Judge:
 def judge_image(backend: FaceBackend, judge: Judge, rgb: np.ndarray, image_id: str | None = None) -> Score:
     facts = backend.facts
     faces = backend.detect(rgb)
-    if not faces:
+    chosen, special = main_face(faces, facts.confident_score, backend.settings.min_face_px)
+    if chosen is None:
         return Score("no_face")
     confident = [f for f in faces if f.score >= facts.confident_score]
-    big = [f for f in confident if f.short_side >= backend.settings.min_face_px]
-    if big:
-        chosen = max(big, key=lambda f: f.area)
-        special = "multi_face" if len(big) > 1 else None
-    elif confident:
-        chosen, special = max(confident, key=lambda f: f.area), "small_face"
-    else:
-        chosen, special = max(faces, key=lambda f: f.area), "low_confidence"
     embedding = backend.embed(rgb, chosen)
     refs = judge.references
     if image_id is not None and image_id in judge.reference_ids and len(refs) > 1:

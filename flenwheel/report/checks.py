@@ -1,8 +1,9 @@
 """The report's view of verified enrichment and of the review gates.
 
 *Per prompt*: how often each kind of check passes over every attempt the editor made (identity, preservation
-outside the edit region, "did anything change", face count, the VLM critic's questions), how many jobs ended
-approved, and how many retries an approved image cost. *Failure examples*: a grid of attempts per failure kind.
+outside the edit region, "did anything change", face count, whether an aimed edit landed in its bin, the VLM
+critic's questions), the share of attempts carrying a quality flag, how many jobs ended approved, and how many
+retries an approved image cost. *Failure examples*: a grid of attempts per failure kind.
 *Review*: per gate, the share of candidates the policy decided and how people's decisions agreed with it.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 from flenwheel import gate
 from flenwheel.catalog import Catalog
 from flenwheel.core.config import ReviewSettings
-from flenwheel.core.types import REVIEW_STAGES
+from flenwheel.core.types import FLAG_PREFIX, REVIEW_STAGES
 from flenwheel.report.grids import image_grid
 from flenwheel.report.page import Section
 
@@ -27,10 +28,15 @@ def check_kind(name: str) -> str:
     return "preservation" if name.startswith("preserve_") else name
 
 
+def edit_checks(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """An attempt's checks without its quality flags (flags are shown apart: they fail no edit)."""
+    return [c for c in row["checks"] or [] if not c["name"].startswith(FLAG_PREFIX)]
+
+
 def failure_kinds(row: dict[str, Any]) -> list[str]:
     """Why an attempt failed: ``identity`` and the kinds of its failed checks (empty when it passed)."""
     kinds = ["identity"] if row["verdict"] not in (None, "pass") else []
-    kinds += sorted({check_kind(c["name"]) for c in row["checks"] or [] if not c["passed"]})
+    kinds += sorted({check_kind(c["name"]) for c in edit_checks(row) if not c["passed"]})
     return kinds
 
 
@@ -43,8 +49,9 @@ def per_prompt(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(r["image_id"])
             by_prompt[r["prompt_id"] or "-"].append(r)
     kinds = sorted(
-        {check_kind(c["name"]) for r in outcomes for c in r["checks"] or []}, key=lambda k: (k.startswith("critic:"), k)
+        {check_kind(c["name"]) for r in outcomes for c in edit_checks(r)}, key=lambda k: (k.startswith("critic:"), k)
     )
+    flagged = any(c["name"].startswith(FLAG_PREFIX) for r in outcomes for c in r["checks"] or [])
     table = []
     for prompt, rows in sorted(by_prompt.items()):
         scored = [r for r in rows if r["verdict"] is not None]
@@ -59,15 +66,23 @@ def per_prompt(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for kind in kinds:
             # an attempt with two preservation measures counts once: passed when both did
             per_image = [
-                all(c["passed"] for c in r["checks"] if check_kind(c["name"]) == kind)
+                all(c["passed"] for c in edit_checks(r) if check_kind(c["name"]) == kind)
                 for r in rows
-                if any(check_kind(c["name"]) == kind for c in r["checks"] or [])
+                if any(check_kind(c["name"]) == kind for c in edit_checks(r))
             ]
             entry[f"{kind} pass"] = sum(per_image) / len(per_image) if per_image else None
+        if flagged:  # shown, deciding nothing unless review.auto_reject lists the flag
+            assessed = [r for r in rows if any(c["name"].startswith(FLAG_PREFIX) for c in r["checks"] or [])]
+            raised = [r for r in assessed if any(_raised_flag(c) for c in r["checks"])]
+            entry["flagged share"] = len(raised) / len(assessed) if assessed else None
         entry["approved"] = len(approved)
         entry["retries per approved"] = sum((r["attempt"] or 0) for r in approved) / len(approved) if approved else None
         table.append(entry)
     return table
+
+
+def _raised_flag(check: dict[str, Any]) -> bool:
+    return check["name"].startswith(FLAG_PREFIX) and not check["passed"]
 
 
 def failure_examples(root: Path, outcomes: list[dict[str, Any]], out: Path) -> list[tuple[Path, str]]:
@@ -97,7 +112,8 @@ def enrichment_section(root: Path, catalog: Catalog, character: str, out: Path) 
         [
             "Pass rates over every attempt the editor made (a failed attempt is retried with the next seed, then a "
             "lower strength); retries per approved image count the attempts before the one that was approved. "
-            "Check kinds: docs/verification.md."
+            "'landed pass' is the share of an aimed prompt's attempts that landed in the bin it aims at; 'flagged "
+            "share' the share carrying a quality flag. Check kinds: docs/verification.md, docs/coverage.md."
         ],
         failure_examples(root, outcomes, out),
         per_prompt(outcomes),

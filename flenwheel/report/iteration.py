@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from flenwheel.catalog import Catalog
-from flenwheel.core.config import ReviewSettings
+from flenwheel.core.config import CoverageSettings, ReviewSettings
 from flenwheel.report.checks import enrichment_section, review_section
+from flenwheel.report.coverage import coverage_sections
 from flenwheel.report.format import cell
 from flenwheel.report.grids import image_grid
 from flenwheel.report.licences import iteration_licences, licence_section, licence_summary
@@ -82,15 +83,20 @@ def _grid_tiles(scores: list[dict[str, Any]], best: bool, n: int) -> list[tuple[
 
 
 def iteration_report(
-    root: Path, catalog: Catalog, character: str, number: int, review: ReviewSettings | None = None
+    root: Path,
+    catalog: Catalog,
+    character: str,
+    number: int,
+    review: ReviewSettings | None = None,
+    coverage: CoverageSettings | None = None,
 ) -> IterationReport:
     """Write ``<root>/reports/<character>/iteration-<number>/index.html`` from the catalog and return its gist.
 
     Compares the identity pass rate of the synthetic images of this iteration's LoRA with the previous
     iteration's (or with the enrichment candidates for the first one) and says whether the 70% target is met;
     compares them as samples too (good rate, copies, adherence: docs/evaluation.md), shows each LoRA's checkpoints
-    with the exported one and why, enrichment per prompt (checks, retries, failure examples) and who decided the
-    review gates.
+    with the exported one and why, coverage per dataset version with its gaps and what aimed enrichment went after
+    (docs/coverage.md), enrichment per prompt (checks, retries, failure examples) and who decided the review gates.
     """
     out = root / "reports" / character / f"iteration-{number}"
     iterations = [r for r in catalog.iterations(character) if r["number"] <= number]
@@ -263,6 +269,13 @@ def iteration_report(
     sections += [
         Section("Best and worst images", images=grids),
         Section("Dataset composition", images=figures[2:4]),
+        *coverage_sections(
+            catalog,
+            character,
+            [it["dataset_version"] for it in iterations if it["dataset_version"]],
+            coverage or CoverageSettings(),
+            out,
+        ),
         Section("Training", reasons, images=figures[4:]),
     ]
     extra = (

@@ -175,4 +175,30 @@ def checkpoint_chart(series: dict[str, list[dict[str, Any]]], chosen: dict[str, 
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no sample had a face", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def coverage_chart(per_version: dict[str, dict[str, dict[str, int]]], path: Path) -> Path:
+    """One panel per coverage axis, its bins side by side, one bar per dataset version (``{label: counts}``)."""
+    axes_names = list(next(iter(per_version.values()))) if per_version else []
+    cols = 3
+    rows = max(1, -(-len(axes_names) // cols))
+    fig, panels = plt.subplots(rows, cols, figsize=(11, 3.0 * rows), squeeze=False)
+    width = 0.8 / max(1, len(per_version))
+    for i, axis in enumerate(axes_names):
+        ax = panels[i // cols][i % cols]
+        bins = [b for b in next(iter(per_version.values()))[axis] if b != "unknown"]
+        for k, (label, counts) in enumerate(per_version.items()):
+            xs = [j + k * width for j in range(len(bins))]
+            ax.bar(xs, [counts[axis].get(b, 0) for b in bins], width=width, label=label)
+        ax.set_xticks([j + width * (len(per_version) - 1) / 2 for j in range(len(bins))])
+        ax.set_xticklabels([b.replace("_", " ") for b in bins], rotation=30, ha="right", fontsize=7)
+        ax.set_title(axis, fontsize=9)
+        ax.set_ylabel("images", fontsize=8)
+    for j in range(len(axes_names), rows * cols):
+        panels[j // cols][j % cols].axis("off")
+    if per_version:
+        panels[0][0].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, path)

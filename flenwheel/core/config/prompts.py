@@ -1,6 +1,7 @@
 """Prompt libraries (configs/prompts/*.yaml) and what a prompt asks of its outputs: pixel preservation
-(:class:`VerifierSpec`, judged by :mod:`flenwheel.editing.verify`) and yes/no questions for the VLM critic
-(:class:`Check`, answered by :mod:`flenwheel.models.critic`)."""
+(:class:`VerifierSpec`, judged by :mod:`flenwheel.editing.verify`), yes/no questions for the VLM critic
+(:class:`Check`, answered by :mod:`flenwheel.models.critic`) and the coverage bins it adds (``adds``, aimed at the
+set's gaps and checked after the edit: docs/coverage.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from flenwheel.core.config.base import Strict
-from flenwheel.core.types import PromptId
+from flenwheel.core.types import COVERAGE_AXES, VARIETY_AXES, PromptId
 
 Preserve = Literal["outside", "structure", "none"]
 
@@ -82,6 +83,30 @@ class PromptEntry(Strict):
     checks: list[Check] = Field(
         default_factory=list, description="yes/no questions the VLM critic asks of an edit or an evaluation sample"
     )
+    adds: dict[str, str] = Field(
+        default_factory=dict,
+        description="what an edit adds to the set, e.g. {yaw: left_profile} or {outfit: red sweater}: aimed at the "
+        "set's gaps (--fill-gaps) and, for measured axes, checked after the edit (docs/coverage.md)",
+    )
+
+    @field_validator("adds")
+    @classmethod
+    def _known_bins(cls, v: dict[str, str]) -> dict[str, str]:
+        for axis, value in v.items():
+            if axis in COVERAGE_AXES:
+                if value not in COVERAGE_AXES[axis]:
+                    raise ValueError(f"{axis}: unknown bin {value!r} (bins: {', '.join(COVERAGE_AXES[axis])})")
+            elif axis in VARIETY_AXES:
+                if not value.strip() or len(value) > 60:
+                    raise ValueError(f"{axis}: name what the edit adds in 1-60 characters (e.g. red sweater)")
+            else:
+                raise ValueError(f"unknown axis {axis!r} (axes: {', '.join([*COVERAGE_AXES, *VARIETY_AXES])})")
+        return v
+
+    @property
+    def aims(self) -> dict[str, str]:
+        """The measured axes of ``adds`` (those the landed check verifies)."""
+        return {axis: value for axis, value in self.adds.items() if axis in COVERAGE_AXES}
 
 
 class PromptLibrary(Strict):

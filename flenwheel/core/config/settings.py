@@ -1,5 +1,5 @@
 """configs/flenwheel.yaml: project-wide settings (store, catalog, identity backends, review, nightly runs,
-verification, captions, evaluation, cluster mode)."""
+verification, captions, evaluation, quality flags and coverage, cluster mode)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from flenwheel.core.config.base import Strict
 from flenwheel.core.config.prompts import Check
-from flenwheel.core.types import EditorChoice, IdentityBackendName, ProfileName, ReviewMode
+from flenwheel.core.types import COVERAGE_AXES, EditorChoice, IdentityBackendName, ProfileName, QualityFlag, ReviewMode
 
 
 class StoreSettings(Strict):
@@ -62,6 +62,11 @@ class ReviewSettings(Strict):
     )
     auto_clear: bool = Field(
         False, description="let the policy decide clear cases before people are asked (fiftyone and cli review)"
+    )
+    auto_reject: list[QualityFlag] = Field(
+        default_factory=list,
+        description="quality flags that reject a candidate automatically (the policy and clear cases); flags not "
+        "listed are shown to people but decide nothing (docs/coverage.md)",
     )
     app_address: str = "127.0.0.1"
     app_port: int = Field(5151, ge=1, le=65535)
@@ -188,6 +193,76 @@ class EvaluationSettings(Strict):
         return verify.critic if self.critic == "verify" else self.critic
 
 
+class QualitySettings(Strict):
+    """Thresholds of the quality flags (docs/coverage.md has the calibration: ``bench/calibrate_quality.py``)."""
+
+    blur: float = Field(0.65, gt=0.0, lt=1.0, description="blur: scikit-image's blur_effect of the face above")
+    blur_image: float = Field(
+        0.52, gt=0.0, lt=1.0, description="blur without a face: blur_effect of the frame (512 px) above"
+    )
+    underexposed_face: float = Field(32.0, gt=0.0, lt=100.0, description="underexposed: median L* of the face below")
+    underexposed_image: float = Field(
+        50.0, gt=0.0, lt=100.0, description="underexposed without a face: 95th percentile L* of the frame below"
+    )
+    overexposed: float = Field(
+        0.1, gt=0.0, lt=1.0, description="overexposed: share of the face (the frame without one) at L* > 97 above"
+    )
+    noise: float = Field(4.2, gt=0.0, description="noise: estimated noise sigma (8-bit grey levels) above")
+    blockiness: float = Field(
+        2.0, gt=1.0, description="noise (compression): 8x8 block-edge / in-block gradient ratio above"
+    )
+    letterbox: float = Field(
+        0.06, gt=0.0, lt=0.5, description="letterbox: black bars covering this share of the height or width or more"
+    )
+    small_face: int = Field(
+        96, ge=8, description="small_face: face's short side in pixels at the training size (train_side) below"
+    )
+    train_side: int = Field(1024, ge=64, description="longest side images are trained at (never upscaled)")
+    near_duplicate: int = Field(
+        35, ge=4, description="near_duplicate: ORB matches consistent with one similarity transform, at least"
+    )
+
+
+def _default_targets() -> dict[str, dict[str, float]]:
+    # Shares of a set each bin should hold at least: every turn and framing present, the ordinary bins kept full.
+    return {
+        "yaw": {"left_profile": 0.05, "left_three_quarter": 0.15, "frontal": 0.2, "right_three_quarter": 0.15,
+                "right_profile": 0.05},
+        "pitch": {"up": 0.05, "level": 0.3, "down": 0.05},
+        "framing": {"close_up": 0.15, "head_and_shoulders": 0.2, "half_body": 0.15, "full_body": 0.1},
+        "expression": {"neutral": 0.2, "smiling": 0.15, "mouth_open": 0.05},
+        "light": {"low_key": 0.05, "mid_key": 0.3, "high_key": 0.05},
+        "warmth": {"warm": 0.05, "neutral": 0.2, "cool": 0.05},
+    }  # fmt: skip
+
+
+class CoverageSettings(Strict):
+    """What a character's set should cover (docs/coverage.md): a minimal share of the set per bin."""
+
+    targets: dict[str, dict[str, float]] = Field(
+        default_factory=_default_targets,
+        description="per axis and bin, the share of the set it should hold at least (0 or missing: no target)",
+    )
+    min_images: int = Field(1, ge=0, description="a bin with a target holds at least this many images")
+    min_distinct: int = Field(3, ge=0, description="distinct outfits and backgrounds the captions should name")
+    budget: int | None = Field(
+        None, ge=1, description="edit jobs --fill-gaps and the flywheel plan at most (null: until the gaps are full)"
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _known_bins(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for axis, bins in v.items():
+            if axis not in COVERAGE_AXES:
+                raise ValueError(f"unknown axis {axis!r} (axes: {', '.join(COVERAGE_AXES)})")
+            for name, share in bins.items():
+                if name not in COVERAGE_AXES[axis]:
+                    raise ValueError(f"{axis}: unknown bin {name!r} (bins: {', '.join(COVERAGE_AXES[axis])})")
+                if not 0.0 <= share <= 1.0:
+                    raise ValueError(f"{axis}.{name}: a share must be between 0 and 1")
+        return v
+
+
 class Settings(Strict):
     """configs/flenwheel.yaml: project-wide settings."""
 
@@ -202,3 +277,5 @@ class Settings(Strict):
     captions: CaptionSettings = CaptionSettings()
     cluster: ClusterSettings = ClusterSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    quality: QualitySettings = QualitySettings()
+    coverage: CoverageSettings = CoverageSettings()

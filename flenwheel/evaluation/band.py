@@ -26,6 +26,11 @@ BANDS: dict[str, Band] = {
     # other people at most 0.30; copy scores of near-copies 5th percentile 0.815 (295 of 299 at or above 0.70), of
     # different photos of one person at most 0.58.
     "dlib": Band(0.40, 0.70, "bench/calibrate_likeness.py on ../shared/faces"),
+    # bench/calibrate_likeness.py --backend yunet (docs/evaluation.md): the descriptor is dlib's, so the figures
+    # match: different photos of one person p5 0.551 (the few lower are 15 % crops that cut the face, which YuNet
+    # still finds and dlib's HOG loses), other people at most 0.310; near-copies p5 0.815, 297 of 301 at or above
+    # 0.70, different photos at most 0.628.
+    "yunet": Band(0.40, 0.70, "bench/calibrate_likeness.py --backend yunet on ../shared/faces"),
     # Not calibrated here (flenwheel cannot download buffalo_l). Floor: lora-dataset-studio's amber line, between
     # ArcFace's same-person cut-offs (0.28-0.36) and MirrorMetrics' "fine" band (from 0.50). Ceiling: the copy
     # score is min(identity, composition); different photos stay below 0.65 in composition whatever the backend,

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test faults browser clean-venv
+.PHONY: demo test faults extended browser clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(VENV)/.installed-dev browser
 faults: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest tests/test_faults.py -m ''
 	$(BIN)/python -m tests.faults --kills 10
+
+# The longer end-to-end variants of behaviours `make test` shows with a faster test (marker `extended`: e.g. the
+# cluster's SIGKILL and broken-worker runs, the open stack's whole flywheel); about N minutes here.
+extended: $(VENV)/.installed-dev browser
+	$(BIN)/python -m pytest -m extended
 
 clean-venv:
 	rm -rf $(VENV)

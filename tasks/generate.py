@@ -32,11 +32,12 @@ def generate_batch(ctx: RunContext, lora_id: str, jobs: list[tuple[str, int]]) -
 
 
 @task(name="copy-check", cache_policy=NONE, retries=1, retry_delay_seconds=2)
-def check_copies(ctx: RunContext, lora_id: str, image_ids: list[str]) -> dict[str, int]:
+def check_copies(ctx: RunContext, lora_id: str, image_ids: list[str], adherence: bool = True) -> dict[str, int]:
     """Score generated images as samples against the LoRA's training version: a copy of a training image fails
-    check ``copy`` (docs/evaluation.md); counts by verdict."""
+    check ``copy`` (docs/evaluation.md); counts by verdict. ``adherence=False`` leaves the critic out (cluster mode:
+    the flow's machine need not hold a GPU for the VLM)."""
     ws = ctx.ws
-    critic = configured_critic(ws, ctx.profile)
+    critic = configured_critic(ws, ctx.profile) if adherence else None
     counts = check_synthetics(ws, ctx.catalog(), ctx.character_config(), lora_id, image_ids, ctx.run_id, critic)
     if counts:
         detail = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))

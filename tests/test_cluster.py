@@ -23,8 +23,11 @@ from tests.conftest import snapshot
 
 PROMPTS = "angle-mirror,light-golden-hour,bg-blue,angle-close-up"
 # What the checks wrote, beside the conftest snapshot (images, derivations, identity, reviews, ...).
+# The near_duplicate flag's score is the best ORB match among the images recorded *before* it: on a cluster, batches
+# come back in the order workers finish, so that score (not whether the flag is raised, checked apart) may differ.
 CHECKS = {
-    "verifications": "SELECT image_id, name, score, threshold, passed, mask_id FROM verifications ORDER BY ALL",
+    "verifications": """SELECT image_id, name, CASE WHEN name = 'flag:near_duplicate' THEN NULL ELSE score END,
+                               threshold, passed, mask_id FROM verifications ORDER BY ALL""",
     "edit_attempts": "SELECT job_key, attempt, image_id, seed, passed, chosen FROM edit_attempts ORDER BY ALL",
     "masks": "SELECT image_id, category, mask_id, kind, path FROM masks ORDER BY ALL",
 }
@@ -69,7 +72,8 @@ def local_rows(prefect_harness, tmp_path_factory: pytest.TempPathFactory, config
     root = new_root(tmp_path_factory.mktemp("local"), configs, faces)
     result = enrich(root, configs)
     assert result.exit_code == 0, result.output
-    return rows(root / "catalog.duckdb")
+    made = next(line for line in result.output.splitlines() if "new image(s) from" in line)
+    return rows(root / "catalog.duckdb") | {"made": made}
 
 
 @pytest.fixture
@@ -94,8 +98,8 @@ def test_cluster_enrichment_equals_the_local_run_and_both_workers_work(
     with caplog.at_level(logging.INFO, logger="flenwheel"):
         result = enrich(root, configs, "--cluster", lab.address)
     assert result.exit_code == 0, result.output
-    assert "16 new image(s) from 16 job(s)" in result.output
-    assert rows(root / "catalog.duckdb") == local_rows
+    assert local_rows["made"] in result.output and "from 16 job(s)" in local_rows["made"]  # attempts incl. retries
+    assert rows(root / "catalog.duckdb") | {"made": local_rows["made"]} == local_rows
     assert worked(lab, "gpu0") and worked(lab, "gpu1")
     done = [r.getMessage() for r in caplog.records if "done on worker" in r.getMessage()]
     assert any("on worker gpu0" in m for m in done) and any("on worker gpu1" in m for m in done)
@@ -103,7 +107,7 @@ def test_cluster_enrichment_equals_the_local_run_and_both_workers_work(
     assert not any(p.name == "catalog.duckdb" for p in (tmp_path / "workers").rglob("*"))
     again = enrich(root, configs, "--cluster", lab.address)
     assert "0 new image(s) from 0 job(s)" in again.output
-    assert rows(root / "catalog.duckdb") == local_rows
+    assert rows(root / "catalog.duckdb") | {"made": local_rows["made"]} == local_rows
 
 
 @pytest.mark.slow
@@ -126,7 +130,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
     lab.kill(busy[0])
     run.join(timeout=600)
     assert outcome["result"].exit_code == 0, outcome["result"].output
-    assert rows(root / "catalog.duckdb") == local_rows  # no duplicate image, no lost job
+    assert rows(root / "catalog.duckdb") | {"made": local_rows["made"]} == local_rows  # no duplicate, no lost job
 
 
 @pytest.mark.slow

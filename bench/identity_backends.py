@@ -1,8 +1,9 @@
 """The identity backends side by side on ../shared/faces: calibration figures and turned-head detection.
 
-    .venv/bin/python bench/identity_backends.py [--faces ../shared/faces]
+    .venv/bin/python bench/identity_backends.py [--backend NAME ...] [--faces ../shared/faces]
 
-For each installed backend (dlib, yunet; insightface when its model pack is installed), on the single-person
+For each installed backend (dlib, yunet, sface; insightface when its model pack is installed), or those named, on
+the single-person
 photos of the shared faces:
 * calibration: every same-person pair (genuine) and every different-person pair (impostor) of the photos'
   largest faces, the proposed threshold of ``calibrate`` from all genuine pairs, and the gap between the lowest
@@ -108,9 +109,10 @@ def report(backend: FaceBackend, faces: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faces", type=Path, default=FACES)
+    ap.add_argument("--backend", action="append", choices=BACKENDS, help="default: every backend")
     args = ap.parse_args()
     settings = IdentityBackendSettings()
-    for name in BACKENDS:
+    for name in args.backend or BACKENDS:
         try:
             backend = load_backend(name, settings)
         except IdentityModelMissing as e:

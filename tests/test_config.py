@@ -32,7 +32,7 @@ def test_bad_value_names_nested_key_and_choices(ws: Workspace) -> None:
     with pytest.raises(ConfigError) as info:
         ws.character("obama")
     msg = str(info.value)
-    assert "identity.backend" in msg and "'dlib', 'insightface' or 'yunet'" in msg and "arcface" in msg
+    assert "identity.backend" in msg and "'dlib', 'insightface', 'yunet' or 'sface'" in msg and "arcface" in msg
 
 
 def test_yaml_syntax_error_and_non_mapping(ws: Workspace) -> None:

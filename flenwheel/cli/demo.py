@@ -27,7 +27,7 @@ def demo(
     profile: ProfileOpt = None,
     editor: EditorOpt = "augment",
 ) -> None:
-    """Offline demo on a CPU profile (cpu-tiny; cpu-tiny-open: the open stack's twins and the yunet backend):
+    """Offline demo on a CPU profile (cpu-tiny; cpu-tiny-open: the open stack's twins and the sface backend):
     sample photos -> enrichment (augment, or --editor qwen/klein with the tiny twin) -> identity -> auto review ->
     v1 -> tiny LoRA -> synthetic images -> auto review -> v2 -> retrain -> report with the licences on record."""
     import diffusers  # torch, prefect: only the demo pays for them

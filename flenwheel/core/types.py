@@ -31,7 +31,7 @@ ReviewMode = Literal["auto", "fiftyone", "cli"]
 ReviewStage = Literal["enrich", "synthetic"]
 Verdict = Literal["pass", "fail", "no_face", "multi_face", "small_face", "low_confidence"]
 Origin = Literal["source", "edit", "augment", "generate"]
-IdentityBackendName = Literal["dlib", "insightface", "yunet"]
+IdentityBackendName = Literal["dlib", "insightface", "yunet", "sface"]
 
 EDITORS: tuple[str, ...] = get_args(EditorName)
 EDITOR_CHOICES: tuple[str, ...] = get_args(EditorChoice)

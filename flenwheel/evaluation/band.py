@@ -31,6 +31,10 @@ BANDS: dict[str, Band] = {
     # still finds and dlib's HOG loses), other people at most 0.310; near-copies p5 0.815, 297 of 301 at or above
     # 0.70, different photos at most 0.628.
     "yunet": Band(0.40, 0.70, "bench/calibrate_likeness.py --backend yunet on ../shared/faces"),
+    # bench/calibrate_likeness.py --backend sface (docs/evaluation.md): SFace's cosine scale. Different photos of one
+    # person 0.339-0.826 (p5 0.623), other people at most 0.248: floor midway, 0.30; near-copies' copy scores p5
+    # 0.862, 297 of 301 at or above 0.75, different photos at most 0.650: ceiling midway, 0.75.
+    "sface": Band(0.30, 0.75, "bench/calibrate_likeness.py --backend sface on ../shared/faces"),
     # Not calibrated here (flenwheel cannot download buffalo_l). Floor: lora-dataset-studio's amber line, between
     # ArcFace's same-person cut-offs (0.28-0.36) and MirrorMetrics' "fine" band (from 0.50). Ceiling: the copy
     # score is min(identity, composition); different photos stay below 0.65 in composition whatever the backend,

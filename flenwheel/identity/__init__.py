@@ -1,7 +1,8 @@
 """Face identity: backends, reference sets with calibrated thresholds, and verdicts.
 
-:mod:`.backends` detects and embeds faces (insightface ArcFace, dlib, yunet), :mod:`.reference` builds and calibrates
-the character's reference set, :mod:`.scoring` turns an image into a verdict and records it.
+:mod:`.backends` detects and embeds faces (insightface ArcFace, dlib; :mod:`.permissive`: yunet, sface),
+:mod:`.reference` builds and calibrates the character's reference set, :mod:`.scoring` turns an image into a verdict
+and records it.
 """
 
 from flenwheel.identity.backends import (
@@ -16,11 +17,11 @@ from flenwheel.identity.backends import (
     IdentityError,
     IdentityModelMissing,
     InsightFaceBackend,
-    YunetBackend,
     estimate_yaw,
     insightface_pack_dir,
     load_backend,
 )
+from flenwheel.identity.permissive import SfaceBackend, YunetBackend
 from flenwheel.identity.reference import (
     Calibration,
     ReferenceSet,
@@ -48,7 +49,7 @@ from flenwheel.identity.scoring import (
 __all__ = [
     "BACKENDS", "FACTS", "LICENCES", "BackendFacts", "BackendLicence", "Calibration", "DlibBackend", "Face",
     "FaceBackend", "IdentityError", "IdentityModelMissing", "InsightFaceBackend", "Judge", "ReferenceSet", "Score",
-    "ScoringPlan", "YunetBackend", "build_reference_set", "calibrate", "estimate_yaw", "filter_images",
+    "ScoringPlan", "SfaceBackend", "YunetBackend", "build_reference_set", "calibrate", "estimate_yaw", "filter_images",
     "insightface_pack_dir", "judge_for", "judge_image", "load_backend", "plan_scoring", "recalibrate",
     "record_scores", "reference_set_for", "reference_set_id", "score_encoded", "score_files", "score_row",
     "shutdown_workers",

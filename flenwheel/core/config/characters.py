@@ -16,7 +16,7 @@ from flenwheel.core.types import EditorName, IdentityBackendName
 class IdentitySettings(Strict):
     backend: IdentityBackendName | None = Field(
         None,
-        description="face backend; None: the run's profile's identity_backend (dlib on cpu-tiny, yunet on the "
+        description="face backend; None: the run's profile's identity_backend (dlib on cpu-tiny, sface on the "
         "-open profiles, insightface on gpu-24gb)",
     )
     threshold: float | None = Field(

@@ -41,7 +41,7 @@ faults: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.faults --kills 10
 
 # The longer end-to-end variants of behaviours `make test` shows with a faster test (marker `extended`: e.g. the
-# cluster's SIGKILL and broken-worker runs, the open stack's whole flywheel); about N minutes here.
+# two-iteration demo, the real-width LoRA-format checks of the extra target sets); about 2 minutes here.
 extended: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest -m extended
 

@@ -127,6 +127,7 @@ def test_characters_lists_config_and_catalog(cli, write_file) -> None:
     assert " biden " in out and " astronaut " in out
 
 
+@pytest.mark.extended  # the installed-wheel demo of test_layout runs one iteration and checks the same output
 def test_demo_runs_offline_and_prints_catalog_and_lineage(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(

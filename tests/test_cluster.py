@@ -21,7 +21,8 @@ from flenwheel.store.workspace import Workspace
 from tests.cluster_lab import DaskLab
 from tests.conftest import snapshot
 
-PROMPTS = "angle-mirror,light-golden-hour,bg-blue,angle-close-up"
+# prompts that aim at no measured coverage bin: the augment stand-in would miss the aim and be retried (time only)
+PROMPTS = "light-studio-soft,bg-blue,bg-studio-grey,bg-outdoor-park"
 # What the checks wrote, beside the conftest snapshot (images, derivations, identity, reviews, ...).
 # The near_duplicate flag's score is the best ORB match among the images recorded *before* it: on a cluster, batches
 # come back in the order workers finish, so that score (not whether the flag is raised, checked apart) may differ.

@@ -80,6 +80,7 @@ def test_killed_at_a_seeded_moment_then_rerun(lab: Lab, references, name: str, t
     assert outcome.ok, f"{name} killed at {outcome.moment}: {outcome.problems}"
 
 
+@pytest.mark.faults_full  # a faster resume-to-identical-weights test: test_edit_training (killed edit training)
 def test_killed_while_writing_a_checkpoint_resumes_to_the_same_weights(lab: Lab, references, tmp_path: Path) -> None:
     outcome = kill_trial(
         lab,
@@ -196,6 +197,7 @@ def test_two_characters_at_once_do_not_interfere(lab: Lab, references, tmp_path:
     assert not health(ws)
 
 
+@pytest.mark.faults_full
 def test_review_decide_while_a_flow_writes(lab: Lab, tmp_path: Path) -> None:
     """A reviewer's decisions land while an enrichment writes to the same catalog (lock retries, no loss)."""
     ws = lab.fresh(COMMANDS["train-edit"], tmp_path / "root")  # has approved augment edits of obama

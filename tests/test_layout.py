@@ -158,6 +158,13 @@ def test_an_installed_wheel_runs_the_demo_outside_the_checkout(wheel: Path, tmp_
     )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "iteration 1: dataset hopper@v1" in demo.stdout and "report:" in demo.stdout
+    # what a first user reads: where the catalog is, a lineage, the report, why the images are noise, what next
+    assert f"catalog: {tmp_path / 'data'}" in demo.stdout
+    assert "flenwheel lineage" in demo.stdout and "ancestry" in demo.stdout
+    report = Path(demo.stdout.split("report: ")[-1].split()[0])
+    assert report.is_file() and report.name == "index.html" and "iteration-1" in str(report)
+    assert "noise by design" in demo.stdout and "--profile gpu-24gb" in demo.stdout
+    assert "review serve hopper" in demo.stdout
 
 
 def test_data_root_is_not_a_package() -> None:

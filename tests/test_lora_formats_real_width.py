@@ -219,7 +219,11 @@ def flux_base() -> Iterator[FluxTransformer2DModel]:
 class TestFluxComfyFile:
     """The ComfyUI/kohya FLUX file, read by diffusers' kohya converter, is the diffusers file's LoRA."""
 
-    @pytest.mark.parametrize("targets", [FLUX_DEFAULT, FLUX_WITH_SINGLE_MLP], ids=["default", "with-single-mlp"])
+    @pytest.mark.parametrize(
+        "targets",
+        [FLUX_DEFAULT, pytest.param(FLUX_WITH_SINGLE_MLP, marks=pytest.mark.extended)],
+        ids=["default", "with-single-mlp"],
+    )
     def test_same_output_as_diffusers_file(
         self, flux_base: FluxTransformer2DModel, targets: tuple[str, ...], tmp_path: Path
     ) -> None:
@@ -385,7 +389,11 @@ def klein_base() -> Iterator[Flux2Transformer2DModel]:
 class TestFlux2ComfyFile:
     """The ComfyUI/kohya FLUX.2 file, read by diffusers' kohya FLUX.2 converter, is the diffusers file's LoRA."""
 
-    @pytest.mark.parametrize("targets", [KLEIN_DEFAULT, KLEIN_WITH_SINGLE_OUT], ids=["default", "with-single-out"])
+    @pytest.mark.parametrize(
+        "targets",
+        [KLEIN_DEFAULT, pytest.param(KLEIN_WITH_SINGLE_OUT, marks=pytest.mark.extended)],
+        ids=["default", "with-single-out"],
+    )
     def test_same_output_as_diffusers_file(
         self, klein_base: Flux2Transformer2DModel, targets: tuple[str, ...], tmp_path: Path
     ) -> None:

@@ -99,7 +99,7 @@ def test_cluster_enrichment_equals_the_local_run_and_both_workers_work(
     with caplog.at_level(logging.INFO, logger="flenwheel"):
         result = enrich(root, configs, "--cluster", lab.address)
     assert result.exit_code == 0, result.output
-    assert local_rows["made"] in result.output and "from 16 job(s)" in local_rows["made"]  # attempts incl. retries
+    assert local_rows["made"] in result.output  # "N new image(s) from M job(s)": the same attempts as the local run
     assert rows(root / "catalog.duckdb") | {"made": local_rows["made"]} == local_rows
     assert worked(lab, "gpu0") and worked(lab, "gpu1")
     done = [r.getMessage() for r in caplog.records if "done on worker" in r.getMessage()]

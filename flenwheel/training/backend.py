@@ -26,7 +26,7 @@ from flenwheel.models.refs import resolve_model
 from flenwheel.models.weights import check_component, check_pipeline
 from flenwheel.store.workspace import Workspace
 from flenwheel.training.checkpoints import TrainingError
-from flenwheel.training.data import Example
+from flenwheel.training.data import LATENT_MULTIPLE, Example
 
 
 class TrainingBackend(ABC):
@@ -79,6 +79,34 @@ class TrainingBackend(ABC):
     @abstractmethod
     def cache_samples(self, prompts: Sequence[str], cache_dir: Path) -> list[dict[str, torch.Tensor]]:
         """Embeddings of the sample prompts (or sample inputs), cached like the examples."""
+
+    def sample_with(
+        self,
+        pipe: Any,
+        conds: Sequence[dict[str, torch.Tensor]],
+        seeds: Sequence[int],
+        embeds: Any,
+    ) -> list[Image.Image]:
+        """Checkpoint samples through ``pipe`` (a text-encoder-less pipeline on the training transformer): every
+        cached conditioning x every seed (CPU generator) at the sample size, steps and guidance of the settings;
+        ``embeds(cond)`` names a conditioning's tensors as the pipeline's keyword arguments."""
+        pipe.set_progress_bar_config(disable=True)
+        size = self.settings.sample_size // LATENT_MULTIPLE * LATENT_MULTIPLE
+        images = []
+        with torch.no_grad():
+            for cond in conds:
+                kwargs = {name: t[None].to(self.device, self.dtype) for name, t in embeds(cond).items()}
+                for seed in seeds:
+                    out = pipe(
+                        **kwargs,
+                        height=size,
+                        width=size,
+                        num_inference_steps=self.settings.sample_steps,
+                        guidance_scale=self.settings.sample_guidance,
+                        generator=torch.Generator("cpu").manual_seed(seed),
+                    )
+                    images.append(out.images[0])
+        return images
 
     @classmethod
     def with_targets(cls, settings: TrainerSettings) -> TrainerSettings:

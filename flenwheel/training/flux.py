@@ -32,7 +32,6 @@ from flenwheel.store.workspace import Workspace
 from flenwheel.training.backend import TrainingBackend, backend_class, free_memory
 from flenwheel.training.checkpoints import atomic_save_file
 from flenwheel.training.data import (
-    LATENT_MULTIPLE,
     Example,
     bucket_resolution,
     bucket_size,
@@ -157,22 +156,9 @@ class FluxBackend(TrainingBackend):
             tokenizer_2=None,
             transformer=transformer,
         )
-        pipe.set_progress_bar_config(disable=True)
-        size = self.settings.sample_size // LATENT_MULTIPLE * LATENT_MULTIPLE
-        images = []
-        with torch.no_grad():
-            for cond in conds:
-                for seed in seeds:
-                    out = pipe(
-                        prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
-                        pooled_prompt_embeds=cond["pooled"][None].to(self.device, self.dtype),
-                        height=size,
-                        width=size,
-                        num_inference_steps=self.settings.sample_steps,
-                        guidance_scale=self.settings.sample_guidance,
-                        generator=torch.Generator("cpu").manual_seed(seed),
-                    )
-                    images.append(out.images[0])
+        images = self.sample_with(
+            pipe, conds, seeds, lambda c: {"prompt_embeds": c["prompt_embeds"], "pooled_prompt_embeds": c["pooled"]}
+        )
         vae.to("cpu")
         return images
 

@@ -28,7 +28,7 @@ from flenwheel.models.families import family
 from flenwheel.store.objects import open_rgb
 from flenwheel.training.backend import TrainingBackend, free_memory
 from flenwheel.training.checkpoints import atomic_save_file
-from flenwheel.training.data import LATENT_MULTIPLE, Example, bucket_resolution, bucket_size, fit_to_bucket
+from flenwheel.training.data import Example, bucket_resolution, bucket_size, fit_to_bucket
 from flenwheel.training.lora_formats import flux2_to_comfy
 
 FAMILY = family("flux2-klein")
@@ -128,22 +128,12 @@ class Flux2KleinBackend(TrainingBackend):
             tokenizer=None,
             transformer=transformer,
         )
-        pipe.set_progress_bar_config(disable=True)
-        size = self.settings.sample_size // LATENT_MULTIPLE * LATENT_MULTIPLE
-        images = []
-        with torch.no_grad():
-            for cond in conds:
-                for seed in seeds:
-                    out = pipe(
-                        prompt_embeds=cond["prompt_embeds"][None].to(self.device, self.dtype),
-                        negative_prompt_embeds=cond["negative_embeds"][None].to(self.device, self.dtype),
-                        height=size,
-                        width=size,
-                        num_inference_steps=self.settings.sample_steps,
-                        guidance_scale=self.settings.sample_guidance,
-                        generator=torch.Generator("cpu").manual_seed(seed),
-                    )
-                    images.append(out.images[0])
+        images = self.sample_with(
+            pipe,
+            conds,
+            seeds,
+            lambda c: {"prompt_embeds": c["prompt_embeds"], "negative_prompt_embeds": c["negative_embeds"]},
+        )
         vae.to("cpu")
         return images
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -180,20 +180,11 @@ def nightly(
 ) -> None:
     """Run the nightly enrichment now: ingest new photos of each character's source folder, enrich them and queue
     the candidates for review (never waits at a gate). A character busy with another run is skipped."""
-    from flenwheel.flows.enrich import NightlyParams, nightly_enrich  # prefect, torch
+    from flenwheel.flows.enrich import nightly_enrich  # prefect, torch
     from flenwheel.flows.local_api import prefect_api
 
     ws = workspace(ctx)
-    defaults = ws.settings.nightly
-    chosen = params(
-        NightlyParams,
-        characters=id_list(characters) or None,
-        editor=editor or defaults.editor,
-        review=review or defaults.review,
-        profile=profile,
-        seeds=seeds,
-        cluster=cluster,
-    )
+    chosen = nightly_params(ws, characters, editor, review, profile, seeds, cluster)
     with prefect_api(notify=err.print):
         outcomes = nightly_enrich(chosen, root=str(ws.root), configs=str(ws.configs_dir))
     print_nightly(outcomes)
@@ -237,22 +228,12 @@ def watch(
 ) -> None:
     """Watch each character's source folder and run the nightly enrichment for it as soon as new photos land (one
     run per burst of files, once the folder is quiet); idempotent with the nightly run."""
-    from flenwheel.flows.enrich import NightlyParams  # prefect, torch
     from flenwheel.flows.local_api import prefect_api
     from flenwheel.flows.watch import WatchRun
     from flenwheel.flows.watch import watch as watch_folders
 
     ws = workspace(ctx)
-    defaults = ws.settings.nightly
-    chosen = params(
-        NightlyParams,
-        characters=id_list(characters) or None,
-        editor=editor or defaults.editor,
-        review=review or defaults.review,
-        profile=profile,
-        seeds=seeds,
-        cluster=cluster,
-    )
+    chosen = nightly_params(ws, characters, editor, review, profile, seeds, cluster)
     for name in chosen.characters or []:
         ws.character(name)
 
@@ -331,3 +312,28 @@ def serve(ctx: typer.Context) -> None:
         f"({nightly.cron}, {nightly.timezone}) for data root {ws.root}"
     )
     serve_deployments(ws)
+
+
+def nightly_params(
+    ws: Any,
+    characters: str | None,
+    editor: str | None,
+    review: str | None,
+    profile: str | None,
+    seeds: int,
+    cluster: str | None,
+) -> Any:
+    """The nightly run's parameters from the command line, ``nightly:`` of configs/flenwheel.yaml filling the gaps
+    (shared by `nightly` and `watch`)."""
+    from flenwheel.flows.enrich import NightlyParams  # prefect, torch
+
+    defaults = ws.settings.nightly
+    return params(
+        NightlyParams,
+        characters=id_list(characters) or None,
+        editor=editor or defaults.editor,
+        review=review or defaults.review,
+        profile=profile,
+        seeds=seeds,
+        cluster=cluster,
+    )
